@@ -1,0 +1,203 @@
+"""Typed experiment configs: YAML gives the values, ``--set key=value`` overrides them, the resolved config is saved.
+
+One source of truth: every knob of a run lives in :class:`ExperimentConfig`. Unknown keys are errors that name
+the key and the nearest valid one; wrong types name the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from popevit.registry import did_you_mean
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PreprocessConfig(StrictModel):
+    """Deterministic preprocessing, identical for every class (see ``popevit.data.preprocess``)."""
+
+    img_size: int = Field(128, ge=8, description="side of the square model input, pixels")
+    in_chans: Literal[1, 3] = Field(1, description="1 = grayscale; 3 = grayscale replicated for RGB backbones")
+    crop_foreground: bool = Field(True, description="crop to the head before padding to square")
+    clip_percentiles: tuple[float, float] = Field((0.5, 99.5), description="intensity clip before standardising")
+
+
+class AugmentConfig(StrictModel):
+    """Training-only augmentation; validation and test transforms are deterministic."""
+
+    enabled: bool = True
+    rotation: float = Field(10.0, ge=0, description="max |degrees| of random rotation")
+    translate: float = Field(0.1, ge=0, le=1, description="max translation as a fraction of the side")
+    scale: tuple[float, float] = (0.9, 1.1)
+    shear: float = Field(0.0, ge=0, description="max |degrees| of shear")
+    hflip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
+    random_resized_crop: tuple[float, float] | None = Field(None, description="area range, e.g. [0.7, 1.0]; off if null")
+    brightness: float = Field(0.0, ge=0, description="max additive brightness shift (in std units)")
+    contrast: float = Field(0.0, ge=0, description="max relative contrast change")
+    gamma: float = Field(0.0, ge=0, description="max |log gamma|")
+    noise_std: float = Field(0.0, ge=0, description="std of additive Gaussian noise (in std units)")
+
+
+class DataConfig(StrictModel):
+    data: Path | None = Field(None, description="image folder (Kaggle layout); split into a manifest automatically")
+    manifest: Path | None = Field(None, description="manifest CSV from `popevit data split`")
+    class_map: dict[str, str] | None = Field(None, description="numeric folder -> class name, e.g. {'0': 'pituitary'}")
+    classes: list[str] | None = Field(None, description="keep only these classes (e.g. the 3 tumor classes)")
+    binary: bool = Field(False, description="merge every tumor class into 'tumor' (vs 'notumor')")
+    split_seed: int = 0
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    batch_size: int = Field(32, ge=1)
+    num_workers: int = Field(0, ge=0, description="DataLoader workers (0 = main process)")
+    cache_dir: Path | None = Field(None, description="decode-once cache; default: $POPEVIT_CACHE or ~/.cache/popevit")
+    preprocess: PreprocessConfig = PreprocessConfig()
+    augment: AugmentConfig = AugmentConfig()
+
+
+class ModelConfig(StrictModel):
+    name: str = Field("vit_cpu", description="registered model (`popevit models`)")
+    pos_enc: str | None = Field("pope", description="positional encoding for ViT models; ignored by CNNs")
+    patch_size: int | None = Field(None, description="override the preset's patch size")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout before the head and in MLPs")
+    attn_dropout: float = Field(0.0, ge=0, lt=1)
+    drop_path: float = Field(0.0, ge=0, lt=1, description="stochastic depth rate")
+    pool: Literal["cls", "mean"] | None = Field(None, description="override the preset's pooling")
+    pretrained: Path | None = Field(None, description="local .safetensors/.pth weights")
+    freeze_backbone: bool = Field(False, description="train the head only")
+
+
+class OptimConfig(StrictModel):
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = 0.9
+    warmup_epochs: float = Field(5.0, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="final lr as a fraction of lr")
+    grad_clip: float | None = Field(1.0, description="max gradient norm; null disables clipping")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    class_weighted: bool = Field(True, description="class-weighted cross-entropy, weights from the training split")
+
+
+class TrainConfig(StrictModel):
+    seed: int = 0
+    max_epochs: int = Field(30, ge=1)
+    patience: int | None = Field(8, description="early-stopping patience in epochs; null disables")
+    monitor: Literal["val/auroc_macro", "val/loss", "val/acc"] = "val/auroc_macro"
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: int | Literal["auto"] = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = Field("auto", description="auto = bf16 on GPU")
+    deterministic: bool = True
+    limit_train_batches: int | float | None = None
+    limit_val_batches: int | float | None = None
+    log_every_n_steps: int = 10
+    progress_bar: bool = True
+    threads: int | None = Field(None, description="torch CPU threads; default: all cores")
+
+
+class ExperimentConfig(StrictModel):
+    """A whole experiment. ``configs/*.yaml`` are instances of this."""
+
+    name: str = "experiment"
+    description: str = ""
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> ExperimentConfig:
+        if self.data.binary and self.data.classes is not None:
+            raise ValueError("data.binary and data.classes cannot both be set; pick one task definition")
+        if abs(sum(self.data.ratios) - 1.0) > 1e-6:
+            raise ValueError(f"data.ratios must sum to 1, got {self.data.ratios}")
+        return self
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not validate; the message names the key and the fix."""
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
+    """Field names valid at ``loc`` (a path into nested sections)."""
+    cls: Any = model
+    for part in loc:
+        field = cls.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            break
+        cls = field.annotation
+    return list(cls.model_fields) if hasattr(cls, "model_fields") else []
+
+
+def _explain(err: ValidationError, source: str) -> ConfigError:
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        key = ".".join(str(p) for p in loc) or "<root>"
+        if e["type"] == "extra_forbidden":
+            known = _known_keys(ExperimentConfig, loc[:-1])
+            hint = did_you_mean(str(loc[-1]), known)
+            lines.append(f"unknown key {key!r}{hint} (valid here: {', '.join(known)})")
+        else:
+            lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
+    return ConfigError(f"invalid config {source}:\n  " + "\n  ".join(lines))
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"optim.lr=1e-3"`` -> ``(["optim", "lr"], 0.001)``; the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not key=value; write e.g. --set optim.lr=1e-3")
+    key, raw = item.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = raw
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[path[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load and validate a YAML experiment config, then apply ``key=value`` overrides.
+
+    Args:
+        path: YAML file; ``None`` starts from the defaults.
+        overrides: dotted ``key=value`` strings, values parsed as YAML (``optim.lr=1e-3``, ``data.classes=[a,b]``).
+
+    Returns:
+        The validated config.
+    """
+    raw: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} not found; see configs/ for the shipped experiments")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config {str(path)!r} must be a YAML mapping, got {type(raw).__name__}")
+        source = str(path)
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise _explain(err, source) from None
+
+
+def dump_config(cfg: BaseModel) -> str:
+    """YAML text of a config, loadable again by :func:`load_config`."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
