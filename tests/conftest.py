@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-REAL_DATA = Path(os.environ.get("POPEVIT_REAL_DATA", Path(__file__).resolve().parents[2] / "shared/data/brain-tumor-mri/Training"))
+REAL_DATA = Path(
+    os.environ.get("POPEVIT_REAL_DATA", Path(__file__).resolve().parents[2] / "shared/data/brain-tumor-mri/Training")
+)
 
 
 @pytest.fixture(autouse=True)

@@ -37,7 +37,9 @@ class AugmentConfig(StrictModel):
     scale: tuple[float, float] = (0.9, 1.1)
     shear: float = Field(0.0, ge=0, description="max |degrees| of shear")
     hflip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
-    random_resized_crop: tuple[float, float] | None = Field(None, description="area range, e.g. [0.7, 1.0]; off if null")
+    random_resized_crop: tuple[float, float] | None = Field(
+        None, description="area range, e.g. [0.7, 1.0]; off if null"
+    )
     brightness: float = Field(0.0, ge=0, description="max additive brightness shift (in std units)")
     contrast: float = Field(0.0, ge=0, description="max relative contrast change")
     gamma: float = Field(0.0, ge=0, description="max |log gamma|")

@@ -1,0 +1,40 @@
+"""The ``popevit`` console script. Each command lives in its own module; heavy imports happen inside commands."""
+
+from __future__ import annotations
+
+import typer
+
+from popevit import __version__
+from popevit.cli import compare, data, demo, evaluate, explain, report, sweep, train
+
+app = typer.Typer(
+    name="popevit",
+    help="Train, compare, evaluate and explain Vision Transformers with swappable 2-D positional encodings "
+    "for brain-tumor MRI.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(data.app, name="data")
+app.command("train")(train.train)
+app.command("evaluate")(evaluate.evaluate)
+app.command("compare")(compare.compare)
+app.command("report")(report.report)
+app.command("explain")(explain.explain)
+app.command("sweep")(sweep.sweep)
+app.command("demo")(demo.demo)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print version.")):
+    """popevit command line."""
+
+
+if __name__ == "__main__":
+    app()

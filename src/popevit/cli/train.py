@@ -1,0 +1,47 @@
+"""``popevit train``: run one experiment config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def train(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="experiment YAML (see configs/)")] = None,
+    data: Annotated[Path | None, typer.Option(help="image folder; split by duplicate group into the run")] = None,
+    manifest: Annotated[Path | None, typer.Option(help="manifest CSV from `popevit data split`")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. --set optim.lr=1e-3")] = None,
+    out: Annotated[Path | None, typer.Option(help="run folder (default runs/<config name>)")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from OUT/checkpoints/last.ckpt")] = False,
+    init: Annotated[Path | None, typer.Option(help="initialise weights from a model.safetensors")] = None,
+    devices: Annotated[str | None, typer.Option(help="devices per node (int or auto)")] = None,
+    strategy: Annotated[str | None, typer.Option(help="Lightning strategy, e.g. ddp")] = None,
+    seed: Annotated[int | None, typer.Option(help="training seed (train.seed)")] = None,
+) -> None:
+    """Train a model from a config file; the run folder gets config, manifest, checkpoints, logs and the model."""
+    from popevit.config import ConfigError
+    from popevit.training import RunDirError, train_from_files
+
+    overrides = list(set_ or [])
+    if data is not None:
+        overrides += [f"data.data={data}", "data.manifest=null"]
+    if manifest is not None:
+        overrides += [f"data.manifest={manifest}", "data.data=null"]
+    if devices is not None:
+        overrides.append(f"train.devices={devices}")
+    if strategy is not None:
+        overrides.append(f"train.strategy={strategy}")
+    if seed is not None:
+        overrides.append(f"train.seed={seed}")
+    try:
+        result = train_from_files(config, overrides, out, resume=resume, init=init)
+    except (ConfigError, RunDirError, FileNotFoundError, ValueError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    if result.val_metrics:
+        per_class = {f"val/auroc_{c}" for c in result.classes}
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.val_metrics.items()) if k not in per_class)
+        typer.echo(f"done in {result.wall_s:.0f} s, {result.epochs} epochs; best validation: {shown}")
+        typer.echo(f"run folder: {result.out_dir}")

@@ -1,0 +1,5 @@
+"""Training engine: Lightning wraps the plain model; popevit supplies the recipe and the run directory."""
+
+from popevit.training.run import RunDirError, RunResult, train, train_from_files
+
+__all__ = ["RunDirError", "RunResult", "train", "train_from_files"]

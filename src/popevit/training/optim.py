@@ -1,0 +1,56 @@
+"""Optimizer parameter groups and the per-batch learning-rate schedule of the seed recipe.
+
+Weight decay applies to weight matrices/kernels only. A parameter escapes decay when the model declares it in
+``no_weight_decay()`` (positional embeddings, CLS token, RoPE-mixed frequencies, PoPE's delta) or when it has fewer
+than two dimensions (biases, norm scales). Declared names win over the shape rule, so a 2-D learned PE table is
+never decayed, which nanoGPT's ``p.dim() >= 2`` rule alone would get wrong.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from popevit.config import OptimConfig
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Split trainable parameters into a decayed and a non-decayed group.
+
+    Args:
+        model: the network; ``model.no_weight_decay()`` (optional) returns full parameter names to exclude.
+        weight_decay: decay for the decayed group.
+
+    Returns:
+        Two param-group dicts for a torch optimizer (empty groups dropped).
+    """
+    declared = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if name in declared or p.ndim < 2 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+    if cfg.name == "adam":
+        # Plain Adam has L2-coupled decay; keep it so that seed 004's "Adam 1e-4" recipe is what it says.
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0, cosine: bool = True) -> float:
+    """LR multiplier at ``step``: linear warm-up from ~0 to 1, then cosine decay to ``min_ratio`` (or constant)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if not cosine:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))

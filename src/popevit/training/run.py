@@ -1,0 +1,332 @@
+"""``popevit train``: one experiment config -> one run directory.
+
+A run directory holds everything needed to audit and reuse the run::
+
+    runs/NAME/
+      config.yaml            the resolved config (YAML + --set overrides)
+      run.json               popevit version, git commit, classes, manifest sha256, wall time, device
+      manifest.csv           the exact split used (copied, or made from --data with the duplicate-grouped splitter)
+      checkpoints/last.ckpt  written atomically at every epoch end (resume point)
+      checkpoints/best.ckpt  best validation checkpoint
+      logs/csv/metrics.csv   epoch-level metrics (Lightning CSVLogger); logs/tb/ for TensorBoard
+      model.safetensors      best weights, portable (with model.json: name, kwargs, classes, preprocessing)
+      val_metrics.json       validation metrics of the best checkpoint
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from popevit import __version__
+from popevit.artifact import ModelMeta, atomic_write_bytes, save_artifact
+from popevit.config import ExperimentConfig, dump_config, load_config
+
+
+class RunDirError(RuntimeError):
+    """The output folder cannot be used as asked (exists without --resume, config changed on resume, ...)."""
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    classes: list[str]
+    val_metrics: dict[str, float]
+    wall_s: float
+    epochs: int
+
+
+def _git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[3]
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def model_kwargs(cfg: ExperimentConfig, num_classes: int) -> dict[str, Any]:
+    """Keyword arguments for ``create_model`` from a config (pos_enc only for ViT-family models)."""
+    from popevit.models import is_vit
+
+    m = cfg.model
+    kw: dict[str, Any] = {
+        "num_classes": num_classes,
+        "in_chans": cfg.data.preprocess.in_chans,
+        "img_size": cfg.data.preprocess.img_size,
+    }
+    if is_vit(m.name):
+        kw["pos_enc"] = m.pos_enc
+    for key in ("patch_size", "pool"):
+        if getattr(m, key) is not None:
+            kw[key] = getattr(m, key)
+    for key in ("dropout", "attn_dropout", "drop_path"):
+        if getattr(m, key):
+            kw[key] = getattr(m, key)
+    if m.freeze_backbone:
+        kw["freeze_backbone"] = True
+    return kw
+
+
+def prepare_manifest(cfg: ExperimentConfig, out_dir: Path) -> Path:
+    """Copy the given manifest into the run, or make a duplicate-grouped split of ``cfg.data.data`` there."""
+    from popevit.data import make_split
+
+    dest = out_dir / "manifest.csv"
+    d = cfg.data
+    if d.manifest is not None:
+        if not Path(d.manifest).is_file():
+            raise FileNotFoundError(f"manifest {str(d.manifest)!r} not found; make one with `popevit data split DATA`")
+        if Path(d.manifest).resolve() != dest.resolve():
+            shutil.copyfile(d.manifest, dest)
+        return dest
+    if d.data is None:
+        raise ValueError(
+            "no data given: pass --data DIR (an image folder) or --manifest FILE (from `popevit data split`)"
+        )
+    if not Path(d.data).is_dir():
+        raise FileNotFoundError(f"data folder {str(d.data)!r} not found; pass --data with the Kaggle Training folder")
+    make_split(
+        Path(d.data),
+        dest,
+        seed=d.split_seed,
+        ratios=d.ratios,
+        class_map=d.class_map,
+        classes=d.classes,
+        binary=d.binary,
+    )
+    return dest
+
+
+def _check_resume(cfg_text: str, out_dir: Path) -> None:
+    saved = (out_dir / "config.yaml").read_text()
+    if saved != cfg_text:
+        diff = "".join(difflib.unified_diff(saved.splitlines(True), cfg_text.splitlines(True), "saved", "requested"))
+        raise RunDirError(
+            f"--resume refused: the config differs from the one {str(out_dir)!r} was started with:\n{diff}\n"
+            "Resume with the same config, or start a new run with another --out."
+        )
+
+
+def launcher_rank() -> int:
+    """Global rank as set by Lightning's DDP launcher, torchrun or SLURM before any process group exists."""
+    for var in ("RANK", "SLURM_PROCID"):
+        if var in os.environ and (var != "SLURM_PROCID" or int(os.environ.get("SLURM_NTASKS", "1")) > 1):
+            return int(os.environ[var])
+    node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0")))
+    return node * 1000 + int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _wait_for(*paths: Path, timeout_s: float = 600.0) -> Path:
+    deadline = time.monotonic() + timeout_s
+    while not all(p.exists() for p in paths):
+        if time.monotonic() > deadline:
+            raise RunDirError(
+                f"rank {launcher_rank()}: rank 0 did not write {[str(p) for p in paths]} in {timeout_s} s"
+            )
+        time.sleep(0.5)
+    return paths[-1]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def train(
+    cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, init: str | Path | None = None
+) -> RunResult:
+    """Train one experiment into ``out_dir``.
+
+    Args:
+        cfg: validated experiment config.
+        out_dir: run directory; must not hold a run unless ``resume``.
+        resume: continue from ``out_dir/checkpoints/last.ckpt`` (optimizer, scheduler, early stopping, epoch).
+        init: optional ``model.safetensors`` to initialise the weights from (fine-tuning).
+
+    Returns:
+        The run's directory, classes, best validation metrics, wall time and epochs run.
+    """
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from popevit.data.datamodule import MRIDataModule
+    from popevit.training.callbacks import RankMetricsRecorder
+    from popevit.training.checkpoint import AtomicCheckpointIO
+    from popevit.training.module import ClassifierModule
+
+    out_dir = Path(out_dir)
+    cfg_text = dump_config(cfg)
+    last = out_dir / "checkpoints" / "last.ckpt"
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    if launcher_rank() == 0:
+        if resume:
+            if not last.is_file():
+                raise RunDirError(f"--resume: no checkpoint at {str(last)!r}; start the run without --resume")
+            _check_resume(cfg_text, out_dir)
+        elif (out_dir / "config.yaml").exists():
+            raise RunDirError(
+                f"{str(out_dir)!r} already holds a run; pass --resume to continue it or choose another --out"
+            )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        manifest = out_dir / "manifest.csv" if resume else prepare_manifest(cfg, out_dir)
+        if not resume:
+            atomic_write_bytes(out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(cfg_text))
+    else:
+        # Other ranks (Lightning's DDP children, torchrun, SLURM) read what rank 0 wrote on the shared filesystem.
+        manifest = _wait_for(out_dir / "config.yaml", out_dir / "manifest.csv")
+
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    dm = MRIDataModule(cfg.data, manifest, seed=cfg.train.seed)
+    dm.setup("fit")
+    classes = list(dm.classes)
+    weights = dm.class_weights.tolist() if cfg.optim.class_weighted else None
+    kwargs = model_kwargs(cfg, len(classes))
+    module = ClassifierModule(
+        cfg.model.name,
+        {**kwargs, "pretrained": str(cfg.model.pretrained) if cfg.model.pretrained else None},
+        classes,
+        cfg.optim.model_dump(mode="json"),
+        weights,
+        cfg.train.seed,
+    )
+    if init is not None and not resume:
+        _load_init(module.model, Path(init))
+
+    accelerator = cfg.train.accelerator
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    precision = cfg.train.precision
+    if precision == "auto":
+        precision = "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32"
+    mode = "min" if cfg.train.monitor == "val/loss" else "max"
+    ckpt_best = ModelCheckpoint(
+        dirpath=out_dir / "checkpoints",
+        filename="best",
+        monitor=cfg.train.monitor,
+        mode=mode,
+        save_top_k=1,
+        save_last=True,
+        enable_version_counter=False,
+    )
+    callbacks: list[Any] = [ckpt_best, LearningRateMonitor(logging_interval="epoch"), RankMetricsRecorder(out_dir)]
+    if cfg.train.patience is not None:
+        callbacks.append(EarlyStopping(monitor=cfg.train.monitor, mode=mode, patience=cfg.train.patience))
+    if cfg.train.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=10))
+    loggers = [
+        CSVLogger(out_dir / "logs", name="csv", version=""),
+        TensorBoardLogger(out_dir / "logs", name="tb", version=""),
+    ]
+    trainer = L.Trainer(
+        default_root_dir=out_dir,
+        max_epochs=cfg.train.max_epochs,
+        accelerator=accelerator,
+        devices=cfg.train.devices,
+        strategy=cfg.train.strategy,
+        num_nodes=cfg.train.num_nodes,
+        precision=precision,
+        deterministic=cfg.train.deterministic,
+        gradient_clip_val=cfg.optim.grad_clip,
+        callbacks=callbacks,
+        logger=loggers,
+        log_every_n_steps=cfg.train.log_every_n_steps,
+        limit_train_batches=cfg.train.limit_train_batches,
+        limit_val_batches=cfg.train.limit_val_batches,
+        enable_progress_bar=cfg.train.progress_bar,
+        enable_model_summary=False,
+        plugins=[AtomicCheckpointIO()],
+        num_sanity_val_steps=0,
+    )
+    t0 = time.perf_counter()
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
+    except torch.OutOfMemoryError as err:
+        raise RuntimeError(
+            f"out of memory with data.batch_size={cfg.data.batch_size}: retry with a smaller batch, e.g. "
+            f"--set data.batch_size={max(1, cfg.data.batch_size // 2)}, or a smaller data.preprocess.img_size"
+        ) from err
+    wall = time.perf_counter() - t0
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Training is over; rank 0 alone writes the artefact and re-validates the best checkpoint.
+        torch.distributed.destroy_process_group()
+    if not trainer.is_global_zero:
+        return RunResult(out_dir, classes, {}, wall, trainer.current_epoch)
+
+    best_path = ckpt_best.best_model_path or str(last)
+    best = torch.load(best_path, map_location="cpu", weights_only=True)
+    module.load_state_dict(best["state_dict"])
+    meta = ModelMeta(cfg.model.name, kwargs, classes, cfg.data.preprocess, extra={"best_epoch": best.get("epoch")})
+    save_artifact(module.model, meta, out_dir)
+
+    val_trainer = L.Trainer(
+        accelerator="cpu" if not on_gpu else accelerator,
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        precision=precision,
+    )
+    val = {k: float(v) for k, v in val_trainer.validate(module, datamodule=dm, verbose=False)[0].items()}
+    _write_json(out_dir / "val_metrics.json", val)
+    _write_json(
+        out_dir / "run.json",
+        {
+            "popevit_version": __version__,
+            "git_commit": _git_commit(),
+            "classes": classes,
+            "manifest_sha256": _sha256(manifest),
+            "wall_s": round(wall, 2),
+            "epochs": trainer.current_epoch,
+            "best_epoch": best.get("epoch"),
+            "best_checkpoint": Path(best_path).name,
+            "device": torch.cuda.get_device_name() if on_gpu else f"cpu ({os.cpu_count()} cores)",
+            "precision": precision,
+            "resumed": resume,
+        },
+    )
+    return RunResult(out_dir, classes, val, wall, trainer.current_epoch)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    text = json.dumps(obj, indent=2)
+    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _load_init(model: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise FileNotFoundError(f"--init weights {str(path)!r} not found")
+    state = load_file(str(path))
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    missing, _ = model.load_state_dict(usable, strict=False)
+    skipped = sorted(set(state) - set(usable))
+    print(
+        f"--init {path}: loaded {len(usable)} tensors; not loaded (absent or shape differs): {skipped[:8]}; "
+        f"left at initialisation: {missing[:8]}"
+    )
+
+
+def train_from_files(
+    config: str | Path | None,
+    overrides: list[str],
+    out: str | Path | None,
+    resume: bool = False,
+    init: str | Path | None = None,
+) -> RunResult:
+    """Load config + overrides, then :func:`train`. The default run folder is ``runs/<config name>``."""
+    cfg = load_config(config, overrides)
+    out_dir = Path(out) if out is not None else Path("runs") / cfg.name
+    return train(cfg, out_dir, resume=resume, init=init)

@@ -1,0 +1,187 @@
+"""Training engine: run folder, exact resume after SIGKILL, refusal of changed configs, DDP metric sync, faults."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from popevit.config import load_config
+from popevit.training import RunDirError, train
+from popevit.training.optim import param_groups, warmup_cosine
+
+TINY = [
+    "model.name=vit_tiny",
+    "model.pos_enc=pope",
+    "data.preprocess.img_size=32",
+    "data.batch_size=8",
+    "optim.warmup_epochs=1",
+    "train.progress_bar=false",
+    "train.threads=1",
+]
+
+
+def _cli(*args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "popevit.cli.main", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
+
+
+def _train_args(data: Path, out: Path, epochs: int, *extra: str) -> list[str]:
+    sets = [*TINY, f"train.max_epochs={epochs}", "train.patience=null", *extra]
+    return ["train", "--data", str(data), "--out", str(out), *[a for s in sets for a in ("--set", s)]]
+
+
+def test_run_folder_has_config_manifest_checkpoints_logs_and_portable_model(phantom_root, tmp_path):
+    from popevit.artifact import load_artifact
+
+    cfg = load_config(None, [*TINY, "train.max_epochs=2", f"data.data={phantom_root}"])
+    result = train(cfg, tmp_path / "run")
+    run = result.out_dir
+    for name in (
+        "config.yaml",
+        "run.json",
+        "manifest.csv",
+        "model.safetensors",
+        "model.json",
+        "val_metrics.json",
+        "checkpoints/last.ckpt",
+        "checkpoints/best.ckpt",
+        "logs/csv/metrics.csv",
+    ):
+        assert (run / name).is_file(), name
+    assert load_config(run / "config.yaml") == cfg
+    info = json.loads((run / "run.json").read_text())
+    assert info["classes"] == ["glioma", "meningioma", "notumor", "pituitary"]
+    assert len(info["manifest_sha256"]) == 64 and info["epochs"] == 2
+    model, meta = load_artifact(run)
+    assert meta.classes == info["classes"] and meta.preprocess.img_size == 32
+    x = torch.randn(2, 1, 32, 32)
+    assert model(x).shape == (2, 4)
+    for key in ("val/acc", "val/bacc", "val/auroc_macro", "val/f1_macro", "val/loss", "val/auroc_glioma"):
+        assert key in result.val_metrics
+    with pytest.raises(RunDirError, match="already holds a run"):
+        train(cfg, run)
+
+
+def test_sigkilled_run_resumes_to_identical_weights_and_metrics(phantom_root, tmp_path):
+    epochs = 5
+    ref = _cli(*_train_args(phantom_root, tmp_path / "ref", epochs))
+    # Kill the second run as soon as its first end-of-epoch checkpoint exists (a hard SIGKILL, no cleanup).
+    victim = _cli(*_train_args(phantom_root, tmp_path / "b", epochs))
+    last = tmp_path / "b" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL, "the run finished before it could be killed; enlarge it"
+    assert not (tmp_path / "b" / "model.json").exists()
+    resumed = _cli(*_train_args(phantom_root, tmp_path / "b", epochs), "--resume")
+    out_resumed, _ = resumed.communicate(timeout=600)
+    out_ref, _ = ref.communicate(timeout=600)
+    assert ref.returncode == 0, out_ref
+    assert resumed.returncode == 0, out_resumed
+    a, b = load_file(str(tmp_path / "ref" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"weights differ after resume: {k}"
+    assert json.loads((tmp_path / "ref" / "val_metrics.json").read_text()) == json.loads(
+        (tmp_path / "b" / "val_metrics.json").read_text()
+    )
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["resumed"] is True
+
+
+def test_resume_with_a_changed_config_is_refused_with_the_diff(phantom_root, tmp_path):
+    cfg = load_config(None, [*TINY, "train.max_epochs=1", f"data.data={phantom_root}"])
+    train(cfg, tmp_path / "run")
+    changed = load_config(None, [*TINY, "train.max_epochs=1", "optim.lr=0.1", f"data.data={phantom_root}"])
+    with pytest.raises(RunDirError, match=r"(?s)config differs.*-  lr: 0.0003.*\+  lr: 0.1"):
+        train(changed, tmp_path / "run", resume=True)
+    with pytest.raises(RunDirError, match="no checkpoint"):
+        train(cfg, tmp_path / "fresh", resume=True)
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+    cfg = load_config(None, [*TINY, f"data.data={tmp_path / 'nowhere'}"])
+    with pytest.raises(FileNotFoundError, match=r"data folder .* not found"):
+        train(cfg, tmp_path / "run")
+    with pytest.raises(ValueError, match="--data DIR"):
+        train(load_config(None, TINY), tmp_path / "run2")
+
+
+def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(phantom_root, tmp_path):
+    from popevit.training.module import NonFiniteLossError
+
+    # lr=1e30 without clipping blows the weights up within the second epoch.
+    cfg = load_config(
+        None,
+        [
+            *TINY,
+            "train.max_epochs=6",
+            "optim.lr=1e30",
+            "optim.grad_clip=null",
+            "optim.warmup_epochs=0",
+            "optim.schedule=constant",
+            f"data.data={phantom_root}",
+        ],
+    )
+    with pytest.raises(NonFiniteLossError, match="non-finite training loss"):
+        train(cfg, tmp_path / "run")
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    if last.exists():  # an epoch finished before the blow-up: its checkpoint must load
+        torch.load(last, map_location="cpu", weights_only=True)
+
+
+def test_param_groups_honour_no_weight_decay():
+    from popevit.models import create_model
+
+    model = create_model("vit_tiny", num_classes=4, in_chans=1, img_size=32, pos_enc="learnable")
+    groups = param_groups(model, 0.05)
+    no_decay = {id(p) for p in groups[1]["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in no_decay}
+    assert set(model.no_weight_decay()) <= names
+    assert all(p.ndim >= 2 for p in groups[0]["params"])
+    assert groups[0]["weight_decay"] == 0.05 and groups[1]["weight_decay"] == 0.0
+
+
+def test_warmup_then_cosine_schedule():
+    lrs = [warmup_cosine(s, total_steps=100, warmup_steps=10) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(lrs[9:])), "decays monotonically"
+    assert lrs[-1] < 0.01
+    assert warmup_cosine(50, 100, 0, cosine=False) == 1.0
+
+
+def test_ddp_on_two_cpu_processes_synchronises_metrics(phantom_root, tmp_path):
+    proc = _cli(
+        *_train_args(phantom_root, tmp_path / "ddp", 1),
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        "--set",
+        "train.accelerator=cpu",
+    )
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    ranks = [json.loads((tmp_path / "ddp" / "logs" / f"rank{r}_val.json").read_text()) for r in (0, 1)]
+    n_val = sum(1 for line in (tmp_path / "ddp" / "manifest.csv").read_text().splitlines()[1:] if ",val," in line)
+    seen = [r["local_val_images"] for r in ranks]
+    assert all(0 < s < n_val for s in seen), f"each rank validates a shard: {seen} of {n_val}"
+    assert ranks[0]["metrics"] == ranks[1]["metrics"], "ranks disagree: metrics were not synchronised"
