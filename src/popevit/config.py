@@ -47,6 +47,10 @@ class AugmentConfig(StrictModel):
 
 
 class DataConfig(StrictModel):
+    dataset: Literal["folder", "cifar10", "cifar100"] = Field(
+        "folder", description="folder = MRI image folder or manifest; cifar10/100 = torchvision CIFAR (seed 003)"
+    )
+    download: bool = Field(True, description="CIFAR only: download into data.data when missing (needs network)")
     data: Path | None = Field(None, description="image folder (Kaggle layout); split into a manifest automatically")
     manifest: Path | None = Field(None, description="manifest CSV from `popevit data split`")
     class_map: dict[str, str] | None = Field(None, description="numeric folder -> class name, e.g. {'0': 'pituitary'}")

@@ -185,3 +185,27 @@ def test_ddp_on_two_cpu_processes_synchronises_metrics(phantom_root, tmp_path):
     seen = [r["local_val_images"] for r in ranks]
     assert all(0 < s < n_val for s in seen), f"each rank validates a shard: {seen} of {n_val}"
     assert ranks[0]["metrics"] == ranks[1]["metrics"], "ranks disagree: metrics were not synchronised"
+
+
+def test_cifar_dataset_trains_through_the_same_engine_offline(tmp_path):
+    from popevit.artifact import load_meta
+    from popevit.data.cifar import write_synthetic_cifar
+
+    root = write_synthetic_cifar(tmp_path / "cifar", "cifar10", n_train=200, n_test=20, seed=0)
+    cfg = load_config(
+        Path(__file__).resolve().parents[2] / "configs/seed003_cifar_vit.yaml",
+        [
+            f"data.data={root}",
+            "data.download=false",
+            "data.batch_size=16",
+            "model.name=vit_tiny",
+            "train.max_epochs=1",
+            "train.progress_bar=false",
+            "train.threads=1",
+        ],
+    )
+    result = train(cfg, tmp_path / "run")
+    assert len(result.classes) == 10 and not (tmp_path / "run" / "manifest.csv").exists()
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["manifest_sha256"] is None and info["data_stats"]["dataset"] == "cifar10"
+    assert len(load_meta(tmp_path / "run").extra["channel_stats"]["mean"]) == 3

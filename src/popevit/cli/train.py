@@ -19,6 +19,7 @@ def train(
     devices: Annotated[str | None, typer.Option(help="devices per node (int or auto)")] = None,
     strategy: Annotated[str | None, typer.Option(help="Lightning strategy, e.g. ddp")] = None,
     seed: Annotated[int | None, typer.Option(help="training seed (train.seed)")] = None,
+    dataset: Annotated[str | None, typer.Option(help="folder (default), cifar10 or cifar100 (data.dataset)")] = None,
 ) -> None:
     """Train a model from a config file; the run folder gets config, manifest, checkpoints, logs and the model."""
     from popevit.config import ConfigError
@@ -35,6 +36,8 @@ def train(
         overrides.append(f"train.strategy={strategy}")
     if seed is not None:
         overrides.append(f"train.seed={seed}")
+    if dataset is not None:
+        overrides.append(f"data.dataset={dataset}")
     try:
         result = train_from_files(config, overrides, out, resume=resume, init=init)
     except (ConfigError, RunDirError, FileNotFoundError, ValueError) as err:

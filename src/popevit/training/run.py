@@ -168,6 +168,7 @@ def train(
     out_dir = Path(out_dir)
     cfg_text = dump_config(cfg)
     last = out_dir / "checkpoints" / "last.ckpt"
+    cifar = cfg.data.dataset != "folder"
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if launcher_rank() == 0:
@@ -180,15 +181,20 @@ def train(
                 f"{str(out_dir)!r} already holds a run; pass --resume to continue it or choose another --out"
             )
         out_dir.mkdir(parents=True, exist_ok=True)
-        manifest = out_dir / "manifest.csv" if resume else prepare_manifest(cfg, out_dir)
+        manifest = out_dir / "manifest.csv" if resume or cifar else prepare_manifest(cfg, out_dir)
         if not resume:
             atomic_write_bytes(out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(cfg_text))
     else:
         # Other ranks (Lightning's DDP children, torchrun, SLURM) read what rank 0 wrote on the shared filesystem.
-        manifest = _wait_for(out_dir / "config.yaml", out_dir / "manifest.csv")
+        manifest = _wait_for(out_dir / "config.yaml", *([] if cifar else [out_dir / "manifest.csv"]))
 
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    dm = MRIDataModule(cfg.data, manifest, seed=cfg.train.seed)
+    if cifar:
+        from popevit.data.cifar import CIFARDataModule
+
+        dm = CIFARDataModule(cfg.data, seed=cfg.train.seed)
+    else:
+        dm = MRIDataModule(cfg.data, manifest, seed=cfg.train.seed)
     dm.setup("fit")
     classes = list(dm.classes)
     weights = dm.class_weights.tolist() if cfg.optim.class_weighted else None
@@ -266,7 +272,10 @@ def train(
     best_path = ckpt_best.best_model_path or str(last)
     best = torch.load(best_path, map_location="cpu", weights_only=True)
     module.load_state_dict(best["state_dict"])
-    meta = ModelMeta(cfg.model.name, kwargs, classes, cfg.data.preprocess, extra={"best_epoch": best.get("epoch")})
+    extra = {"best_epoch": best.get("epoch"), "dataset": cfg.data.dataset}
+    if cifar:  # CIFAR is normalised with training-set channel statistics, not per image
+        extra["channel_stats"] = {k: dm.stats.get(k) for k in ("mean", "std")}
+    meta = ModelMeta(cfg.model.name, kwargs, classes, cfg.data.preprocess, extra=extra)
     save_artifact(module.model, meta, out_dir)
 
     val_trainer = L.Trainer(
@@ -285,7 +294,8 @@ def train(
             "popevit_version": __version__,
             "git_commit": _git_commit(),
             "classes": classes,
-            "manifest_sha256": _sha256(manifest),
+            "manifest_sha256": None if cifar else _sha256(manifest),
+            "data_stats": getattr(dm, "stats", None) if cifar else None,
             "wall_s": round(wall, 2),
             "epochs": trainer.current_epoch,
             "best_epoch": best.get("epoch"),

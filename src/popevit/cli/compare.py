@@ -1,0 +1,48 @@
+"""``popevit compare RUN_A RUN_B ...``: paired tests between runs or seed groups on the same images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def compare(
+    runs: list[Path] = typer.Argument(
+        ..., help="Run folders; seed suffixes (-s0, _seed1) group runs: runs/a-s* runs/b-s*."
+    ),
+    data: Path | None = typer.Option(None, "--data", help="Image folder to compare on."),
+    manifest: Path | None = typer.Option(None, "--manifest", help="Manifest CSV to compare on (with --split)."),
+    split: str = typer.Option("test", "--split", help="Manifest split. Default source: each run's manifest.csv."),
+    tta: bool = typer.Option(False, "--tta", help="Use horizontal-flip test-time augmentation."),
+    no_group: bool = typer.Option(False, "--no-group", help="Treat every run as its own group."),
+    out: Path = typer.Option(Path("compare"), "--out", help="Folder for compare.json and compare.md."),
+    n_boot: int = typer.Option(1000, "--n-boot", min=1, help="Paired bootstrap resamples."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    device: str | None = typer.Option(None, "--device", help="torch device (default: cuda if available)."),
+) -> None:
+    """Paired bootstrap CIs of differences, McNemar's exact test and DeLong's test, printed and saved."""
+    from popevit.evaluation.compare import compare_runs, group_runs, to_markdown
+
+    groups = [[r] for r in runs] if no_group else group_runs(runs)
+    if len(groups) < 2:
+        raise typer.BadParameter(
+            f"all {len(runs)} runs fall in one group ({[r.name for r in runs]}); pass runs of two recipes, "
+            "or --no-group to compare the runs one by one",
+            param_hint="RUNS",
+        )
+    result = compare_runs(
+        groups,
+        data=data,
+        manifest=manifest,
+        split=split,
+        tta=tta,
+        n_boot=n_boot,
+        seed=seed,
+        out=out,
+        batch_size=batch_size,
+        device=device,
+    )
+    typer.echo(to_markdown(result))
+    typer.echo(f"wrote {out}/compare.json and {out}/compare.md")

@@ -1,0 +1,42 @@
+"""``popevit evaluate RUN``: metrics with bootstrap CIs, predictions and plots for a trained run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def evaluate(
+    run: Path = typer.Argument(..., help="Run folder (holds model.safetensors + model.json)."),
+    data: Path | None = typer.Option(None, "--data", help="Image folder to evaluate on (all images; any layout)."),
+    manifest: Path | None = typer.Option(None, "--manifest", help="Manifest CSV to evaluate on (with --split)."),
+    split: str = typer.Option("test", "--split", help="Manifest split. Default source: the run's manifest.csv."),
+    tta: bool = typer.Option(False, "--tta", help="Average probabilities over a horizontal flip."),
+    out: Path | None = typer.Option(None, "--out", help="Output folder (default RUN/eval/<tag>)."),
+    dedup_against: Path | None = typer.Option(
+        None, "--dedup-against", help="Training folder or manifest: also report the subset with no duplicate there."
+    ),
+    n_boot: int = typer.Option(1000, "--n-boot", min=1, help="Bootstrap resamples for the 95% CIs."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    device: str | None = typer.Option(None, "--device", help="torch device (default: cuda if available)."),
+) -> None:
+    """Evaluate a run: predictions.csv, metrics.json (95% bootstrap CIs) and PNG plots."""
+    from popevit.evaluation.evaluate import evaluate_run, format_metrics
+
+    result = evaluate_run(
+        run,
+        data=data,
+        manifest=manifest,
+        split=split,
+        tta=tta,
+        out=out,
+        dedup_against=dedup_against,
+        n_boot=n_boot,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+    )
+    typer.echo(format_metrics(result))
+    typer.echo(f"\nwrote {result['out']}/predictions.csv, metrics.json and plots")

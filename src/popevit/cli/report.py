@@ -1,0 +1,22 @@
+"""``popevit report RUN [RUN ...] --out report.html``: one self-contained HTML report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def report(
+    runs: list[Path] = typer.Argument(..., help="Run folders (evaluate them first with `popevit evaluate`)."),
+    out: Path = typer.Option(Path("report.html"), "--out", help="Output HTML file."),
+    title: str = typer.Option("popevit report", "--title"),
+    no_compare: bool = typer.Option(False, "--no-compare", help="Skip the comparison section."),
+    n_boot: int = typer.Option(1000, "--n-boot", min=1, help="Bootstrap resamples of the comparisons."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Config, data summary, training curves, metric tables with CIs, plots and comparisons in one HTML file."""
+    from popevit.evaluation.report import build_report
+
+    path = build_report(runs, out, title=title, compare=not no_compare, n_boot=n_boot, seed=seed)
+    typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, self-contained)")

@@ -1,0 +1,324 @@
+"""``popevit compare``: paired comparisons of runs (or seed groups of runs) on the same images.
+
+For every pair of groups A, B (all runs evaluated on one image set, aligned by image path):
+
+- **mean +- sd across seeds** of each group's point metrics (sd with ``ddof=1``; 0 runs of spread for one run);
+- **pooled paired bootstrap** (the headline test): on each resample of the images, the seed-mean metric of A minus
+  the seed-mean metric of B, for macro AUROC and accuracy; percentile CI and bootstrap p-value
+  (:func:`popevit.evaluation.stats.paired_bootstrap`). It answers "is recipe A better than recipe B on this
+  population of images, averaged over training seeds"; the seed-to-seed spread is shown separately as the sd. It is
+  the ordinary paired bootstrap when each group has one run;
+- **McNemar's exact test** on correctness and **DeLong's test** per class (one-vs-rest AUROC), both per-model tests,
+  so they are reported for each matched pair of runs: runs are matched by their seed suffix (``pope-s0`` with
+  ``rope-s0``) when the groups share seeds, else by position.
+
+Runs are grouped by folder name with a trailing seed suffix removed (``-s0``, ``_seed1``, ...), so the shell glob
+``popevit compare runs/pope-s* runs/rope-s*`` yields the groups ``pope`` and ``rope``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from popevit.evaluation.evaluate import METRICS, default_eval_dir, evaluate_run, resolve_split, write_json
+from popevit.evaluation.metrics import point_metrics
+from popevit.evaluation.predictions import PREDICTIONS, Predictions
+from popevit.evaluation.stats import delong_test, mcnemar_exact, paired_bootstrap
+
+SEED_SUFFIX = re.compile(r"^(?P<base>.+?)[-_.]?(?:s|seed)(?P<seed>\d+)$")
+SUMMARY_METRICS = ("auroc_macro", "accuracy", "balanced_accuracy", "f1_macro", "log_loss", "ece")
+TESTED_METRICS = ("auroc_macro", "accuracy")
+
+
+def split_seed(name: str) -> tuple[str, int | None]:
+    """``"pope-s3"`` -> ``("pope", 3)``; a name without a seed suffix -> ``(name, None)``."""
+    m = SEED_SUFFIX.match(name)
+    return (m["base"], int(m["seed"])) if m else (name, None)
+
+
+def group_runs(runs: Sequence[str | Path]) -> list[list[Path]]:
+    """Group run folders by name with the seed suffix removed, keeping first-seen order.
+
+    Args:
+        runs: run directories, e.g. the expansion of ``runs/pope-s* runs/rope-s*``.
+
+    Returns:
+        One list per group.
+    """
+    groups: dict[str, list[Path]] = {}
+    for r in runs:
+        groups.setdefault(split_seed(Path(r).resolve().name)[0], []).append(Path(r))
+    return list(groups.values())
+
+
+def group_name(runs: Sequence[Path]) -> str:
+    bases = {split_seed(Path(r).resolve().name)[0] for r in runs}
+    return bases.pop() if len(bases) == 1 else "+".join(Path(r).name for r in runs)
+
+
+def run_predictions(
+    run: Path,
+    *,
+    data: str | Path | None = None,
+    manifest: str | Path | None = None,
+    split: str | None = "test",
+    tta: bool = False,
+    **eval_kwargs: Any,
+) -> Predictions:
+    """A run's predictions on a data source: reused from ``RUN/eval/<tag>/`` when there, else evaluated now."""
+    split = resolve_split(data, split)
+    eval_dir = default_eval_dir(run, data, manifest, split, tta)
+    if not ((eval_dir / PREDICTIONS).is_file() and (eval_dir / METRICS).is_file()):
+        evaluate_run(run, data=data, manifest=manifest, split=split, tta=tta, out=eval_dir, **eval_kwargs)
+    return Predictions.load(eval_dir / PREDICTIONS)
+
+
+def align(preds: Sequence[Predictions], names: Sequence[str]) -> list[Predictions]:
+    """Put every run's predictions on the same image order and class order; error if images or labels differ."""
+    ref, ref_name = preds[0], names[0]
+    ref_set = set(ref.paths)
+    if len(ref_set) != len(ref.paths):
+        raise ValueError(f"{ref_name}: predictions list some images twice; re-run `popevit evaluate`")
+    out = [ref]
+    for p, name in zip(preds[1:], names[1:], strict=True):
+        other = set(p.paths)
+        if other != ref_set:
+            only_ref, only_other = sorted(ref_set - other), sorted(other - ref_set)
+            raise ValueError(
+                f"runs were evaluated on different images: {len(only_ref)} only in {ref_name} (e.g. {only_ref[:2]}), "
+                f"{len(only_other)} only in {name} (e.g. {only_other[:2]}); compare on one data source, e.g. "
+                "--manifest FILE --split test or --data DIR"
+            )
+        q = p.with_class_order(ref.classes).reorder(ref.paths)
+        if not np.array_equal(q.y, ref.y):
+            bad = int((q.y != ref.y).sum())
+            raise ValueError(
+                f"{bad} images have different labels in {ref_name} and {name}; evaluate both on one source"
+            )
+        out.append(q)
+    return out
+
+
+def match_pairs(a: Sequence[Path], b: Sequence[Path]) -> list[tuple[int, int]]:
+    """Run index pairs for per-model tests: by shared seed suffix (``pope-s0`` with ``rope-s0``), else by position."""
+    seeds_a = [split_seed(Path(r).resolve().name)[1] for r in a]
+    seeds_b = [split_seed(Path(r).resolve().name)[1] for r in b]
+    common = [s for s in seeds_a if s is not None and s in seeds_b]
+    if common:
+        return [(seeds_a.index(s), seeds_b.index(s)) for s in common]
+    return [(i, i) for i in range(min(len(a), len(b)))]
+
+
+def _mean_sd(values: list[float]) -> dict[str, Any]:
+    arr = np.asarray(values, dtype=np.float64)
+    sd = float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+    return {"mean": float(arr.mean()), "sd": sd, "values": [float(v) for v in arr]}
+
+
+def compare_predictions(
+    groups: Sequence[Sequence[Predictions]],
+    names: Sequence[str],
+    run_names: Sequence[Sequence[str]],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    pairs: dict[tuple[int, int], list[tuple[int, int]]] | None = None,
+) -> dict[str, Any]:
+    """Compare groups of aligned predictions (see the module docstring).
+
+    Args:
+        groups: per group, its runs' predictions, all aligned to the same images and classes.
+        names: group names.
+        run_names: per group, its run names.
+        n_boot: bootstrap resamples.
+        seed: bootstrap seed.
+        pairs: per group pair (i, j), the matched run indices for McNemar/DeLong; default by position.
+
+    Returns:
+        The comparison as a JSON-able dict.
+    """
+    ref = groups[0][0]
+    classes, y = ref.classes, ref.y
+    summary = []
+    for name, runs, preds in zip(names, run_names, groups, strict=True):
+        pts = [point_metrics(y, p.proba, classes) for p in preds]
+        summary.append(
+            {"name": name, "runs": list(runs), "metrics": {m: _mean_sd([pt[m] for pt in pts]) for m in SUMMARY_METRICS}}
+        )
+    comparisons = []
+    for i, j in combinations(range(len(groups)), 2):
+        boot = paired_bootstrap(
+            y,
+            [p.proba for p in groups[i]],
+            [p.proba for p in groups[j]],
+            classes,
+            metrics=TESTED_METRICS,
+            n_boot=n_boot,
+            seed=seed,
+        )
+        matched = (pairs or {}).get((i, j)) or [(k, k) for k in range(min(len(groups[i]), len(groups[j])))]
+        per_pair = []
+        for ia, ib in matched:
+            pa, pb = groups[i][ia], groups[j][ib]
+            delong = {}
+            for k, c in enumerate(classes):
+                target = y == k
+                if 2 <= target.sum() <= len(y) - 2:
+                    delong[c] = delong_test(target, pa.proba[:, k], pb.proba[:, k])
+            per_pair.append(
+                {
+                    "a": run_names[i][ia],
+                    "b": run_names[j][ib],
+                    "mcnemar": mcnemar_exact(pa.correct, pb.correct),
+                    "delong": delong,
+                }
+            )
+        comparisons.append({"a": names[i], "b": names[j], "paired_bootstrap": boot, "pairs": per_pair})
+    return {
+        "n": len(y),
+        "classes": classes,
+        "bootstrap": {
+            "method": "percentile, paired (same image resample for every run)",
+            "n_boot": n_boot,
+            "seed": seed,
+            "level": 0.95,
+            "statistic": "seed-mean(A) - seed-mean(B)",
+        },
+        "groups": summary,
+        "comparisons": comparisons,
+    }
+
+
+def compare_runs(
+    groups: Sequence[Sequence[str | Path]],
+    *,
+    data: str | Path | None = None,
+    manifest: str | Path | None = None,
+    split: str | None = "test",
+    tta: bool = False,
+    n_boot: int = 1000,
+    seed: int = 0,
+    out: str | Path | None = None,
+    batch_size: int = 64,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Compare groups of runs on the same images; write ``compare.json`` and ``compare.md`` into ``out``.
+
+    Each run's predictions are reused from ``RUN/eval/<tag>/predictions.csv`` when present (``popevit evaluate``
+    writes them) or computed now. Default data: each run's own ``manifest.csv``, split ``test``; the runs must then
+    share the same test images, otherwise this raises and asks for an explicit ``--manifest`` or ``--data``.
+
+    Args:
+        groups: groups of run directories (one run per group for a plain A-vs-B comparison); see :func:`group_runs`.
+        data: image folder to compare on.
+        manifest: manifest CSV to compare on (with ``split``).
+        split: manifest split.
+        tta: use horizontal-flip test-time augmentation.
+        n_boot: bootstrap resamples.
+        seed: bootstrap seed.
+        out: folder for ``compare.json`` and ``compare.md``; nothing is written when None.
+        batch_size: inference batch size, for runs not yet evaluated.
+        device: torch device, for runs not yet evaluated.
+
+    Returns:
+        The comparison (see :func:`compare_predictions`), with the data source added.
+    """
+    groups = [[Path(r) for r in g] for g in groups]
+    if len(groups) < 2 or any(not g for g in groups):
+        raise ValueError(
+            f"compare needs at least two non-empty groups of runs, got {[len(g) for g in groups]}; "
+            "pass two or more run folders"
+        )
+    flat = [r for g in groups for r in g]
+    preds = [
+        run_predictions(
+            r,
+            data=data,
+            manifest=manifest,
+            split=split,
+            tta=tta,
+            n_boot=n_boot,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+        )
+        for r in flat
+    ]
+    preds = align(preds, [str(r) for r in flat])
+    grouped, k = [], 0
+    for g in groups:
+        grouped.append(preds[k : k + len(g)])
+        k += len(g)
+    pairs = {(i, j): match_pairs(groups[i], groups[j]) for i, j in combinations(range(len(groups)), 2)}
+    result = compare_predictions(
+        grouped,
+        [group_name(g) for g in groups],
+        [[r.name for r in g] for g in groups],
+        n_boot=n_boot,
+        seed=seed,
+        pairs=pairs,
+    )
+    result["source"] = {
+        "data": str(data) if data else None,
+        "manifest": str(manifest) if manifest else None,
+        "split": resolve_split(data, split),
+        "tta": tta,
+    }
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "compare.json", result)
+        (out / "compare.md").write_text(to_markdown(result))
+        result["out"] = str(out)
+    return result
+
+
+def _fmt_p(p: float) -> str:
+    return f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    """The comparison as Markdown tables."""
+    lines = [f"# Comparison on {result['n']} images", ""]
+    lines += ["## Groups (mean ± sd across seeds)", ""]
+    lines.append("| group | runs | " + " | ".join(SUMMARY_METRICS) + " |")
+    lines.append("|---|---:|" + "---:|" * len(SUMMARY_METRICS))
+    for g in result["groups"]:
+        cells = [f"{g['metrics'][m]['mean']:.4f} ± {g['metrics'][m]['sd']:.4f}" for m in SUMMARY_METRICS]
+        lines.append(f"| {g['name']} | {len(g['runs'])} | " + " | ".join(cells) + " |")
+    b = result["bootstrap"]
+    lines += ["", f"## Paired bootstrap of A − B ({b['n_boot']} resamples, seed {b['seed']}, {b['statistic']})", ""]
+    lines.append("| A | B | metric | A | B | A − B | 95% CI | p |")
+    lines.append("|---|---|---|---:|---:|---:|---|---:|")
+    for c in result["comparisons"]:
+        for m, r in c["paired_bootstrap"].items():
+            lines.append(
+                f"| {c['a']} | {c['b']} | {m} | {r['a']:.4f} | {r['b']:.4f} | {r['diff']:+.4f} | "
+                f"[{r['lo']:+.4f}, {r['hi']:+.4f}] | {_fmt_p(r['p_value'])} |"
+            )
+    lines += ["", "## McNemar (exact) and DeLong per matched pair of runs", ""]
+    classes = result["classes"]
+    lines.append("| A | B | McNemar b/c | McNemar p | " + " | ".join(f"DeLong {c} ΔAUROC (p)" for c in classes) + " |")
+    lines.append("|---|---|---:|---:|" + "---:|" * len(classes))
+    for c in result["comparisons"]:
+        for pr in c["pairs"]:
+            mc = pr["mcnemar"]
+            dl = [
+                f"{pr['delong'][k]['diff']:+.4f} ({_fmt_p(pr['delong'][k]['p_value'])})" if k in pr["delong"] else "n/a"
+                for k in classes
+            ]
+            lines.append(
+                f"| {pr['a']} | {pr['b']} | {mc['b']}/{mc['c']} | {_fmt_p(mc['p_value'])} | " + " | ".join(dl) + " |"
+            )
+    lines += [
+        "",
+        "b = images only A classifies correctly, c = only B. p-values are not corrected for multiple comparisons.",
+        "",
+    ]
+    return "\n".join(lines)

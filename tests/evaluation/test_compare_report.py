@@ -1,0 +1,189 @@
+"""compare_runs on saved predictions (seed groups, alignment errors) and the self-contained HTML report."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from popevit.evaluation.compare import compare_runs, group_runs, split_seed, to_markdown
+from popevit.evaluation.evaluate import METRICS, format_metrics, summarize
+from popevit.evaluation.plots import plot_all
+from popevit.evaluation.predictions import PREDICTIONS, Predictions
+from popevit.evaluation.report import build_report
+
+CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
+N = 120
+
+
+def _labels() -> tuple[list[str], np.ndarray]:
+    y = np.random.default_rng(0).integers(0, 4, N)
+    return [f"/data/img_{i:03d}.png" for i in range(N)], y
+
+
+def _fake_run(root: Path, name: str, skill: float, seed: int, plots: bool = False) -> Path:
+    """A run folder with the files training and `popevit evaluate` write, from synthetic probabilities."""
+    paths, y = _labels()
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(N, 4)) + skill * np.eye(4)[y]
+    proba = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    run = root / name
+    ev = run / "eval" / "test"
+    ev.mkdir(parents=True)
+    preds = Predictions(paths, y, proba, CLASSES)
+    preds.save(ev / PREDICTIONS)
+    result = {
+        "run": str(run),
+        "classes": CLASSES,
+        "source": {"manifest": "m.csv", "split": "test"},
+        "tta": False,
+        "bootstrap": {"method": "percentile", "n_boot": 200, "seed": 0},
+        **summarize(preds, 200, 0),
+    }
+    if plots:
+        result["plots"] = {k: p.name for k, p in plot_all(y, proba, CLASSES, ev).items()}
+    (ev / METRICS).write_text(json.dumps(result))
+    (run / "config.yaml").write_text(f"name: {name}\nmodel:\n  pos_enc: pope\n")
+    (run / "run.json").write_text(json.dumps({"popevit_version": "0.1.0", "wall_s": 12.5}))
+    (run / "val_metrics.json").write_text(json.dumps({"val/acc": 0.8, "val/auroc_macro": 0.9}))
+    (run / "manifest.csv").write_text(
+        "path,label,split,group\n"
+        + "".join(
+            f"{p},{CLASSES[c]},{'train' if i % 3 else 'test'},{i // 2}\n"
+            for i, (p, c) in enumerate(zip(paths, y, strict=True))
+        )
+    )
+    (run / "logs" / "csv").mkdir(parents=True)
+    (run / "logs" / "csv" / "metrics.csv").write_text(
+        "epoch,step,train/loss,val/loss,val/acc,val/auroc_macro\n"
+        + "".join(
+            f"{e},{e * 10},{1.0 / (e + 1)},,,\n{e},{e * 10},,{1.2 / (e + 1)},{0.5 + e / 20},{0.6 + e / 20}\n"
+            for e in range(5)
+        )
+    )
+    audit = {
+        "near_threshold": 28,
+        "num_images": N,
+        "shortcut_raw": 0.31,
+        "shortcut_preprocessed": 0.27,
+        "majority": 0.3,
+        "comparisons": [
+            {"a": "train", "b": "test", "cross_exact": 0, "cross_near": 1, "b_images_with_match": 1, "b_images": 40}
+        ],
+    }
+    (run / "data_audit.json").write_text(json.dumps(audit))
+    return run
+
+
+def test_group_runs_by_seed_suffix(tmp_path):
+    assert split_seed("pope-s3") == ("pope", 3) and split_seed("rope_seed12") == ("rope", 12)
+    assert split_seed("baseline") == ("baseline", None)
+    runs = [tmp_path / n for n in ("pope-s0", "pope-s1", "rope-s0", "rope-s1", "cnn")]
+    assert group_runs(runs) == [runs[:2], runs[2:4], runs[4:]]
+
+
+def test_compare_seed_groups(tmp_path):
+    runs = [_fake_run(tmp_path, f"good-s{s}", 2.5, seed=s) for s in range(3)]
+    runs += [_fake_run(tmp_path, f"weak-s{s}", 0.6, seed=10 + s) for s in range(3)]
+    result = compare_runs(group_runs(runs), n_boot=300, seed=0, out=tmp_path / "cmp")
+    assert [g["name"] for g in result["groups"]] == ["good", "weak"]
+    acc = result["groups"][0]["metrics"]["accuracy"]
+    assert len(acc["values"]) == 3 and acc["sd"] > 0
+    assert acc["mean"] == pytest.approx(np.mean(acc["values"]))
+    (cmp,) = result["comparisons"]
+    boot = cmp["paired_bootstrap"]["auroc_macro"]
+    assert boot["diff"] == pytest.approx(
+        result["groups"][0]["metrics"]["auroc_macro"]["mean"] - result["groups"][1]["metrics"]["auroc_macro"]["mean"]
+    )
+    assert 0 < boot["lo"] < boot["diff"] < boot["hi"] and boot["p_value"] < 0.01
+    assert [(p["a"], p["b"]) for p in cmp["pairs"]] == [
+        ("good-s0", "weak-s0"),
+        ("good-s1", "weak-s1"),
+        ("good-s2", "weak-s2"),
+    ]
+    for pair in cmp["pairs"]:
+        assert pair["mcnemar"]["b"] > pair["mcnemar"]["c"] and set(pair["delong"]) == set(CLASSES)
+    saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert saved["comparisons"][0]["pairs"][0]["mcnemar"] == cmp["pairs"][0]["mcnemar"]
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert md == to_markdown(result) and "| good | weak | auroc_macro |" in md
+
+
+def test_compare_refuses_different_images(tmp_path):
+    a = _fake_run(tmp_path, "a", 2.0, seed=0)
+    b = _fake_run(tmp_path, "b", 2.0, seed=1)
+    preds = Predictions.load(b / "eval" / "test" / PREDICTIONS)
+    preds.subset(np.arange(N) > 0).save(b / "eval" / "test" / PREDICTIONS)
+    with pytest.raises(ValueError, match="different images: 1 only in"):
+        compare_runs([[a], [b]], n_boot=50)
+
+
+def test_predictions_roundtrip_and_class_reorder(tmp_path):
+    paths, y = _labels()
+    proba = np.random.default_rng(1).dirichlet(np.ones(4), N)
+    p = Predictions(paths, y, proba, CLASSES)
+    q = Predictions.load(p.save(tmp_path / PREDICTIONS))
+    assert q.paths == paths and np.array_equal(q.y, y) and np.allclose(q.proba, proba, rtol=1e-8)
+    r = q.with_class_order(CLASSES[::-1])
+    assert np.allclose(r.proba[:, 0], proba[:, 3]) and np.array_equal(r.pred, 3 - p.pred)
+    assert [r.classes[i] for i in r.y] == [CLASSES[i] for i in y]
+
+
+def test_report_is_self_contained(tmp_path):
+    runs = [_fake_run(tmp_path, "pope-s0", 2.5, seed=0, plots=True), _fake_run(tmp_path, "rope-s0", 1.0, seed=1)]
+    out = build_report(runs, tmp_path / "report.html", n_boot=100)
+    page = out.read_text()
+    # nothing fetched from outside: no src/href pointing to a URL or a file, only data: URIs and in-page anchors
+    assert not re.search(r"""(src|href)\s*=\s*['"](?!data:|#)""", page)
+    assert "<script" not in page and "@import" not in page and "url(" not in page
+    imgs = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
+    assert len(imgs) >= 4 + 2  # 4 evaluation figures + 2 training-curve figures
+    assert all(base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n" for b in imgs)
+    for text in (
+        "Run pope-s0",
+        "Run rope-s0",
+        "config.yaml",
+        "Training curves",
+        "auroc_macro",
+        "shortcut probe on 120 images",
+        "1/40 test images have a match",
+        "Duplicate clusters",
+        "Comparisons",
+        "McNemar",
+        "DeLong",
+        "[0.",
+    ):
+        assert text in page, text
+
+
+def test_format_metrics_side_by_side(tmp_path):
+    run = _fake_run(tmp_path, "r", 2.0, seed=0)
+    result = json.loads((run / "eval" / "test" / METRICS).read_text())
+    result["dedup"] = {**result, "n": 100}
+    text = format_metrics(result, ["accuracy", "auroc_macro"])
+    assert "no duplicate in train (n=100)" in text and text.count("[") == 4
+
+
+def test_compare_and_report_cli(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from popevit.cli.compare import compare
+    from popevit.cli.report import report
+
+    runs = [str(_fake_run(tmp_path, n, 1.5, seed=i)) for i, n in enumerate(("a-s0", "a-s1", "b-s0", "b-s1"))]
+    app = typer.Typer()
+    app.command("compare")(compare)
+    app.command("report")(report)
+    res = CliRunner().invoke(app, ["compare", *runs, "--out", str(tmp_path / "cmp"), "--n-boot", "100"])
+    assert res.exit_code == 0, res.output
+    assert "| a | b | accuracy |" in res.output and (tmp_path / "cmp" / "compare.json").is_file()
+    res = CliRunner().invoke(app, ["compare", *runs[:2], "--n-boot", "100"])
+    assert res.exit_code != 0 and "fall in one group" in res.output
+    res = CliRunner().invoke(app, ["report", *runs[:2], "--out", str(tmp_path / "r.html"), "--n-boot", "50"])
+    assert res.exit_code == 0, res.output
+    assert "On evaluation 'test'" in (tmp_path / "r.html").read_text()

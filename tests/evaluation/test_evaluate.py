@@ -1,0 +1,198 @@
+"""evaluate_run end to end on phantom data with a tiny random model saved as a run artefact."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from popevit.artifact import ModelMeta, save_artifact
+from popevit.config import PreprocessConfig
+from popevit.evaluation.evaluate import ClassMismatchError, evaluate_run
+from popevit.evaluation.metrics import metric_names, point_metrics
+from popevit.evaluation.predictions import Predictions
+
+CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
+PRE = PreprocessConfig(img_size=32)
+
+
+def _make_run(run: Path, classes: list[str], manifest_src: Path | None = None) -> Path:
+    from popevit.models import create_model
+
+    torch.manual_seed(0)
+    kwargs = {"num_classes": len(classes), "in_chans": 1, "img_size": 32, "pos_enc": "pope"}
+    save_artifact(create_model("vit_tiny", **kwargs), ModelMeta("vit_tiny", kwargs, classes, PRE), run)
+    if manifest_src is not None:
+        (run / "manifest.csv").write_bytes(manifest_src.read_bytes())
+    return run
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def manifest(phantom_root, tmp_path_factory, cache) -> Path:
+    from popevit.data import make_split
+
+    out = tmp_path_factory.mktemp("split") / "manifest.csv"
+    return make_split(phantom_root, out, seed=0, ratios=(0.5, 0.25, 0.25), cache_dir=cache)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, manifest) -> Path:
+    return _make_run(tmp_path_factory.mktemp("runs") / "tiny-s0", CLASSES, manifest)
+
+
+def _split_rows(manifest: Path, split: str) -> list[dict[str, str]]:
+    with open(manifest, newline="") as f:
+        return [r for r in csv.DictReader(f) if r["split"] == split]
+
+
+def test_evaluate_cli_default_test_split(run, manifest, cache, monkeypatch):
+    import typer
+    from typer.testing import CliRunner
+
+    from popevit.cli.evaluate import evaluate
+
+    monkeypatch.setenv("POPEVIT_CACHE", str(cache))
+    app = typer.Typer()
+    app.command()(evaluate)
+    cli = CliRunner().invoke(app, [str(run), "--n-boot", "200", "--device", "cpu"])
+    assert cli.exit_code == 0, cli.output
+    assert "auroc_macro" in cli.output and "eval/test/predictions.csv" in cli.output
+    out = run / "eval" / "test"
+    rows = _split_rows(manifest, "test")
+    with open(out / "predictions.csv", newline="") as f:
+        pred_rows = list(csv.DictReader(f))
+    assert list(pred_rows[0]) == ["path", "label", "predicted", *[f"p_{c}" for c in CLASSES]]
+    assert sorted(r["path"] for r in pred_rows) == sorted(str(Path(r["path"])) for r in rows)
+    for r in pred_rows:
+        p = np.array([float(r[f"p_{c}"]) for c in CLASSES])
+        assert p.sum() == pytest.approx(1, abs=1e-5) and r["predicted"] == CLASSES[int(p.argmax())]
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["n"] == len(rows) and saved["bootstrap"] == {
+        "method": "percentile",
+        "level": 0.95,
+        "n_boot": 200,
+        "seed": 0,
+        "unit": "image",
+    }
+    assert list(saved["metrics"]) == metric_names(CLASSES) and "tumor_sensitivity" in saved["metrics"]
+    for name in ("accuracy", "auroc_macro", "log_loss", "ece", "tumor_specificity"):
+        m = saved["metrics"][name]
+        assert m["lo"] <= m["value"] <= m["hi"] or name in ("ece", "log_loss")
+    for png in saved["plots"].values():
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    # the metrics are those of the saved predictions
+    preds = Predictions.load(out / "predictions.csv")
+    assert saved["metrics"]["accuracy"]["value"] == pytest.approx(
+        point_metrics(preds.y, preds.proba, CLASSES)["accuracy"]
+    )
+
+
+def test_predictions_equal_direct_forward_and_tta(run, manifest, cache):
+    from popevit.artifact import load_artifact
+    from popevit.data.dataset import ImageDataset
+
+    res = evaluate_run(
+        run, manifest=manifest, split="val", tta=True, n_boot=50, cache_dir=cache, device="cpu", plots=False
+    )
+    assert Path(res["out"]).name == "manifest-val-tta"
+    preds = Predictions.load(Path(res["out"]) / "predictions.csv")
+    model, meta = load_artifact(run)
+    ds = ImageDataset([Path(p) for p in preds.paths[:4]], preds.y[:4].tolist(), meta.preprocess, cache_dir=cache)
+    x = torch.stack([ds[i][0] for i in range(4)])
+    with torch.no_grad():
+        ref = (model(x).softmax(-1) + model(torch.flip(x, dims=[3])).softmax(-1)) / 2
+        plain = model(x).softmax(-1)
+    np.testing.assert_allclose(preds.proba[:4], ref.numpy(), atol=1e-6)
+    assert not np.allclose(preds.proba[:4], plain.numpy(), atol=1e-6)  # the flip really changes the input
+
+
+def test_evaluate_data_folder_with_dedup(run, phantom_root, manifest, cache, tmp_path):
+    res = evaluate_run(
+        run,
+        data=phantom_root,
+        dedup_against=manifest,
+        n_boot=50,
+        out=tmp_path / "ev",
+        cache_dir=cache,
+        device="cpu",
+        plots=False,
+    )
+    n_train = len(_split_rows(manifest, "train"))
+    assert res["n"] == 48 and res["source"]["data"] == str(phantom_root)
+    d = res["dedup"]
+    # the splitter keeps duplicates in one split, so exactly the training images themselves are removed
+    assert d["n_removed"] == n_train and d["n_exact_duplicates"] == n_train and d["n"] == 48 - n_train
+    assert set(d["metrics"]) == set(res["metrics"])
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["dedup"]["n"] == d["n"]
+
+
+def test_evaluate_official_layout(run, phantom_root, cache, tmp_path):
+    import shutil
+
+    for cls in CLASSES:  # a Kaggle-like root: Training/ and Testing/ with class folders
+        for split in ("Training", "Testing"):
+            (tmp_path / "kaggle" / split / cls).mkdir(parents=True)
+        for i, img in enumerate(sorted((phantom_root / cls).glob("*.png"))[:3]):
+            shutil.copy(img, tmp_path / "kaggle" / ("Testing" if i < 2 else "Training") / cls / img.name)
+    res = evaluate_run(run, data=tmp_path / "kaggle", n_boot=20, cache_dir=cache, device="cpu", plots=False)
+    assert res["n"] == 8 and res["source"]["split"] == "test" and res["out"].endswith("eval/data-kaggle-test")
+    res = evaluate_run(run, data=tmp_path / "kaggle" / "Testing", n_boot=20, cache_dir=cache, device="cpu", plots=False)
+    assert res["n"] == 8 and res["source"]["split"] is None and res["out"].endswith("eval/data-Testing")
+
+
+def test_class_mismatch_refused(tmp_path, phantom_root, cache):
+    run = _make_run(tmp_path / "binary", ["notumor", "tumor"])
+    with pytest.raises(ClassMismatchError, match=r"do not match the model's classes \['notumor', 'tumor'\]"):
+        evaluate_run(run, data=phantom_root, n_boot=10, cache_dir=cache, device="cpu")
+    with pytest.raises(FileNotFoundError, match=r"manifest\.csv"):
+        evaluate_run(run, n_boot=10, cache_dir=cache, device="cpu")
+
+
+def test_validation_split_reproduces_training_metrics(manifest, cache, tmp_path, monkeypatch):
+    """Evaluating the best checkpoint on its validation split gives the validation metrics logged by training."""
+    from popevit.config import ExperimentConfig
+    from popevit.training import train
+
+    monkeypatch.setenv("POPEVIT_CACHE", str(cache))
+    cfg = ExperimentConfig.model_validate(
+        {
+            "name": "tiny",
+            "data": {
+                "manifest": str(manifest),
+                "batch_size": 8,
+                "preprocess": {"img_size": 32},
+                "augment": {"enabled": False},
+            },
+            "model": {"name": "vit_tiny", "pos_enc": "pope"},
+            "optim": {"class_weighted": False, "warmup_epochs": 0, "lr": 3e-3},
+            "train": {
+                "max_epochs": 2,
+                "log_every_n_steps": 1,
+                "accelerator": "cpu",
+                "progress_bar": False,
+                "patience": None,
+                "threads": 1,
+                "precision": "32",
+            },
+        }
+    )
+    run = tmp_path / "tiny"
+    train(cfg, run)
+    logged = json.loads((run / "val_metrics.json").read_text())
+    res = evaluate_run(run, split="val", n_boot=20, cache_dir=cache, device="cpu", plots=False)
+    m = {k: v["value"] for k, v in res["metrics"].items()}
+    assert res["n"] == len(_split_rows(manifest, "val"))
+    assert m["accuracy"] == pytest.approx(logged["val/acc"], abs=1e-6)
+    assert m["balanced_accuracy"] == pytest.approx(logged["val/bacc"], abs=1e-6)
+    assert m["f1_macro"] == pytest.approx(logged["val/f1_macro"], abs=1e-6)
+    assert m["auroc_macro"] == pytest.approx(logged["val/auroc_macro"], abs=1e-5)
+    assert m["log_loss"] == pytest.approx(logged["val/loss"], abs=1e-5)  # unweighted CE when class_weighted=False
