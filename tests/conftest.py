@@ -13,6 +13,18 @@ REAL_DATA = Path(
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Keep the decode-once cache of the whole session (subprocesses included) out of the user's ~/.cache."""
+    old = os.environ.get("POPEVIT_CACHE")
+    os.environ["POPEVIT_CACHE"] = str(tmp_path_factory.mktemp("popevit-cache"))
+    yield
+    if old is None:
+        os.environ.pop("POPEVIT_CACHE", None)
+    else:
+        os.environ["POPEVIT_CACHE"] = old
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)

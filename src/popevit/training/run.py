@@ -81,6 +81,7 @@ def model_kwargs(cfg: ExperimentConfig, num_classes: int) -> dict[str, Any]:
 def prepare_manifest(cfg: ExperimentConfig, out_dir: Path) -> Path:
     """Copy the given manifest into the run, or make a duplicate-grouped split of ``cfg.data.data`` there."""
     from popevit.data import make_split
+    from popevit.data.cache import default_cache_dir
 
     dest = out_dir / "manifest.csv"
     d = cfg.data
@@ -104,6 +105,7 @@ def prepare_manifest(cfg: ExperimentConfig, out_dir: Path) -> Path:
         class_map=d.class_map,
         classes=d.classes,
         binary=d.binary,
+        cache_dir=default_cache_dir(d.cache_dir),
     )
     return dest
 

@@ -1,0 +1,152 @@
+"""``popevit data ...``: synthesise phantoms, inspect, split, audit, download."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    help="Data: synthetic phantoms, inspection, duplicate-grouped splits, leakage audits.", no_args_is_help=True
+)
+
+_CLASSES_HELP = "numeric folder map, e.g. 0=pituitary,1=meningioma,2=glioma"
+_KEEP_HELP = "keep only these classes, comma-separated (e.g. glioma,meningioma,pituitary)"
+
+
+def _task(class_map: str | None, keep: str | None) -> tuple[dict[str, str] | None, list[str] | None]:
+    from popevit.data.discover import parse_class_map
+
+    return parse_class_map(class_map), ([c.strip() for c in keep.split(",") if c.strip()] if keep else None)
+
+
+def _fail(err: Exception) -> None:
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def synth(
+    out: Path = typer.Argument(..., help="output folder"),
+    per_class: int = typer.Option(50, "--per-class", help="images per class"),
+    size: int | None = typer.Option(None, "--size", help="square side in px; default: random sizes like real data"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Write synthetic axial brain-MRI phantoms (4 classes, lesion masks, metadata.csv)."""
+    from popevit.data.phantoms import synthesize
+
+    try:
+        synthesize(out, per_class=per_class, size=size, seed=seed)
+    except ValueError as err:
+        _fail(err)
+    typer.echo(f"wrote {4 * per_class} phantoms to {out} (masks in {out / 'masks'}, table in {out / 'metadata.csv'})")
+
+
+@app.command()
+def inspect(
+    data: Path = typer.Argument(..., help="data folder (<root>/<class>/* or <root>/{Training,Testing}/<class>/*)"),
+    json_out: Path | None = typer.Option(None, "--json", help="write the full report as JSON"),
+    class_map: str | None = typer.Option(None, "--classes", help=_CLASSES_HELP),
+    keep: str | None = typer.Option(None, "--keep", help=_KEEP_HELP),
+    binary: bool = typer.Option(False, "--binary", help="tumour vs no tumour"),
+    near_threshold: int = typer.Option(28, "--near-threshold", help="pHash-256 Hamming threshold; -1 disables"),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="default: $POPEVIT_CACHE or ~/.cache/popevit"),
+    workers: int | None = typer.Option(None, "--workers", help="decoding processes (default: all cores)"),
+) -> None:
+    """Counts, modes, sizes, format mismatches, unreadable files, exact and near duplicates."""
+    from popevit.data.cache import default_cache_dir
+    from popevit.data.inspection import format_report, inspect_data
+
+    try:
+        cm, classes = _task(class_map, keep)
+        report = inspect_data(data, class_map=cm, classes=classes, binary=binary,
+                              near_threshold=None if near_threshold < 0 else near_threshold,
+                              cache_dir=default_cache_dir(cache_dir), workers=workers)  # fmt: skip
+    except ValueError as err:
+        _fail(err)
+    typer.echo(format_report(report))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=1))
+        typer.echo(f"report: {json_out}")
+
+
+@app.command()
+def split(
+    data: Path = typer.Argument(..., help="data folder"),
+    out: Path = typer.Option(..., "--out", help="manifest CSV to write"),
+    seed: int = typer.Option(0, "--seed"),
+    ratios: str = typer.Option("0.8,0.1,0.1", "--ratios", help="train,val,test fractions"),
+    class_map: str | None = typer.Option(None, "--classes", help=_CLASSES_HELP),
+    keep: str | None = typer.Option(None, "--keep", help=_KEEP_HELP),
+    binary: bool = typer.Option(False, "--binary", help="tumour vs no tumour"),
+    near_threshold: int = typer.Option(28, "--near-threshold", help="pHash-256 Hamming threshold; -1: exact only"),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir"),
+    workers: int | None = typer.Option(None, "--workers"),
+) -> None:
+    """Stratified, duplicate-grouped, seeded train/val/test split written to a manifest CSV."""
+    from popevit.data.cache import default_cache_dir
+    from popevit.data.manifest import make_split, read_manifest
+
+    try:
+        r = tuple(float(x) for x in ratios.split(","))
+        cm, classes = _task(class_map, keep)
+        make_split(data, out, seed=seed, ratios=r, class_map=cm, classes=classes, binary=binary,
+                   near_threshold=None if near_threshold < 0 else near_threshold,
+                   cache_dir=default_cache_dir(cache_dir), workers=workers)  # fmt: skip
+    except ValueError as err:
+        _fail(err)
+    man = read_manifest(out)
+    for s, counts in man.counts().items():
+        typer.echo(f"{s:<9}" + "  ".join(f"{c}={n}" for c, n in counts.items()))
+    typer.echo(f"manifest: {out} (sha256 {man.sha256[:12]})")
+
+
+@app.command()
+def audit(
+    train: Path = typer.Option(..., "--train", help="data folder or manifest CSV"),
+    test: Path | None = typer.Option(None, "--test", help="external test folder"),
+    json_out: Path | None = typer.Option(None, "--json", help="write the report as JSON"),
+    pairs: Path | None = typer.Option(None, "--pairs", help="CSV of leaking pairs (default: next to --json)"),
+    img_size: int = typer.Option(128, "--img-size", help="preprocessing size for the preprocessed probe"),
+    near_threshold: int = typer.Option(28, "--near-threshold"),
+    no_probe: bool = typer.Option(False, "--no-probe", help="skip the shortcut probes"),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir"),
+    workers: int | None = typer.Option(None, "--workers"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Leakage (exact/near duplicates across sets) and metadata shortcut probes (raw vs preprocessed)."""
+    from popevit.config import PreprocessConfig
+    from popevit.data.audit import audit as run_audit
+    from popevit.data.audit import format_audit
+
+    if pairs is None and json_out is not None:
+        pairs = json_out.with_name(json_out.stem + "_pairs.csv")
+    try:
+        report = run_audit(train, test, near_threshold=near_threshold, pairs_csv=pairs,
+                           preprocess=PreprocessConfig(img_size=img_size), cache_dir=cache_dir, workers=workers,
+                           seed=seed, probe=not no_probe)  # fmt: skip
+    except ValueError as err:
+        _fail(err)
+    typer.echo(format_audit(report))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=1))
+        typer.echo(f"report: {json_out}")
+
+
+@app.command()
+def download(
+    name: str = typer.Argument(..., help="dataset name, e.g. kaggle-brain-tumor-mri"),
+    out: Path = typer.Option(..., "--out", help="destination folder"),
+    timeout: float = typer.Option(3.0, "--timeout", help="seconds to wait for the network before giving up"),
+) -> None:
+    """Download a public dataset via kagglehub (needs network; may need Kaggle credentials)."""
+    from popevit.data.download import download as fetch
+
+    try:
+        path = fetch(name, out, timeout=timeout)
+    except (ValueError, RuntimeError) as err:
+        _fail(err)
+    typer.echo(f"downloaded to {path}")

@@ -1,0 +1,215 @@
+"""``popevit data audit``: leakage between sets and shortcut probes.
+
+Leakage: exact (same SHA-256) and near (canonical pHash Hamming <= threshold, :mod:`popevit.data.dedup`) matches
+between a training set and a test set, or between the splits of a manifest. Every matching pair is listed.
+
+Shortcut probe: the cross-validated accuracy of a random forest on *metadata only* (width, height, aspect, colour
+mode, file size, global mean and std), next to the majority-class rate. On the Kaggle set the raw probe is far above
+chance because tumour images are almost all 512x512. The same probe on the preprocessed images (same features of
+the cached S x S array: size, aspect, mode and byte size are now constant) should fall towards chance. Folds are
+grouped by duplicate cluster (``StratifiedGroupKFold``), so copies never sit on both sides of a fold.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from popevit.config import PreprocessConfig
+from popevit.data.dedup import NEAR_THRESHOLD, Fingerprint, duplicate_clusters, fingerprint_files, near_pairs
+from popevit.data.discover import discover
+from popevit.data.manifest import EXCLUDED, read_manifest
+
+_MODES = ("L", "RGB", "RGBA", "P")
+
+
+@dataclass
+class _Set:
+    name: str
+    paths: list[Path]
+    labels: list[str]
+
+
+def _load_sets(src: Path) -> list[_Set]:
+    """A manifest gives one set per split; an official-split folder one per split; a plain folder one set."""
+    src = Path(src)
+    if src.is_file():
+        man = read_manifest(src)
+        out = []
+        for split in ("train", "val", "test"):
+            rows = man.select(split)
+            if rows:
+                out.append(_Set(split, [r.path for r in rows], [r.label for r in rows]))
+        return out
+    disc = discover(src)
+    names = sorted({s.split for s in disc.samples if s.split}, key=("train", "val", "test").index)
+    if not names:
+        return [_Set("all", [s.path for s in disc.samples], [s.label for s in disc.samples])]
+    return [
+        _Set(n, [s.path for s in disc.samples if s.split == n], [s.label for s in disc.samples if s.split == n])
+        for n in names
+    ]
+
+
+def _features_raw(fps: list[Fingerprint]) -> np.ndarray:
+    rows = []
+    for fp in fps:
+        mode = [float(fp.mode == m) for m in _MODES] + [float(fp.mode not in _MODES)]
+        rows.append([fp.width, fp.height, fp.width / max(fp.height, 1), fp.file_size, fp.mean, fp.std, *mode])
+    return np.array(rows, dtype=np.float64)
+
+
+def _features_preprocessed(arrays: list[np.ndarray], mode: str) -> np.ndarray:
+    rows = []
+    for a in arrays:
+        onehot = [float(mode == m) for m in _MODES] + [float(mode not in _MODES)]
+        rows.append(
+            [a.shape[1], a.shape[0], a.shape[1] / a.shape[0], a.nbytes, float(a.mean()), float(a.std()), *onehot]
+        )
+    return np.array(rows, dtype=np.float64)
+
+
+def shortcut_probe(x: np.ndarray, y: list[str], groups: list[int], seed: int = 0) -> float:
+    """Grouped, stratified 5-fold CV accuracy of a random forest on features ``x`` (N, F)."""
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.model_selection import StratifiedGroupKFold, cross_val_score
+
+    counts = np.unique(y, return_counts=True)[1]
+    folds = int(min(5, counts.min()))
+    if folds < 2:
+        raise ValueError(f"shortcut probe needs >= 2 images per class, got class counts {counts.tolist()}")
+    clf = RandomForestClassifier(n_estimators=100, min_samples_leaf=2, random_state=seed, n_jobs=1)
+    cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return float(cross_val_score(clf, x, np.asarray(y), groups=groups, cv=cv).mean())
+
+
+def audit(
+    train: Path,
+    test: Path | None = None,
+    *,
+    near_threshold: int = NEAR_THRESHOLD,
+    pairs_csv: Path | None = None,
+    preprocess: PreprocessConfig | None = None,
+    cache_dir: Path | None = None,
+    workers: int | None = None,
+    seed: int = 0,
+    probe: bool = True,
+) -> dict[str, Any]:
+    """Audit leakage and shortcuts.
+
+    Args:
+        train: a data folder or a manifest CSV.
+        test: optional external test folder; compared against every usable image of ``train``.
+        near_threshold: pHash Hamming threshold.
+        pairs_csv: where to list every leaking pair (``None``: not written).
+        preprocess: preprocessing for the preprocessed probe (default: :class:`PreprocessConfig`).
+        cache_dir: cache root for fingerprints and preprocessed arrays (``None``: default cache dir).
+        workers: processes for decoding.
+        seed: seed of the probes' folds and forests.
+        probe: run the shortcut probes.
+
+    Returns:
+        ``cross_exact``, ``cross_near`` (pair counts over all comparisons), ``comparisons`` (per pair of sets),
+        ``shortcut_raw``, ``shortcut_preprocessed``, ``majority`` and ``num_images``.
+    """
+    from popevit.data.cache import default_cache_dir
+    from popevit.data.dataset import ImageDataset
+
+    cache_root = default_cache_dir(cache_dir)
+    sets = _load_sets(Path(train))
+    comparisons: list[tuple[_Set, _Set]] = []
+    if test is not None:
+        whole = _Set("train", [p for s in sets for p in s.paths], [lab for s in sets for lab in s.labels])
+        tests = _load_sets(Path(test))
+        sets = [whole, _Set("test", [p for s in tests for p in s.paths], [lab for s in tests for lab in s.labels])]
+        comparisons = [(sets[0], sets[1])]
+    else:
+        comparisons = [(a, b) for i, a in enumerate(sets) for b in sets[i + 1 :]]
+    fp_of: dict[Path, Fingerprint] = {}
+    every = sorted({p for s in sets for p in s.paths})
+    for fp in fingerprint_files(every, cache_dir=cache_root, workers=workers):
+        fp_of[fp.path] = fp
+
+    report: dict[str, Any] = {"near_threshold": near_threshold, "comparisons": [], "cross_exact": 0, "cross_near": 0}
+    all_pairs: list[list[Any]] = []
+    for a, b in comparisons:
+        fa = [fp_of[p] for p in a.paths if fp_of[p].ok]
+        fb = [fp_of[p] for p in b.paths if fp_of[p].ok]
+        exact = near = 0
+        leaking: set[Path] = set()
+        for i, j, d in near_pairs(fa, fb, threshold=near_threshold):
+            kind = "exact" if fa[i].content_hash == fb[j].content_hash else "near"
+            exact += kind == "exact"
+            near += kind == "near"
+            leaking.add(fb[j].path)
+            all_pairs.append([a.name, str(fa[i].path), b.name, str(fb[j].path), kind, d])
+        report["comparisons"].append(
+            {
+                "a": a.name,
+                "b": b.name,
+                "cross_exact": exact,
+                "cross_near": near,
+                "b_images_with_match": len(leaking),
+                "b_images": len(fb),
+            }
+        )
+        report["cross_exact"] += exact
+        report["cross_near"] += near
+    if pairs_csv is not None:
+        Path(pairs_csv).parent.mkdir(parents=True, exist_ok=True)
+        with open(pairs_csv, "w", newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(["set_a", "path_a", "set_b", "path_b", "kind", "hamming"])
+            w.writerows(all_pairs)
+        report["pairs_csv"] = str(pairs_csv)
+
+    # Probes on the training source (every usable image of `train`).
+    src = (
+        sets[0]
+        if test is not None
+        else _Set("all", [p for s in sets for p in s.paths], [x for s in sets for x in s.labels])
+    )
+    keep = [i for i, p in enumerate(src.paths) if fp_of[p].ok]
+    fps = [fp_of[src.paths[i]] for i in keep]
+    labels = [src.labels[i] for i in keep]
+    report["num_images"] = len(fps)
+    values, counts = np.unique(labels, return_counts=True)
+    report["majority"] = float(counts.max() / counts.sum()) if len(labels) else 0.0
+    report["classes"] = {str(v): int(n) for v, n in zip(values, counts, strict=True)}
+    if probe and len(values) > 1:
+        groups, _ = duplicate_clusters(fps, near_threshold)
+        report["shortcut_raw"] = shortcut_probe(_features_raw(fps), labels, groups, seed)
+        cfg = preprocess or PreprocessConfig()
+        ds = ImageDataset([fp.path for fp in fps], [0] * len(fps), cfg, cache_dir=cache_root,
+                          content_hashes=[fp.content_hash for fp in fps])  # fmt: skip
+        bad = dict(ds.prepare(workers=workers))
+        ok = [i for i, p in enumerate(ds.paths) if p not in bad]
+        x = _features_preprocessed([ds.array(i) for i in ok], "L")
+        report["shortcut_preprocessed"] = shortcut_probe(x, [labels[i] for i in ok], [groups[i] for i in ok], seed)
+        report["preprocess"] = cfg.model_dump(mode="json")
+    else:
+        report["shortcut_raw"] = report["shortcut_preprocessed"] = None
+    report["excluded_in_manifest"] = len(read_manifest(train).select(EXCLUDED)) if Path(train).is_file() else 0
+    return report
+
+
+def format_audit(r: dict[str, Any]) -> str:
+    """Readable summary of an :func:`audit` report."""
+    lines = [f"leakage (exact = same bytes, near = pHash-256 Hamming <= {r['near_threshold']}):"]
+    if not r["comparisons"]:
+        lines.append("  only one set: nothing to compare (pass --test DIR or a manifest)")
+    for c in r["comparisons"]:
+        lines.append(f"  {c['a']} vs {c['b']}: {c['cross_exact']} exact pairs, {c['cross_near']} near pairs; "
+                     f"{c['b_images_with_match']}/{c['b_images']} {c['b']} images have a match")  # fmt: skip
+    if r.get("pairs_csv"):
+        lines.append(f"  pairs listed in {r['pairs_csv']}")
+    lines.append(f"shortcut probe on {r['num_images']} images (random forest on size/aspect/mode/bytes/mean/std):")
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    lines.append(f"  raw files:            {fmt(r['shortcut_raw'])}")
+    lines.append(f"  preprocessed images:  {fmt(r['shortcut_preprocessed'])}")
+    lines.append(f"  majority-class rate:  {fmt(r['majority'])}")
+    return "\n".join(lines)

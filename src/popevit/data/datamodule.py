@@ -1,0 +1,119 @@
+"""Lightning DataModule: manifest -> decode-once cache -> transforms -> loaders, class weights from train."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from popevit.config import DataConfig
+from popevit.data.dataset import ImageDataset
+from popevit.data.manifest import EXCLUDED, SPLITS, read_manifest
+from popevit.data.transforms import build_eval_transform, build_train_transform
+
+log = logging.getLogger(__name__)
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """Random order drawn from ``torch.Generator().manual_seed(seed + epoch)``.
+
+    Lightning calls ``set_epoch`` before every epoch, so the order of epoch e is a function of (seed, e) only:
+    reproducible, and identical after resuming from a checkpoint at epoch e.
+    """
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class MRIDataModule(L.LightningDataModule):
+    """Loaders for the ``train``/``val``/``test`` splits of a manifest.
+
+    ``setup()`` reads every file once (building the decode-once cache), lists bad files with their reasons in
+    ``self.skipped`` (and the log) and drops them before training starts, so no epoch can crash on a file.
+
+    Args:
+        cfg: data settings (batch size, workers, cache, preprocessing, augmentation).
+        manifest: manifest CSV from ``popevit data split``.
+        seed: seed of the training order and of worker RNGs.
+    """
+
+    def __init__(self, cfg: DataConfig, manifest: Path, seed: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.seed = seed
+        self.manifest = read_manifest(manifest)
+        self.classes: list[str] = list(self.manifest.classes)
+        self.datasets: dict[str, ImageDataset] = {}
+        self.skipped: list[tuple[Path, str]] = [(r.path, r.note) for r in self.manifest.select(EXCLUDED)]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        index = {c: i for i, c in enumerate(self.classes)}
+        pre = self.cfg.preprocess
+        for split in SPLITS:
+            rows = self.manifest.select(split)
+            tf = build_train_transform(self.cfg.augment, pre) if split == "train" else build_eval_transform(pre)
+            ds = ImageDataset([r.path for r in rows], [index[r.label] for r in rows], pre, tf, self.cfg.cache_dir,
+                              [r.content_hash for r in rows])  # fmt: skip
+            bad = ds.prepare(workers=None)
+            if bad:
+                for p, reason in bad:
+                    log.warning("skipping %s (%s): %s", p, split, reason)
+                bad_set = {p for p, _ in bad}
+                ds = ds.subset([i for i, p in enumerate(ds.paths) if p not in bad_set])
+                self.skipped.extend(bad)
+            self.datasets[split] = ds
+        if self.skipped:
+            log.warning("%d files skipped before training (listed in datamodule.skipped)", len(self.skipped))
+        if len(self.datasets["train"]) == 0:
+            raise RuntimeError(f"manifest {self.manifest.path} has no usable training images")
+
+    @property
+    def class_weights(self) -> torch.Tensor:
+        """Inverse class frequency in the training split, normalised to mean 1. (K,) float."""
+        self.setup()
+        counts = torch.bincount(torch.tensor(self.datasets["train"].targets), minlength=len(self.classes)).float()
+        if (counts == 0).any():
+            empty = [c for c, n in zip(self.classes, counts.tolist(), strict=True) if n == 0]
+            raise RuntimeError(f"classes {empty} have no training images; check the manifest or --classes")
+        w = 1.0 / counts
+        return w / w.mean()
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        ds = self.datasets[split]
+        nw = self.cfg.num_workers
+        return DataLoader(
+            ds,
+            batch_size=self.cfg.batch_size,
+            sampler=EpochShuffleSampler(len(ds), self.seed) if train else None,
+            shuffle=False,
+            num_workers=nw,
+            persistent_workers=nw > 0,
+            pin_memory=torch.cuda.is_available(),
+            generator=torch.Generator().manual_seed(self.seed),
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)

@@ -1,0 +1,265 @@
+"""Duplicate-grouped, stratified, seeded splits written to a manifest CSV; and reading manifests back.
+
+The anti-pattern is ``random_split`` over images: the Kaggle set has byte-identical and near-identical copies (and
+adjacent slices of one series), so a per-image split leaks test images into training and inflates accuracy.
+Here every file gets a *group* (its duplicate cluster, :func:`popevit.data.dedup.duplicate_clusters`), and whole
+groups are assigned to ``train``/``val``/``test``:
+
+1. per class (a group's class is its majority label), groups are shuffled with ``numpy.random.default_rng(seed)``
+   and then ordered by size, largest first (stable, so ties keep the shuffled order);
+2. each group goes to the split with the largest deficit ``ratio_k * n_class - count_k`` (ties: train, val, test).
+
+This is deterministic: same files and seed -> byte-identical manifest. For official ``Training``/``Testing``
+layouts the official test set is kept; the training part is split into train/val by the same rule, and training
+images in a cluster that reaches into the official test set are written with split ``excluded`` (reason in
+``note``). Unreadable files are written with split ``excluded`` and their decode error: listed, never silently
+dropped. Paths are stored absolute; relative paths (hand-edited manifests) are resolved against the manifest's
+folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from popevit.data.dedup import NEAR_THRESHOLD, Fingerprint, duplicate_clusters, fingerprint_files
+from popevit.data.discover import Discovery, discover
+from popevit.registry import did_you_mean
+
+SPLITS = ("train", "val", "test")
+EXCLUDED = "excluded"
+COLUMNS = ("path", "label", "split", "group", "content_hash", "width", "height", "mode", "format", "note")
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    path: Path
+    label: str
+    split: str
+    group: str
+    content_hash: str
+    width: int = 0
+    height: int = 0
+    mode: str = ""
+    format: str = ""
+    note: str = ""
+
+
+@dataclass
+class Manifest:
+    """A parsed manifest. ``classes`` are the sorted labels; ``sha256`` identifies the file for provenance."""
+
+    path: Path
+    rows: list[ManifestRow]
+    classes: list[str]
+    sha256: str
+
+    def select(self, split: str | None) -> list[ManifestRow]:
+        """Rows of one split (``train``/``val``/``test``/``excluded``); ``None`` = every usable row."""
+        if split is None:
+            return [r for r in self.rows if r.split != EXCLUDED]
+        known = sorted({*SPLITS, EXCLUDED, *(r.split for r in self.rows)})
+        if split not in known:
+            raise ValueError(f"unknown split {split!r}{did_you_mean(split, known)} (manifest splits: {known})")
+        return [r for r in self.rows if r.split == split]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """split -> class -> count."""
+        out: dict[str, dict[str, int]] = {s: dict.fromkeys(self.classes, 0) for s in SPLITS}
+        for r in self.rows:
+            out.setdefault(r.split, dict.fromkeys(self.classes, 0))
+            out[r.split][r.label] = out[r.split].get(r.label, 0) + 1
+        return out
+
+
+def _assign(groups: list[tuple[str, list[int]]], ratios: Sequence[float], rng: np.random.Generator) -> dict[str, str]:
+    """Greedy largest-deficit assignment of (group id, members) of one class to splits."""
+    total = sum(len(m) for _, m in groups)
+    targets = np.array(ratios, dtype=float) * total
+    counts = np.zeros(len(ratios))
+    order = rng.permutation(len(groups))
+    shuffled = [groups[i] for i in order]
+    shuffled.sort(key=lambda g: -len(g[1]))  # stable: ties keep the seeded order
+    out = {}
+    for gid, members in shuffled:
+        k = int(np.argmax(targets - counts))  # first max wins ties: train, val, test
+        counts[k] += len(members)
+        out[gid] = k
+    return {gid: SPLITS[k] if len(ratios) == 3 else ("train", "val")[k] for gid, k in out.items()}
+
+
+def _group_ids(fps: list[Fingerprint], cluster_of: list[int]) -> list[str]:
+    """Stable group names: ``g`` + first 12 hex of the smallest content hash in the cluster."""
+    best: dict[int, str] = {}
+    for fp, c in zip(fps, cluster_of, strict=True):
+        key = fp.content_hash or hashlib.sha256(str(fp.path).encode()).hexdigest()
+        best[c] = min(best.get(c, key), key)
+    return ["g" + best[c][:12] for c in cluster_of]
+
+
+def build_rows(
+    disc: Discovery,
+    fps: list[Fingerprint],
+    *,
+    seed: int = 0,
+    ratios: Sequence[float] = (0.8, 0.1, 0.1),
+    near_threshold: int | None = NEAR_THRESHOLD,
+) -> list[ManifestRow]:
+    """Assign every discovered file to a split by duplicate group (see the module docstring)."""
+    if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
+        raise ValueError(f"ratios must be three non-negative numbers summing to 1 (train,val,test), got {ratios}")
+    ok = [i for i, fp in enumerate(fps) if fp.ok]
+    ok_fps = [fps[i] for i in ok]
+    cluster_of, _ = duplicate_clusters(ok_fps, near_threshold)
+    gids = _group_ids(ok_fps, cluster_of)
+    samples = disc.samples
+    members: dict[str, list[int]] = {}
+    for i, g in zip(ok, gids, strict=True):
+        members.setdefault(g, []).append(i)
+    split_of: dict[str, str] = {}
+    note_of: dict[int, str] = {}
+    rng = np.random.default_rng(seed)
+    official = disc.layout == "official_split"
+
+    def group_label(idx: list[int]) -> str:
+        c = Counter(samples[i].label for i in idx)
+        return sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+
+    to_split = {}
+    for g, idx in sorted(members.items()):
+        if official:
+            given = {samples[i].split for i in idx}
+            if "test" in given:
+                split_of[g] = "test"
+                for i in idx:
+                    if samples[i].split != "test":
+                        note_of[i] = "duplicate of an official test image"
+                continue
+            if given == {"val"}:
+                split_of[g] = "val"
+                continue
+        to_split[g] = idx
+    if official:
+        has_val = any(s.split == "val" for s in samples)
+        r = (
+            (1.0, 0.0)
+            if has_val
+            else (ratios[0] / max(ratios[0] + ratios[1], 1e-12), ratios[1] / max(ratios[0] + ratios[1], 1e-12))
+        )
+    else:
+        r = tuple(ratios)
+    by_class: dict[str, list[tuple[str, list[int]]]] = {}
+    for g, idx in to_split.items():
+        by_class.setdefault(group_label(idx), []).append((g, idx))
+    for label in sorted(by_class):
+        split_of.update(_assign(by_class[label], r, rng))
+
+    rows = []
+    gid_of = dict(zip(ok, gids, strict=True))
+    for i, (s, fp) in enumerate(zip(samples, fps, strict=True)):
+        common = dict(path=s.path.resolve(), label=s.label, content_hash=fp.content_hash, width=fp.width,
+                      height=fp.height, mode=fp.mode, format=fp.format or "")  # fmt: skip
+        if not fp.ok:
+            rows.append(ManifestRow(**common, split=EXCLUDED, group="", note=fp.error or ""))
+            continue
+        g = gid_of[i]
+        split = EXCLUDED if i in note_of else split_of[g]
+        rows.append(ManifestRow(**common, split=split, group=g, note=note_of.get(i, "")))
+    rows.sort(key=lambda r: str(r.path))
+    return rows
+
+
+def write_manifest(rows: Sequence[ManifestRow], out: Path) -> Path:
+    """Write rows as CSV (``\\n`` line endings, fixed column order): byte-identical for identical rows."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for r in rows:
+        writer.writerow([str(r.path), r.label, r.split, r.group, r.content_hash, r.width, r.height, r.mode,
+                         r.format, r.note])  # fmt: skip
+    out.write_text(buf.getvalue())
+    return out
+
+
+def make_split(
+    data: Path,
+    out: Path,
+    *,
+    seed: int = 0,
+    ratios: Sequence[float] = (0.8, 0.1, 0.1),
+    class_map: dict[str, str] | None = None,
+    classes: list[str] | None = None,
+    binary: bool = False,
+    near_threshold: int | None = NEAR_THRESHOLD,
+    cache_dir: Path | None = None,
+    workers: int | None = None,
+) -> Path:
+    """Discover ``data``, fingerprint every file, group duplicates and write a split manifest.
+
+    Args:
+        data: data folder in any layout of :func:`popevit.data.discover`.
+        out: manifest CSV to write.
+        seed: split seed.
+        ratios: train/val/test fractions (summing to 1).
+        class_map: class-folder -> class-name map for numeric folders.
+        classes: keep only these classes.
+        binary: tumour vs no-tumour.
+        near_threshold: pHash Hamming threshold for near duplicates (``None`` = exact duplicates only).
+        cache_dir: fingerprint cache root (``None``: no cache).
+        workers: fingerprinting processes (default: all cores for large folders).
+
+    Returns:
+        ``out``.
+    """
+    disc = discover(data, class_map=class_map, classes=classes, binary=binary)
+    fps = fingerprint_files([s.path for s in disc.samples], cache_dir=cache_dir, workers=workers)
+    rows = build_rows(disc, fps, seed=seed, ratios=ratios, near_threshold=near_threshold)
+    return write_manifest(rows, out)
+
+
+def read_manifest(path: Path | str) -> Manifest:
+    """Parse a manifest CSV written by :func:`make_split` (or by hand: only ``path,label,split`` are required).
+
+    Raises:
+        ValueError: missing file or required columns, unknown split names.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"manifest {str(path)!r} not found; create one with `popevit data split DATA --out {path}`")
+    raw = path.read_bytes()
+    reader = csv.DictReader(io.StringIO(raw.decode("utf-8")))
+    missing = {"path", "label", "split"} - set(reader.fieldnames or [])
+    if missing:
+        raise ValueError(f"manifest {str(path)!r} lacks columns {sorted(missing)} (has {reader.fieldnames})")
+    rows = []
+    base = path.resolve().parent
+    for n, rec in enumerate(reader, start=2):
+        p = Path(rec["path"])
+        split = rec["split"]
+        if split not in (*SPLITS, EXCLUDED):
+            raise ValueError(f"{path}:{n}: split {split!r} is not one of {[*SPLITS, EXCLUDED]}")
+        rows.append(
+            ManifestRow(
+                path=p if p.is_absolute() else base / p,
+                label=rec["label"],
+                split=split,
+                group=rec.get("group") or "",
+                content_hash=rec.get("content_hash") or "",
+                width=int(rec.get("width") or 0),
+                height=int(rec.get("height") or 0),
+                mode=rec.get("mode") or "",
+                format=rec.get("format") or "",
+                note=rec.get("note") or "",
+            )
+        )
+    classes = sorted({r.label for r in rows})
+    return Manifest(path=path, rows=rows, classes=classes, sha256=hashlib.sha256(raw).hexdigest())

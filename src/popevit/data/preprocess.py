@@ -1,0 +1,185 @@
+"""Deterministic preprocessing, identical for every class: head crop, pad to square, resize, intensity normalisation.
+
+The Kaggle Brain Tumor MRI set gives its class away by image size and framing (tumour images are almost all
+512x512, no-tumour images almost never), so every image goes through the same geometry before the model sees it:
+
+1. grayscale (any mode, see :func:`popevit.data.decode.to_gray`);
+2. foreground crop: the background level is the median of the image border (works for black *and* white
+   backgrounds); pixels of a lightly smoothed copy (<= 128 px, for speed) differing from it by more than 12% of the
+   robust (p1-p99) range are foreground; the crop is the bounding box of the largest 8-connected foreground
+   component (text labels and specks are dropped), refined at full resolution, plus a 2% margin. A second pass
+   strips frames (some Kaggle no-tumour scans are a black field on a white page);
+3. pad to square with the background level (centred);
+4. resize to ``img_size`` (PIL bilinear, which low-pass filters when downscaling);
+5. percentile clip (``clip_percentiles``) and rescale to 0..255 (uint8): what the decode-once cache stores;
+6. :func:`to_tensor`: per-image standardisation (zero mean, unit variance; Nyúl & Udupa 1999 motivate per-scan
+   normalisation for MRI, whose intensities have no absolute scale) and replication to 3 channels if asked.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from popevit.config import PreprocessConfig
+from popevit.data.decode import to_gray
+
+if TYPE_CHECKING:
+    import torch
+
+# Bump when the algorithm changes: the decode-once cache key includes it.
+PREPROCESS_VERSION = 2
+_FG_FRACTION = 0.12  # foreground = |x - background| > 12% of the (p1, p99) range
+_MARGIN = 0.02  # crop margin, fraction of the box side
+
+
+def background_level(gray: np.ndarray) -> float:
+    """Median of a 2-pixel-wide frame around the image: the background intensity, dark or bright."""
+    b = max(1, min(gray.shape) // 100 + 1)
+    border = np.concatenate([gray[:b].ravel(), gray[-b:].ravel(), gray[:, :b].ravel(), gray[:, -b:].ravel()])
+    return float(np.median(border))
+
+
+def foreground_box(gray: np.ndarray, margin: float = _MARGIN) -> tuple[int, int, int, int]:
+    """Bounding box ``(top, left, bottom, right)`` (exclusive ends) of the head in a (H, W) grayscale image.
+
+    Args:
+        gray: (H, W) grayscale image.
+        margin: margin added on every side, as a fraction of the box's longer side.
+
+    Returns the full image when no clear foreground is found (blank or uniform images).
+    """
+    h, w = gray.shape
+    step = max(1, int(np.ceil(max(h, w) / 128)))
+    small = ndimage.gaussian_filter(gray[::step, ::step], 1.0)  # noise would fragment thin rings (scalp, skull)
+    bg = background_level(small)
+    lo, hi = np.percentile(small, (1, 99))
+    if hi - lo <= 1e-6:
+        return 0, 0, h, w
+    fg = np.abs(small - bg) > _FG_FRACTION * (hi - lo)
+    labels, n = ndimage.label(fg, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return 0, 0, h, w
+    sizes = ndimage.sum_labels(fg, labels, index=np.arange(1, n + 1))
+    keep = labels == (int(np.argmax(sizes)) + 1)
+    rows, cols = np.flatnonzero(keep.any(axis=1)), np.flatnonzero(keep.any(axis=0))
+    t, b = rows[0] * step, min(h, (rows[-1] + 1) * step)
+    l, r = cols[0] * step, min(w, (cols[-1] + 1) * step)
+    if step > 1:  # refine the coarse box at full resolution, within one coarse cell of it
+        t, l = max(0, t - step), max(0, l - step)
+        b, r = min(h, b + step), min(w, r + step)
+        full = np.abs(gray[t:b, l:r] - bg) > _FG_FRACTION * (hi - lo)
+        fr, fc = np.flatnonzero(full.any(axis=1)), np.flatnonzero(full.any(axis=0))
+        if len(fr) and len(fc):
+            t, b, l, r = t + fr[0], t + fr[-1] + 1, l + fc[0], l + fc[-1] + 1
+    m = round(_MARGIN * max(b - t, r - l))
+    return max(0, t - m), max(0, l - m), min(h, b + m), min(w, r + m)
+
+
+def _uniform_border(gray: np.ndarray, tol: float) -> bool:
+    """True when >= 90% of the border pixels lie within ``tol`` of their median (a plain field, not tissue)."""
+    b = max(1, min(gray.shape) // 100 + 1)
+    border = np.concatenate([gray[:b].ravel(), gray[-b:].ravel(), gray[:, :b].ravel(), gray[:, -b:].ravel()])
+    return bool(np.mean(np.abs(border - np.median(border)) <= tol) >= 0.9)
+
+
+def crop_pad_square(gray: np.ndarray, crop_foreground: bool = True) -> np.ndarray:
+    """Foreground crop (optional) then centred pad to square with the background level. (H, W) -> (L, L)."""
+    if crop_foreground:
+        for _ in range(3):  # later passes look inside a frame, e.g. a black scan field on a white page
+            h, w = gray.shape
+            lo, hi = np.percentile(gray[:: max(1, h // 128), :: max(1, w // 128)], (1, 99))
+            tol = _FG_FRACTION * (hi - lo)
+            t, l, b, r = foreground_box(gray, margin=0.0)
+            if b - t >= 0.97 * h and r - l >= 0.97 * w:
+                # Foreground fills the image: either the head does, or a field touching the edges does.
+                dy, dx = max(1, int(0.06 * h)), max(1, int(0.06 * w))
+                inset = gray[dy : h - dy, dx : w - dx]
+                if _uniform_border(inset, tol) and abs(background_level(inset) - background_level(gray)) > tol:
+                    gray = inset
+                    continue
+                break
+            inner = gray[t:b, l:r]
+            if _uniform_border(inner, tol) and abs(background_level(inner) - background_level(gray)) > tol:
+                gray = inner  # the box is a uniform field of another level, not a head on the background
+                continue
+            m = round(_MARGIN * max(b - t, r - l))
+            gray = gray[max(0, t - m) : b + m, max(0, l - m) : r + m]
+            break
+    bg = background_level(gray)
+    h, w = gray.shape
+    side = max(h, w)
+    if h == w:
+        return gray
+    out = np.full((side, side), bg, dtype=np.float32)
+    top, left = (side - h) // 2, (side - w) // 2
+    out[top : top + h, left : left + w] = gray
+    return out
+
+
+def resize(gray: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize of a float (H, W) array to (size, size)."""
+    if gray.shape == (size, size):
+        return gray.astype(np.float32, copy=False)
+    img = Image.fromarray(np.ascontiguousarray(gray, dtype=np.float32), mode="F")
+    return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def rescale_uint8(x: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
+    """Clip to the given intensity percentiles and rescale linearly to uint8 0..255 (zeros if flat)."""
+    lo, hi = np.percentile(x, percentiles)
+    if hi - lo <= 1e-6:
+        return np.zeros(x.shape, np.uint8)
+    y = (np.clip(x, lo, hi) - lo) * (255.0 / (hi - lo))
+    return np.round(y).astype(np.uint8)
+
+
+def preprocess_image(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
+    """The deterministic, class-independent preprocessing that the decode-once cache stores.
+
+    Args:
+        img: a decoded PIL image in any mode.
+        cfg: preprocessing settings (``img_size``, ``crop_foreground``, ``clip_percentiles``).
+
+    Returns:
+        uint8 array (S, S), S = ``cfg.img_size``.
+    """
+    gray = to_gray(img)  # (H, W) float32
+    square = crop_pad_square(gray, cfg.crop_foreground)  # (L, L)
+    return rescale_uint8(resize(square, cfg.img_size), cfg.clip_percentiles)  # (S, S) uint8
+
+
+def draft_size(cfg: PreprocessConfig) -> tuple[int, int]:
+    """JPEG draft bound: decode at >= 2x the model size so the crop still has enough resolution."""
+    return 2 * cfg.img_size, 2 * cfg.img_size
+
+
+def to_tensor(arr: np.ndarray, cfg: PreprocessConfig) -> torch.Tensor:
+    """Cached uint8 (S, S) -> model input: float (C, S, S), per-image standardised, C = ``cfg.in_chans``."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(arr)).float().div_(255.0).unsqueeze(0)  # (1, S, S)
+    return standardize(x, cfg.in_chans)
+
+
+def standardize(x: torch.Tensor, in_chans: int = 1) -> torch.Tensor:
+    """Per-image zero mean / unit variance of a (1, S, S) tensor, replicated to ``in_chans`` channels."""
+    mean, std = x.mean(), x.std()
+    x = (x - mean) / std.clamp_min(1e-6)
+    return x.expand(in_chans, -1, -1).contiguous() if in_chans != 1 else x
+
+
+def settings_key(cfg: PreprocessConfig) -> str:
+    """Stable string of everything that changes the cached array (cache invalidation key)."""
+    fields = {
+        "v": PREPROCESS_VERSION,
+        "img_size": cfg.img_size,
+        "crop_foreground": cfg.crop_foreground,
+        "clip_percentiles": list(cfg.clip_percentiles),
+        "draft": draft_size(cfg),
+    }
+    return json.dumps(fields, sort_keys=True)

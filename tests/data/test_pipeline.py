@@ -1,0 +1,176 @@
+"""Preprocessing, decode-once cache, transforms, dataset and the Lightning DataModule."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from popevit.config import AugmentConfig, DataConfig, PreprocessConfig
+from popevit.data import make_split
+from popevit.data.cache import ArrayCache, default_cache_dir
+from popevit.data.datamodule import EpochShuffleSampler, MRIDataModule
+from popevit.data.dataset import ImageDataset
+from popevit.data.decode import load_image
+from popevit.data.preprocess import foreground_box, preprocess_image, to_tensor
+from popevit.data.transforms import build_eval_transform, build_train_transform
+
+CFG = PreprocessConfig(img_size=32)
+
+
+def _head(bg: int, fg: int, shape=(60, 90), box=(10, 50, 30, 80)) -> np.ndarray:
+    a = np.full(shape, bg, np.uint8)
+    t, b, l, r = box
+    yy, xx = np.mgrid[t:b, l:r]
+    a[t:b, l:r] = np.where(
+        ((yy - (t + b) / 2) / ((b - t) / 2)) ** 2 + ((xx - (l + r) / 2) / ((r - l) / 2)) ** 2 < 1, fg, bg
+    )
+    return a
+
+
+def test_foreground_crop_on_black_and_white_backgrounds():
+    black, white = _head(0, 180), _head(255, 90)
+    assert foreground_box(black.astype(np.float32)) == foreground_box(white.astype(np.float32))
+    t, l, b, r = foreground_box(black.astype(np.float32))
+    assert 8 <= t <= 11 and 47 <= b <= 52 and 28 <= l <= 31 and 79 <= r <= 82
+
+
+def test_preprocess_removes_size_and_framing():
+    """The same head at two scales and framings preprocesses to nearly the same array."""
+    small = Image.fromarray(_head(0, 200, (60, 90), (10, 50, 30, 70)))
+    big = small.resize((180, 120), Image.Resampling.BILINEAR)
+    big_padded = Image.new("L", (400, 200), 0)
+    big_padded.paste(big, (150, 60))
+    a, b = preprocess_image(small, CFG), preprocess_image(big_padded, CFG)
+    assert a.shape == b.shape == (32, 32) and a.dtype == np.uint8
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 12
+
+
+def test_to_tensor_standardised_and_channels():
+    arr = np.random.default_rng(0).integers(0, 255, (32, 32)).astype(np.uint8)
+    x1 = to_tensor(arr, CFG)
+    x3 = to_tensor(arr, PreprocessConfig(img_size=32, in_chans=3))
+    assert x1.shape == (1, 32, 32) and x3.shape == (3, 32, 32) and x1.dtype == torch.float32
+    assert abs(float(x1.mean())) < 1e-5 and abs(float(x1.std()) - 1) < 1e-4
+    assert torch.equal(x3[0], x3[2]) and torch.allclose(
+        build_eval_transform(CFG)(torch.from_numpy(arr)[None] / 255.0), x1
+    )
+
+
+def test_cache_keyed_by_content_and_settings(phantom_root, tmp_path):
+    f = phantom_root / "glioma" / "glioma_0000.png"
+    cache = ArrayCache(tmp_path, CFG)
+    arr, digest = cache.load(f)
+    assert np.array_equal(arr, preprocess_image(load_image(f), CFG))
+    assert (cache.dir / digest[:2] / f"{digest}.npy").is_file()
+    copy = tmp_path / "renamed.png"
+    shutil.copy(f, copy)
+    assert cache.load(copy)[1] == digest  # same content, same entry
+    other = ArrayCache(tmp_path, PreprocessConfig(img_size=32, clip_percentiles=(1.0, 99.0)))
+    assert other.dir != cache.dir and other.get(digest) is None  # settings change -> new key
+    assert len(list(cache.dir.rglob("*.tmp"))) == 0
+
+
+def _fill(args):
+    paths, root = args
+    ds = ImageDataset(paths, [0] * len(paths), CFG, cache_dir=root)
+    return len(ds.prepare(workers=1))
+
+
+def test_two_processes_fill_cache_at_once(phantom_root, tmp_path):
+    paths = sorted((phantom_root / "meningioma").glob("*.png"))
+    with mp.get_context("fork").Pool(2) as pool:
+        assert pool.map(_fill, [(paths, tmp_path), (paths, tmp_path)]) == [0, 0]
+    cache = ArrayCache(tmp_path, CFG)
+    assert len(list(cache.dir.rglob("*.npy"))) == 12 and not list(cache.dir.rglob("*.tmp"))
+
+
+def test_default_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("POPEVIT_CACHE", str(tmp_path / "env"))
+    assert default_cache_dir() == tmp_path / "env"
+    assert default_cache_dir(tmp_path / "cfg") == tmp_path / "cfg"
+
+
+def test_dataset_deterministic_and_batched_fetch(phantom_root, tmp_path):
+    paths = sorted((phantom_root / "notumor").glob("*.png"))[:4]
+    ds = ImageDataset(paths, [2] * 4, CFG, cache_dir=tmp_path)
+    x, y = ds[1]
+    assert x.shape == (1, 32, 32) and y == 2 and torch.equal(x, ds[1][0])
+    batch = ds.__getitems__([0, 1])
+    assert torch.allclose(batch[1][0], x, atol=1e-5)
+
+
+def test_train_transform_random_eval_fixed():
+    aug = AugmentConfig(rotation=15, translate=0.1, shear=5, random_resized_crop=(0.7, 1.0), brightness=0.1,
+                        contrast=0.1, gamma=0.2, noise_std=0.05)  # fmt: skip
+    cfg3 = PreprocessConfig(img_size=32, in_chans=3)
+    tf = build_train_transform(aug, cfg3)
+    x = torch.rand(1, 32, 32)
+    torch.manual_seed(0)
+    a = tf(x)
+    torch.manual_seed(0)
+    assert torch.equal(a, tf(x)) and a.shape == (3, 32, 32) and torch.isfinite(a).all()
+    assert not torch.equal(a, tf(x))
+    b = tf(torch.rand(5, 1, 32, 32))
+    assert b.shape == (5, 3, 32, 32)
+    assert torch.equal(b[:, 0], b[:, 2])  # noise identical across replicated channels
+    ev = build_eval_transform(cfg3)
+    assert torch.equal(ev(x), ev(x))
+    off = build_train_transform(AugmentConfig(enabled=False), cfg3)
+    assert torch.equal(off(x), ev(x))
+
+
+def test_identity_augmentation_is_exact():
+    """Zero-strength geometry (hflip only at p=1, twice) reproduces the image: the warp's coordinates are right."""
+    tf = build_train_transform(AugmentConfig(rotation=0, translate=0, scale=(1, 1), hflip=1.0), CFG)
+    x = torch.rand(1, 1, 32, 32)
+    flipped = tf(x)
+    assert torch.allclose(flipped, build_eval_transform(CFG)(x.flip(-1)), atol=1e-4)
+
+
+def test_datamodule(messy_root, tmp_path):
+    manifest = make_split(messy_root, tmp_path / "m.csv", cache_dir=tmp_path / "c")
+    (messy_root / "glioma" / "glioma_0005.png").write_bytes(b"changed after the split")  # a file that went bad
+    cfg = DataConfig(batch_size=8, cache_dir=tmp_path / "c", preprocess=CFG)
+    dm = MRIDataModule(cfg, manifest, seed=3)
+    dm.setup("fit")
+    assert dm.classes == ["glioma", "meningioma", "notumor", "pituitary"]
+    skipped = {p.name: why for p, why in dm.skipped}
+    assert {"empty.jpg", "truncated.jpg", "corrupt.png", "bomb.png", "glioma_0005.png"} <= set(skipped)
+    assert "changed since the manifest" in skipped["glioma_0005.png"]
+    w = dm.class_weights
+    assert w.shape == (4,) and abs(float(w.mean()) - 1) < 1e-6
+    counts = torch.bincount(torch.tensor(dm.datasets["train"].targets), minlength=4).float()
+    assert torch.allclose(w * counts, (w * counts)[0].expand(4))  # inverse frequency
+    xb, yb = next(iter(dm.train_dataloader()))
+    assert xb.shape == (8, 1, 32, 32) and yb.dtype == torch.int64
+    vx, _ = next(iter(dm.val_dataloader()))
+    assert torch.equal(vx, next(iter(dm.val_dataloader()))[0])
+    n_test = sum(len(b[1]) for b in dm.test_dataloader())
+    assert n_test == len(dm.datasets["test"])
+
+
+def test_epoch_order_is_reproducible_and_resumable():
+    s = EpochShuffleSampler(20, seed=5)
+    s.set_epoch(3)
+    first = list(s)
+    t = EpochShuffleSampler(20, seed=5)
+    t.set_epoch(3)
+    assert list(t) == first and sorted(first) == list(range(20))
+    t.set_epoch(4)
+    assert list(t) != first
+
+
+@pytest.mark.parametrize("in_chans", [1, 3])
+def test_datamodule_channels(phantom_root, tmp_path, in_chans):
+    manifest = make_split(phantom_root, tmp_path / "m.csv")
+    cfg = DataConfig(
+        batch_size=4, cache_dir=tmp_path / "c", preprocess=PreprocessConfig(img_size=32, in_chans=in_chans)
+    )
+    dm = MRIDataModule(cfg, manifest)
+    dm.setup()
+    assert next(iter(dm.train_dataloader()))[0].shape == (4, in_chans, 32, 32)

@@ -1,0 +1,103 @@
+"""Duplicate-grouped, stratified, deterministic splits; manifests; load_samples."""
+
+from __future__ import annotations
+
+import shutil
+from collections import defaultdict
+
+import pytest
+
+from popevit.data import load_samples, make_split, read_manifest
+from popevit.data.manifest import EXCLUDED
+
+
+def _groups_by_split(man):
+    where = defaultdict(set)
+    for r in man.rows:
+        if r.split != EXCLUDED:
+            where[r.group].add(r.split)
+    return where
+
+
+def test_split_groups_duplicates_and_lists_bad_files(messy_root, tmp_path):
+    out = make_split(messy_root, tmp_path / "m.csv", seed=0, cache_dir=tmp_path / "cache")
+    man = read_manifest(out)
+    by_name = {r.path.name: r for r in man.rows}
+    # exact and near copies share the group of their original, whichever split it landed in
+    assert by_name["copy_of_0000.png"].group == by_name["glioma_0000.png"].group
+    assert by_name["dup_0001.png"].group == by_name["meningioma_0001.png"].group
+    assert by_name["glioma_0002_small.jpg"].group == by_name["glioma_0002.png"].group
+    assert by_name["conflict_0003.jpg"].group == by_name["notumor_0003.png"].group
+    assert all(len(s) == 1 for s in _groups_by_split(man).values())
+    # bad files are listed with reasons, never silently dropped
+    excluded = {r.path.name: r.note for r in man.select(EXCLUDED)}
+    assert set(excluded) == {"empty.jpg", "truncated.jpg", "corrupt.png", "bomb.png"}
+    assert "decompression bomb" in excluded["bomb.png"]
+    assert by_name["png_named.jpg"].format == "PNG"
+    # every class in every split, roughly at the ratios
+    counts = man.counts()
+    assert all(counts[s][c] >= 1 for s in ("train", "val", "test") for c in man.classes)
+    assert sum(counts["train"].values()) > 3 * sum(counts["test"].values())
+
+
+def test_split_is_deterministic_and_seeded(phantom_root, tmp_path):
+    a = make_split(phantom_root, tmp_path / "a.csv", seed=1)
+    b = make_split(phantom_root, tmp_path / "b.csv", seed=1)
+    c = make_split(phantom_root, tmp_path / "c.csv", seed=2)
+    assert a.read_bytes() == b.read_bytes()
+    assert a.read_bytes() != c.read_bytes()
+    man = read_manifest(a)
+    assert man.sha256 == read_manifest(b).sha256
+    assert {"path", "label", "split", "group", "content_hash"} <= set(a.read_text().splitlines()[0].split(","))
+    assert all(r.path.is_absolute() for r in man.rows)
+
+
+def test_official_layout_keeps_test_and_excludes_leaks(phantom_root, tmp_path):
+    root = tmp_path / "d"
+    for c in ("glioma", "notumor"):
+        (root / "Training" / c).mkdir(parents=True)
+        (root / "Testing" / c).mkdir(parents=True)
+        for i in range(10):
+            shutil.copy(phantom_root / c / f"{c}_{i:04d}.png", root / "Training" / c)
+        for i in range(10, 12):
+            shutil.copy(phantom_root / c / f"{c}_{i:04d}.png", root / "Testing" / c)
+    shutil.copy(phantom_root / "glioma" / "glioma_0011.png", root / "Training" / "glioma" / "leak.png")
+    man = read_manifest(make_split(root, tmp_path / "m.csv", ratios=(0.8, 0.1, 0.1)))
+    assert {r.path.name for r in man.select("test")} == {
+        f"{c}_{i:04d}.png" for c in ("glioma", "notumor") for i in (10, 11)
+    }
+    leak = next(r for r in man.rows if r.path.name == "leak.png")
+    assert leak.split == EXCLUDED and "official test" in leak.note
+    assert len(man.select("val")) >= 2 and len(man.select("train")) >= 14
+
+
+def test_read_manifest_errors(tmp_path):
+    with pytest.raises(ValueError, match="popevit data split"):
+        read_manifest(tmp_path / "missing.csv")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,label\nx.png,a\n")
+    with pytest.raises(ValueError, match="lacks columns"):
+        read_manifest(bad)
+    rel = tmp_path / "rel.csv"
+    rel.write_text("path,label,split\nimgs/x.png,a,train\n")
+    man = read_manifest(rel)
+    assert man.rows[0].path == tmp_path / "imgs" / "x.png"
+    with pytest.raises(ValueError, match="did you mean 'train'"):
+        man.select("trian")
+
+
+def test_load_samples_folder_and_manifest(messy_root, phantom_root, tmp_path):
+    s = load_samples(data=messy_root)
+    assert {p.name for p, _ in s.skipped} == {"empty.jpg", "truncated.jpg", "corrupt.png", "bomb.png"}
+    assert len(s.paths) == len(s.labels) == 48 + 5 and s.classes == ["glioma", "meningioma", "notumor", "pituitary"]
+    with pytest.raises(ValueError, match="no official splits"):
+        load_samples(data=phantom_root, split="test")
+    man = make_split(phantom_root, tmp_path / "m.csv")
+    t = load_samples(manifest=man, split="test")
+    assert len(t.paths) == 4 and t.targets() == [0, 1, 2, 3]
+    b = load_samples(manifest=man, split="test", binary=True)
+    assert b.classes == ["notumor", "tumor"] and sorted(b.labels) == ["notumor", "tumor", "tumor", "tumor"]
+    with pytest.raises(ValueError, match="exactly one"):
+        load_samples()
+    with pytest.raises(ValueError, match="does not exist"):
+        load_samples(data=tmp_path / "nope")
