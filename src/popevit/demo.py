@@ -1,6 +1,6 @@
 """``popevit demo``: the whole pipeline on built-in synthetic MRI phantoms, in about two minutes on 2 CPU cores.
 
-phantoms -> duplicate-grouped split -> train a tiny PoPE-ViT and a tiny RoPE-ViT -> evaluate both on the held-out
+phantoms -> duplicate-grouped split -> train a small PoPE-ViT and RoPE-ViT -> evaluate both on the held-out
 test split with bootstrap CIs -> paired comparison -> comparison table.
 """
 
@@ -26,7 +26,7 @@ class DemoRow:
 
 
 def demo_config(data: Path, pos_enc: str, epochs: int, seed: int):
-    """The demo's experiment: ``vit_tiny`` at 64 px on phantoms, otherwise the seed recipe."""
+    """The demo's experiment: ``vit_demo`` (conv stem, 64 px) on phantoms, otherwise the seed recipe."""
     return load_config(
         None,
         [
@@ -35,9 +35,9 @@ def demo_config(data: Path, pos_enc: str, epochs: int, seed: int):
             "data.preprocess.img_size=64",
             "data.batch_size=16",
             "data.augment.rotation=10",
-            "model.name=vit_tiny",
+            "model.name=vit_demo",
             f"model.pos_enc={pos_enc}",
-            "optim.lr=1e-3",
+            "optim.lr=2e-3",
             "optim.weight_decay=0.05",
             "optim.warmup_epochs=1",
             f"train.max_epochs={epochs}",
@@ -53,7 +53,7 @@ def _ci(result: dict, key: str) -> tuple[float, float, float]:
     return float(m["value"]), float(m["lo"]), float(m["hi"])
 
 
-def run_demo(out: Path, per_class: int = 60, epochs: int = 12, seed: int = 0, echo=print) -> list[DemoRow]:
+def run_demo(out: Path, per_class: int = 150, epochs: int = 15, seed: int = 0, echo=print) -> list[DemoRow]:
     """Run the demo into ``out`` and return one row per positional encoding.
 
     Args:
@@ -74,7 +74,7 @@ def run_demo(out: Path, per_class: int = 60, epochs: int = 12, seed: int = 0, ec
     data = out / "data"
     if not (data / "metadata.csv").exists():
         echo(f"[demo] writing {4 * per_class} synthetic MRI phantoms to {data}")
-        synthesize(data, per_class=per_class, seed=seed)
+        synthesize(data, per_class=per_class, size=128, seed=seed)
     rows = []
     for pe in DEMO_PES:
         run_dir = out / "runs" / pe
@@ -82,7 +82,7 @@ def run_demo(out: Path, per_class: int = 60, epochs: int = 12, seed: int = 0, ec
             echo(f"[demo] {run_dir} already trained; reusing it")
             train_s = json.loads((run_dir / "run.json").read_text())["wall_s"]
         else:
-            echo(f"[demo] training vit_tiny with pos_enc={pe} for {epochs} epochs ...")
+            echo(f"[demo] training vit_demo with pos_enc={pe} for {epochs} epochs ...")
             t0 = time.perf_counter()
             train(demo_config(data, pe, epochs, seed), run_dir)
             train_s = time.perf_counter() - t0
@@ -99,7 +99,7 @@ def format_table(rows: list[DemoRow]) -> str:
     for r in rows:
         a, u = r.accuracy, r.auroc_macro
         lines.append(
-            f"| vit_tiny + {r.pos_enc} | {a[0]:.3f} [{a[1]:.3f}, {a[2]:.3f}] | {u[0]:.3f} [{u[1]:.3f}, {u[2]:.3f}] "
+            f"| vit_demo + {r.pos_enc} | {a[0]:.3f} [{a[1]:.3f}, {a[2]:.3f}] | {u[0]:.3f} [{u[1]:.3f}, {u[2]:.3f}] "
             f"| {r.train_s:.0f} |"
         )
     return "\n".join(lines)

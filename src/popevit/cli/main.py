@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from popevit import __version__
-from popevit.cli import compare, data, demo, evaluate, explain, report, sweep, train
+from popevit.cli import bench, compare, data, demo, evaluate, explain, models, report, sweep, train
 
 app = typer.Typer(
     name="popevit",
@@ -22,6 +22,8 @@ app.command("compare")(compare.compare)
 app.command("report")(report.report)
 app.command("explain")(explain.explain)
 app.command("sweep")(sweep.sweep)
+app.command("bench")(bench.bench)
+app.command("models")(models.models)
 app.command("demo")(demo.demo)
 
 

@@ -67,7 +67,7 @@ def model_kwargs(cfg: ExperimentConfig, num_classes: int) -> dict[str, Any]:
     }
     if is_vit(m.name):
         kw["pos_enc"] = m.pos_enc
-    for key in ("patch_size", "pool"):
+    for key in ("patch_size", "pool", "stem"):
         if getattr(m, key) is not None:
             kw[key] = getattr(m, key)
     for key in ("dropout", "attn_dropout", "drop_path"):

@@ -1,0 +1,65 @@
+"""``popevit bench``: training/inference speed per positional encoding against timm and the machine's peak."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def bench(
+    json_out: Annotated[Path | None, typer.Option("--json", help="write every figure to this JSON file")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda (cuda: bf16 autocast, SDPA backend probe)")] = "cpu",
+    quick: Annotated[bool, typer.Option(help="seconds-long smoke run: vit_tiny at 32 px over phantoms")] = False,
+    pe: Annotated[list[str] | None, typer.Option("--pe", help="positional encoding (repeatable; default all)")] = None,
+    sizes: Annotated[str, typer.Option(help="comma list of benchmark sizes: tiny, cpu, seed")] = "cpu,seed",
+    sections: Annotated[str | None, typer.Option(help="comma list of sections (default all)")] = None,
+    repeats: Annotated[int, typer.Option(help="interleaved timed rounds; the figure is their median")] = 5,
+    warmup: Annotated[int, typer.Option(help="discarded leading rounds")] = 1,
+    batch: Annotated[int | None, typer.Option(help="training batch (default 32)")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: all cores)")] = None,
+    bf16: Annotated[bool | None, typer.Option("--bf16/--fp32", help="autocast (default: bf16 on cuda only)")] = None,
+    data: Annotated[Path | None, typer.Option(help="image folder for the loader figure")] = None,
+    manifest: Annotated[Path | None, typer.Option(help="manifest for the epoch figure")] = None,
+    epoch_steps: Annotated[int | None, typer.Option(help="time N batches of the epoch and extrapolate")] = None,
+    markdown: Annotated[Path | None, typer.Option("--md", help="also write the Markdown tables here")] = None,
+) -> None:
+    """Benchmark every positional encoding: step time, ratios to `none` and timm, GFLOP/s, latency, memory, loader."""
+    from popevit.bench import SECTIONS, BenchConfig, quick_config, run_bench, to_markdown
+
+    chosen = sections.split(",") if sections else list(SECTIONS)
+    options = dict(
+        device=device,
+        sections=chosen,
+        repeats=repeats,
+        warmup=warmup,
+        batch=batch,
+        threads=threads,
+        bf16=bf16,
+        data=data,
+        epoch_manifest=manifest,
+    )
+    if pe:
+        options["pes"] = list(pe)
+    try:
+        if quick:
+            cfg = quick_config(**options)
+        else:
+            cfg = BenchConfig(
+                sizes=[s.strip() for s in sizes.split(",") if s.strip()], epoch_max_steps=epoch_steps, **options
+            )
+    except (ValueError, RuntimeError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    res = run_bench(cfg, log=lambda s: typer.echo(f"[bench] {s}", err=True))
+    text = to_markdown(res)
+    typer.echo(text)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(res, indent=1))
+        typer.echo(f"wrote {json_out}", err=True)
+    if markdown is not None:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(text)
