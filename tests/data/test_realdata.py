@@ -68,3 +68,8 @@ def test_manifest_has_no_cluster_in_two_splits(real_data_root, tmp_path_factory)
     n = {s: sum(c.values()) for s, c in counts.items()}
     assert abs(n["test"] / 5712 - 0.1) < 0.02 and abs(n["val"] / 5712 - 0.1) < 0.02
     assert Path(man.rows[0].path).is_absolute()
+    # The independent check: an exhaustive leakage audit of the manifest finds no exact or near pair across splits.
+    from popevit.data.audit import audit
+
+    report = audit(tmp / "m.csv", cache_dir=tmp / "cache", workers=2, probe=False)
+    assert report["cross_exact"] == 0 and report["cross_near"] == 0, report

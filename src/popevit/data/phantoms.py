@@ -35,11 +35,13 @@ _CONTRASTS: dict[str, dict[str, float]] = {
     "t2": {"fat": 0.62, "bone": 0.05, "csf": 0.95, "gm": 0.58, "wm": 0.40},
     "flair": {"fat": 0.70, "bone": 0.05, "csf": 0.10, "gm": 0.62, "wm": 0.46},
 }
-# Lesion intensities per weighting: solid tumour, necrosis, oedema, meningioma, pituitary adenoma.
+# Lesion intensities per weighting: solid tumour, necrosis, oedema, meningioma, pituitary adenoma. The T1 row is
+# post-contrast (gadolinium), as in most of the figshare/Kaggle tumour scans: enhancing glioma rim, meningioma and
+# adenoma are bright, necrosis and oedema dark.
 _LESION: dict[str, dict[str, float]] = {
-    "t1": {"solid": 0.62, "necrosis": 0.22, "edema": 0.55, "menin": 0.80, "pit": 0.78},
-    "t2": {"solid": 0.72, "necrosis": 0.92, "edema": 0.78, "menin": 0.66, "pit": 0.70},
-    "flair": {"solid": 0.78, "necrosis": 0.30, "edema": 0.85, "menin": 0.72, "pit": 0.74},
+    "t1": {"solid": 0.92, "necrosis": 0.18, "edema": 0.40, "menin": 0.95, "pit": 0.93},
+    "t2": {"solid": 0.85, "necrosis": 0.95, "edema": 0.80, "menin": 0.80, "pit": 0.84},
+    "flair": {"solid": 0.86, "necrosis": 0.25, "edema": 0.90, "menin": 0.84, "pit": 0.86},
 }
 
 
@@ -107,7 +109,7 @@ def render(label: str, rng: np.random.Generator, size: int | None) -> tuple[np.n
     rho = rho * (1.0 + 0.06 * np.clip(-v, 0, 1))
     upx = px * m / a  # one pixel in head units
 
-    weighting = str(rng.choice(list(_CONTRASTS), p=[0.45, 0.35, 0.20]))
+    weighting = str(rng.choice(list(_CONTRASTS), p=[0.70, 0.15, 0.15]))  # the Kaggle set is mostly T1 post-contrast
     t = dict(_CONTRASTS[weighting])
     les = _LESION[weighting]
     for k in t:
@@ -171,7 +173,7 @@ def render(label: str, rng: np.random.Generator, size: int | None) -> tuple[np.n
     mask = np.zeros((h, w), bool)
     info: dict = {"tumor_u": "", "tumor_v": "", "tumor_radius": ""}
     if label == "glioma":
-        r0 = rng.uniform(0.13, 0.24)
+        r0 = rng.uniform(0.16, 0.28)
         ang0, d0 = rng.uniform(0, 2 * np.pi), rng.uniform(0.15, 0.55)
         tu, tv = d0 * np.cos(ang0), d0 * np.sin(ang0)
         du, dv = u - tu, v - tv
@@ -189,7 +191,7 @@ def render(label: str, rng: np.random.Generator, size: int | None) -> tuple[np.n
         mask = mass > 0.5
         info.update(tumor_u=round(tu, 3), tumor_v=round(tv, 3), tumor_radius=round(r0, 3))
     elif label == "meningioma":
-        r0 = rng.uniform(0.1, 0.21)
+        r0 = rng.uniform(0.12, 0.22)
         ang0 = rng.uniform(0, 2 * np.pi)
         tu, tv = (r_inner - 0.6 * r0) * np.cos(ang0), (r_inner - 0.6 * r0) * np.sin(ang0)
         # Round in pixel space: distance in pixels scaled by a.
@@ -203,7 +205,7 @@ def render(label: str, rng: np.random.Generator, size: int | None) -> tuple[np.n
         mask = menin > 0.5
         info.update(tumor_u=round(tu, 3), tumor_v=round(tv, 3), tumor_radius=round(r0, 3))
     elif label == "pituitary":
-        r0 = rng.uniform(0.05, 0.11)
+        r0 = rng.uniform(0.07, 0.12)
         tu, tv = rng.uniform(-0.02, 0.02), rng.uniform(-0.42, -0.3)
         du, dv = u - tu, v - tv
         dist = np.hypot(du, dv * 1.15)

@@ -1,0 +1,77 @@
+"""Named sizes of the popevit ViT; every preset takes every positional encoding (default ``pope``).
+
+| preset      | nominal px | patch | width | blocks | heads | MLP  | pool | use                                        |
+|-------------|-----------:|------:|------:|-------:|------:|-----:|------|--------------------------------------------|
+| ``vit_tiny``  |   32 |  8 |  32 | 2 | 2 |   64 | cls  | unit tests (head dim 16)                   |
+| ``vit_cpu``   |  128 | 16 | 192 | 6 | 3 |  384 | mean | CPU-sized runs                             |
+| ``vit_seed``  |  224 | 16 | 512 | 6 | 8 | 1024 | mean | the seed configuration of the study        |
+| ``vit_demo``  |   64 |  8 |  64 | 4 | 2 |  128 | mean | ``popevit demo`` (convolutional stem)      |
+| ``vit_cifar`` |   32 |  4 | 128 | 6 | 4 |  256 | cls  | small-image sanity runs                    |
+
+``vit_cpu`` uses MLP 384 = 2 x width, the same ratio as ``vit_seed`` (1024 = 2 x 512), so that it is a scaled-down
+copy of the seed configuration rather than a ViT-Tiny (which has 4 x). All presets have head dim 16-64, divisible
+by 4 as 2-D RoPE requires. The nominal size is only a suggestion: ``create_model(img_size=...)`` sets the reference
+grid and any input size divisible by the patch size runs.
+"""
+
+from __future__ import annotations
+
+from popevit.models.factory import ModelSpec, register_model
+from popevit.models.vit import ViT, ViTConfig
+
+DEFAULT_POS_ENC = "pope"
+
+PRESETS: dict[str, ViTConfig] = {
+    "vit_tiny": ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_dim=64, pool="cls"),
+    "vit_cpu": ViTConfig(img_size=128, patch_size=16, embed_dim=192, depth=6, num_heads=3, mlp_dim=384, pool="mean"),
+    "vit_seed": ViTConfig(img_size=224, patch_size=16, embed_dim=512, depth=6, num_heads=8, mlp_dim=1024, pool="mean"),
+    "vit_demo": ViTConfig(
+        img_size=64, patch_size=8, embed_dim=64, depth=4, num_heads=2, mlp_dim=128, pool="mean", stem="conv"
+    ),
+    "vit_cifar": ViTConfig(img_size=32, patch_size=4, embed_dim=128, depth=6, num_heads=4, mlp_dim=256, pool="cls"),
+}
+
+
+def build_vit(
+    *,
+    name: str,
+    num_classes: int,
+    in_chans: int,
+    img_size: int,
+    pos_enc: str | None,
+    patch_size: int | None,
+    dropout: float,
+    attn_dropout: float,
+    drop_path: float,
+    pool: str | None,
+    stem: str | None = None,
+) -> ViT:
+    """Build preset ``name`` with the common ``create_model`` options applied on top."""
+    base = PRESETS[name]
+    cfg = base.replace(
+        img_size=img_size,
+        in_chans=in_chans,
+        num_classes=num_classes,
+        pos_enc=pos_enc or DEFAULT_POS_ENC,
+        patch_size=patch_size or base.patch_size,
+        dropout=dropout,
+        attn_dropout=attn_dropout,
+        drop_path=drop_path,
+        pool=pool or base.pool,
+        stem=stem or base.stem,
+    )
+    return ViT(cfg)
+
+
+for _name, _cfg in PRESETS.items():
+    register_model(
+        _name,
+        ModelSpec(
+            build=build_vit,
+            is_vit=True,
+            head="head",
+            stem="patch_embed.weight",
+            description=f"popevit ViT {_cfg.embed_dim}w x {_cfg.depth}b x {_cfg.num_heads}h, patch {_cfg.patch_size}, "
+            f"{_cfg.pool} pool, {_cfg.img_size}px nominal",
+        ),
+    )
