@@ -7,6 +7,7 @@ test split with bootstrap CIs -> paired comparison -> comparison table.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ def demo_config(data: Path, pos_enc: str, epochs: int, seed: int):
             f"name=demo_{pos_enc}",
             f"data.data={data}",
             "data.preprocess.img_size=64",
-            "data.batch_size=16",
+            "data.batch_size=32",
             "data.augment.rotation=10",
             "model.name=vit_demo",
             f"model.pos_enc={pos_enc}",
@@ -53,7 +54,7 @@ def _ci(result: dict, key: str) -> tuple[float, float, float]:
     return float(m["value"]), float(m["lo"]), float(m["hi"])
 
 
-def run_demo(out: Path, per_class: int = 150, epochs: int = 15, seed: int = 0, echo=print) -> list[DemoRow]:
+def run_demo(out: Path, per_class: int = 500, epochs: int = 8, seed: int = 0, echo=print) -> list[DemoRow]:
     """Run the demo into ``out`` and return one row per positional encoding.
 
     Args:
@@ -70,11 +71,14 @@ def run_demo(out: Path, per_class: int = 150, epochs: int = 15, seed: int = 0, e
     from popevit.evaluation.evaluate import evaluate_run
     from popevit.training import train
 
+    # Lightning's banners and tips would bury the demo's own progress lines.
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     out = Path(out)
     data = out / "data"
     if not (data / "metadata.csv").exists():
         echo(f"[demo] writing {4 * per_class} synthetic MRI phantoms to {data}")
-        synthesize(data, per_class=per_class, size=128, seed=seed)
+        synthesize(data, per_class=per_class, size=64, seed=seed)
     rows = []
     for pe in DEMO_PES:
         run_dir = out / "runs" / pe

@@ -10,8 +10,8 @@ import typer
 
 def demo(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/demo"),
-    per_class: Annotated[int, typer.Option(help="phantom images per class")] = 150,
-    epochs: Annotated[int, typer.Option(help="training epochs per model")] = 15,
+    per_class: Annotated[int, typer.Option(help="phantom images per class")] = 500,
+    epochs: Annotated[int, typer.Option(help="training epochs per model")] = 8,
     seed: Annotated[int, typer.Option(help="seed for phantoms, split and training")] = 0,
 ) -> None:
     """Generate phantoms, train a tiny PoPE-ViT and RoPE-ViT on CPU, evaluate both, print the comparison."""
