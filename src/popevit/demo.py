@@ -67,6 +67,8 @@ def run_demo(out: Path, per_class: int = 500, epochs: int = 8, seed: int = 0, ec
     Returns:
         One :class:`DemoRow` per model, in ``DEMO_PES`` order.
     """
+    import lightning.pytorch  # noqa: F401  (importing it sets its loggers to INFO; lower them afterwards)
+
     from popevit.data.phantoms import synthesize
     from popevit.evaluation.evaluate import evaluate_run
     from popevit.training import train
