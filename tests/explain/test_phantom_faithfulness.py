@@ -14,26 +14,26 @@ def test_rollouts_of_a_phantom_trained_vit_put_more_mass_in_the_lesion_than_its_
     from popevit.explain import explain_run
     from popevit.training import train
 
-    data = synthesize(tmp_path / "phantoms", per_class=150, size=64, seed=5)
+    data = synthesize(tmp_path / "phantoms", per_class=400, size=64, seed=5)
     cfg = load_config(
         None,
         [
             f"data.data={data}",
             "data.preprocess.img_size=64",
-            "data.batch_size=16",
+            "data.batch_size=32",
             "data.classes=[glioma,meningioma,notumor]",
-            "model.name=vit_tiny",
+            "model.name=vit_demo",
             "model.pos_enc=pope",
             "optim.lr=2e-3",
             "optim.warmup_epochs=1",
-            "train.max_epochs=30",
+            "train.max_epochs=10",
             "train.patience=null",
             "train.progress_bar=false",
             "train.threads=2",
         ],
     )
     result = train(cfg, tmp_path / "run")
-    assert result.val_metrics["val/acc"] > 0.6, (
+    assert result.val_metrics["val/acc"] > 0.5, (  # chance is 1/3
         f"the phantom model did not learn (val acc {result.val_metrics['val/acc']:.2f}): its maps explain a shortcut, "
         "not the lesions"
     )

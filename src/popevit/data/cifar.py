@@ -25,7 +25,7 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from popevit.config import AugmentConfig, DataConfig, PreprocessConfig
-from popevit.data.datamodule import EpochShuffleSampler
+from popevit.data.datamodule import inverse_frequency_weights, make_loader
 
 CifarName = Literal["cifar10", "cifar100"]
 OFFLINE_ENV = "POPEVIT_OFFLINE"
@@ -234,24 +234,10 @@ class CIFARDataModule(L.LightningDataModule):
     def class_weights(self) -> torch.Tensor:
         """Inverse class frequency in the training split, normalised to mean 1. (K,) float."""
         self.setup()
-        counts = torch.bincount(torch.tensor(self.datasets["train"].targets), minlength=len(self.classes)).float()
-        if (counts == 0).any():
-            raise RuntimeError(f"{self.name}: some classes have no training images (counts {counts.tolist()})")
-        w = 1.0 / counts
-        return w / w.mean()
+        return inverse_frequency_weights(self.datasets["train"].targets, self.classes)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        ds = self.datasets[split]
-        nw = self.cfg.num_workers
-        return DataLoader(
-            ds,
-            batch_size=self.cfg.batch_size,
-            sampler=EpochShuffleSampler(len(ds), self.seed) if train else None,
-            num_workers=nw,
-            persistent_workers=nw > 0,
-            pin_memory=torch.cuda.is_available(),
-            generator=torch.Generator().manual_seed(self.seed),
-        )
+        return make_loader(self.datasets[split], self.cfg, self.seed, train)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from popevit.config import DataConfig
 from popevit.data.dataset import ImageDataset
@@ -37,6 +37,32 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.n
+
+
+def inverse_frequency_weights(targets: list[int], classes: list[str]) -> torch.Tensor:
+    """Per-class loss weights 1/count normalised to mean 1, (K,) float; a class without images is an error."""
+    counts = torch.bincount(torch.tensor(targets), minlength=len(classes)).float()
+    if (counts == 0).any():
+        empty = [c for c, n in zip(classes, counts.tolist(), strict=True) if n == 0]
+        raise RuntimeError(f"classes {empty} have no training images; check the manifest or --classes")
+    w = 1.0 / counts
+    return w / w.mean()
+
+
+def make_loader(ds: Dataset, cfg: DataConfig, seed: int, train: bool) -> DataLoader:
+    """The DataLoader of every popevit DataModule: (seed, epoch)-keyed shuffling for training, fixed order otherwise."""
+    nw = cfg.num_workers
+    return DataLoader(
+        ds,
+        batch_size=cfg.batch_size,
+        sampler=EpochShuffleSampler(len(ds), seed) if train else None,
+        shuffle=False,
+        num_workers=nw,
+        persistent_workers=nw > 0,
+        pin_memory=torch.cuda.is_available(),
+        generator=torch.Generator().manual_seed(seed),
+        drop_last=False,
+    )
 
 
 class MRIDataModule(L.LightningDataModule):
@@ -87,27 +113,10 @@ class MRIDataModule(L.LightningDataModule):
     def class_weights(self) -> torch.Tensor:
         """Inverse class frequency in the training split, normalised to mean 1. (K,) float."""
         self.setup()
-        counts = torch.bincount(torch.tensor(self.datasets["train"].targets), minlength=len(self.classes)).float()
-        if (counts == 0).any():
-            empty = [c for c, n in zip(self.classes, counts.tolist(), strict=True) if n == 0]
-            raise RuntimeError(f"classes {empty} have no training images; check the manifest or --classes")
-        w = 1.0 / counts
-        return w / w.mean()
+        return inverse_frequency_weights(self.datasets["train"].targets, self.classes)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        ds = self.datasets[split]
-        nw = self.cfg.num_workers
-        return DataLoader(
-            ds,
-            batch_size=self.cfg.batch_size,
-            sampler=EpochShuffleSampler(len(ds), self.seed) if train else None,
-            shuffle=False,
-            num_workers=nw,
-            persistent_workers=nw > 0,
-            pin_memory=torch.cuda.is_available(),
-            generator=torch.Generator().manual_seed(self.seed),
-            drop_last=False,
-        )
+        return make_loader(self.datasets[split], self.cfg, self.seed, train)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)
