@@ -16,18 +16,9 @@ from pathlib import Path
 
 import optuna
 import pytest
+from sweep_tiny import TINY
 
 from popevit.sweep import SearchSpace, SweepSpec, run_sweep
-
-TINY = [
-    "model.name=vit_tiny",
-    "data.preprocess.img_size=32",
-    "data.batch_size=8",
-    "train.max_epochs=1",
-    "train.progress_bar=false",
-    "train.threads=1",
-    "optim.warmup_epochs=0",
-]
 
 WORKER = """
 import json, sys

@@ -16,16 +16,15 @@ import socket
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning as L
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision import datasets
 from torchvision.transforms import v2
 
 from popevit.config import AugmentConfig, DataConfig, PreprocessConfig
-from popevit.data.datamodule import inverse_frequency_weights, make_loader
+from popevit.data.datamodule import SplitDataModule
 
 CifarName = Literal["cifar10", "cifar100"]
 OFFLINE_ENV = "POPEVIT_OFFLINE"
@@ -170,7 +169,7 @@ def build_cifar_transform(
     return v2.Compose(ops)
 
 
-class CIFARDataModule(L.LightningDataModule):
+class CIFARDataModule(SplitDataModule):
     """Loaders for CIFAR-10/100 with ``MRIDataModule``'s interface (``classes``, ``class_weights``, ``setup``).
 
     Args:
@@ -229,24 +228,6 @@ class CIFARDataModule(L.LightningDataModule):
             "std": std,
             "val_indices_sha256": _sha256(val_idx),
         }
-
-    @property
-    def class_weights(self) -> torch.Tensor:
-        """Inverse class frequency in the training split, normalised to mean 1. (K,) float."""
-        self.setup()
-        return inverse_frequency_weights(self.datasets["train"].targets, self.classes)
-
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        return make_loader(self.datasets[split], self.cfg, self.seed, train)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
 
 
 def _sha256(indices: np.ndarray) -> str:

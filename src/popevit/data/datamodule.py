@@ -65,7 +65,38 @@ def make_loader(ds: Dataset, cfg: DataConfig, seed: int, train: bool) -> DataLoa
     )
 
 
-class MRIDataModule(L.LightningDataModule):
+class SplitDataModule(L.LightningDataModule):
+    """Loaders and class weights shared by every popevit DataModule.
+
+    Subclasses fill ``self.datasets`` (``train``/``val``/``test``), ``self.classes``, ``self.cfg`` (DataConfig) and
+    ``self.seed`` in ``setup()``.
+    """
+
+    datasets: dict[str, Dataset]
+    classes: list[str]
+    cfg: DataConfig
+    seed: int
+
+    @property
+    def class_weights(self) -> torch.Tensor:
+        """Inverse class frequency in the training split, normalised to mean 1. (K,) float."""
+        self.setup()
+        return inverse_frequency_weights(self.datasets["train"].targets, self.classes)
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        return make_loader(self.datasets[split], self.cfg, self.seed, train)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+
+class MRIDataModule(SplitDataModule):
     """Loaders for the ``train``/``val``/``test`` splits of a manifest.
 
     ``setup()`` reads every file once (building the decode-once cache), lists bad files with their reasons in
@@ -108,21 +139,3 @@ class MRIDataModule(L.LightningDataModule):
             log.warning("%d files skipped before training (listed in datamodule.skipped)", len(self.skipped))
         if len(self.datasets["train"]) == 0:
             raise RuntimeError(f"manifest {self.manifest.path} has no usable training images")
-
-    @property
-    def class_weights(self) -> torch.Tensor:
-        """Inverse class frequency in the training split, normalised to mean 1. (K,) float."""
-        self.setup()
-        return inverse_frequency_weights(self.datasets["train"].targets, self.classes)
-
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        return make_loader(self.datasets[split], self.cfg, self.seed, train)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
