@@ -81,6 +81,7 @@ def _fake_run(root: Path, name: str, skill: float, seed: int, plots: bool = Fals
 
 def test_group_runs_by_seed_suffix(tmp_path):
     assert split_seed("pope-s3") == ("pope", 3) and split_seed("rope_seed12") == ("rope", 12)
+    assert split_seed("pos_enc-pope_seed-2") == ("pos_enc-pope", 2)  # sweep trial folders
     assert split_seed("baseline") == ("baseline", None)
     runs = [tmp_path / n for n in ("pope-s0", "pope-s1", "rope-s0", "rope-s1", "cnn")]
     assert group_runs(runs) == [runs[:2], runs[2:4], runs[4:]]

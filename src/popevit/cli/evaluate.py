@@ -21,6 +21,9 @@ def evaluate(
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     device: str | None = typer.Option(None, "--device", help="torch device (default: cuda if available)."),
+    img_size: int | None = typer.Option(
+        None, "--img-size", min=8, help="Evaluate at this input size (resolution extrapolation; a patch multiple)."
+    ),
 ) -> None:
     """Evaluate a run: predictions.csv, metrics.json (95% bootstrap CIs) and PNG plots."""
     from popevit.evaluation.evaluate import evaluate_run, format_metrics
@@ -37,6 +40,7 @@ def evaluate(
         seed=seed,
         batch_size=batch_size,
         device=device,
+        img_size=img_size,
     )
     typer.echo(format_metrics(result))
     typer.echo(f"\nwrote {result['out']}/predictions.csv, metrics.json and plots")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from popevit import __version__
-from popevit.cli import bench, compare, data, demo, evaluate, explain, models, report, sweep, train
+from popevit.cli import bench, compare, data, demo, evaluate, explain, models, report, study, sweep, train
 
 app = typer.Typer(
     name="popevit",
@@ -19,6 +19,7 @@ app.add_typer(data.app, name="data")
 app.command("train")(train.train)
 app.command("evaluate")(evaluate.evaluate)
 app.command("compare")(compare.compare)
+app.command("study")(study.study)
 app.command("report")(report.report)
 app.command("explain")(explain.explain)
 app.command("sweep")(sweep.sweep)

@@ -31,13 +31,14 @@ from popevit.evaluation.metrics import point_metrics
 from popevit.evaluation.predictions import PREDICTIONS, Predictions
 from popevit.evaluation.stats import delong_test, mcnemar_exact, paired_bootstrap
 
-SEED_SUFFIX = re.compile(r"^(?P<base>.+?)[-_.]?(?:s|seed)(?P<seed>\d+)$")
+SEED_SUFFIX = re.compile(r"^(?P<base>.+?)[-_.]?(?:s|seed)[-_]?(?P<seed>\d+)$")
 SUMMARY_METRICS = ("auroc_macro", "accuracy", "balanced_accuracy", "f1_macro", "log_loss", "ece")
 TESTED_METRICS = ("auroc_macro", "accuracy")
 
 
 def split_seed(name: str) -> tuple[str, int | None]:
-    """``"pope-s3"`` -> ``("pope", 3)``; a name without a seed suffix -> ``(name, None)``."""
+    """``"pope-s3"`` -> ``("pope", 3)``, also ``pope_seed1`` and ``pos_enc-pope_seed-2`` (sweep trials); a name
+    without a seed suffix -> ``(name, None)``."""
     m = SEED_SUFFIX.match(name)
     return (m["base"], int(m["seed"])) if m else (name, None)
 
@@ -69,13 +70,17 @@ def run_predictions(
     manifest: str | Path | None = None,
     split: str | None = "test",
     tta: bool = False,
+    img_size: int | None = None,
     **eval_kwargs: Any,
 ) -> Predictions:
-    """A run's predictions on a data source: reused from ``RUN/eval/<tag>/`` when there, else evaluated now."""
+    """A run's predictions on a data source (optionally at another input size): reused from ``RUN/eval/<tag>/``
+    when there, else evaluated now."""
     split = resolve_split(data, split)
-    eval_dir = default_eval_dir(run, data, manifest, split, tta)
+    eval_dir = default_eval_dir(run, data, manifest, split, tta, img_size)
     if not ((eval_dir / PREDICTIONS).is_file() and (eval_dir / METRICS).is_file()):
-        evaluate_run(run, data=data, manifest=manifest, split=split, tta=tta, out=eval_dir, **eval_kwargs)
+        evaluate_run(
+            run, data=data, manifest=manifest, split=split, tta=tta, out=eval_dir, img_size=img_size, **eval_kwargs
+        )
     return Predictions.load(eval_dir / PREDICTIONS)
 
 

@@ -36,15 +36,18 @@ class ClassMismatchError(ValueError):
     """The evaluation data's classes are not the model's classes."""
 
 
-def eval_tag(data: str | Path | None, manifest: str | Path | None, split: str | None, tta: bool) -> str:
-    """Sub-folder of ``RUN/eval`` per source: ``test``, ``data-Testing``, ``data-kaggle-test``, ``manifest-val-tta``."""
+def eval_tag(
+    data: str | Path | None, manifest: str | Path | None, split: str | None, tta: bool, img_size: int | None = None
+) -> str:
+    """Sub-folder of ``RUN/eval`` per source: ``test``, ``data-Testing``, ``data-kaggle-test``, ``manifest-val-tta``,
+    and ``test-224px`` for another input size than the model was trained at."""
     if data is not None:
         tag = f"data-{Path(data).resolve().name}" + (f"-{split}" if split else "")
     elif manifest is not None:
         tag = f"{Path(manifest).stem}-{split or 'all'}"
     else:
         tag = split or "all"
-    return tag + ("-tta" if tta else "")
+    return tag + ("-tta" if tta else "") + (f"-{img_size}px" if img_size else "")
 
 
 def resolve_split(data: str | Path | None, split: str | None) -> str | None:
@@ -68,8 +71,25 @@ def default_eval_dir(
     manifest: str | Path | None = None,
     split: str | None = "test",
     tta: bool = False,
+    img_size: int | None = None,
 ) -> Path:
-    return Path(run_dir) / EVAL_DIR / eval_tag(data, manifest, split, tta)
+    return Path(run_dir) / EVAL_DIR / eval_tag(data, manifest, split, tta, img_size)
+
+
+def resize_preprocess(meta: Any, model: Any, img_size: int | None) -> Any:
+    """The run's preprocessing at input size ``img_size`` (resolution extrapolation), checked against the model.
+
+    Returns ``meta.preprocess`` unchanged when ``img_size`` is None or the training size.
+    """
+    if img_size is None or img_size == meta.preprocess.img_size:
+        return meta.preprocess
+    patch = meta.kwargs.get("patch_size") or getattr(model, "patch_size", None)
+    if patch and img_size % int(patch):
+        raise ValueError(
+            f"--img-size {img_size} is not a multiple of the model's patch size {patch}; "
+            f"use e.g. {img_size - img_size % int(patch)} or {img_size + int(patch) - img_size % int(patch)}"
+        )
+    return meta.preprocess.model_copy(update={"img_size": int(img_size)})
 
 
 def _run_data_options(run_dir: Path) -> dict[str, Any]:
@@ -228,6 +248,7 @@ def evaluate_run(
     device: str | None = None,
     plots: bool = True,
     cache_dir: str | Path | None = None,
+    img_size: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run's model and write predictions, metrics with bootstrap CIs and plots.
 
@@ -248,6 +269,9 @@ def evaluate_run(
         device: torch device; default CUDA when available.
         plots: write the PNG figures.
         cache_dir: decode/fingerprint cache folder passed to the data layer (``None``: its default).
+        img_size: evaluate at this input size instead of the training size (resolution extrapolation: every
+            positional encoding follows the larger patch grid, see ``popevit.models.pos_enc``); must be a multiple
+            of the patch size.
 
     Returns:
         The content of ``metrics.json`` (with ``out`` added).
@@ -260,10 +284,11 @@ def evaluate_run(
     classes = list(meta.classes)
     split = resolve_split(data, split)
     paths, y, source = load_eval_samples(run_dir, classes, data=data, manifest=manifest, split=split)
-    out_dir = Path(out) if out is not None else default_eval_dir(run_dir, data, manifest, split, tta)
+    preprocess = resize_preprocess(meta, model, img_size)
+    out_dir = Path(out) if out is not None else default_eval_dir(run_dir, data, manifest, split, tta, img_size)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    dataset = ImageDataset([Path(p) for p in paths], y.tolist(), meta.preprocess, cache_dir=cache_dir)
+    dataset = ImageDataset([Path(p) for p in paths], y.tolist(), preprocess, cache_dir=cache_dir)
     proba = predict_proba(model, dataset, batch_size=batch_size, tta=tta, device=device)
     preds = Predictions(paths, y, proba, classes)
     preds.save(out_dir / PREDICTIONS)
@@ -274,6 +299,7 @@ def evaluate_run(
         "classes": classes,
         "source": source,
         "tta": tta,
+        "img_size": preprocess.img_size,
         "bootstrap": {"method": CI_METHOD, "level": CI_LEVEL, "n_boot": n_boot, "seed": seed, "unit": "image"},
         **summarize(preds, n_boot, seed),
     }

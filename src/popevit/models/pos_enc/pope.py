@@ -84,11 +84,44 @@ def clamp_inward(x: Tensor, lo: float, hi: float) -> Tensor:
     return x.clamp(lo, hi)  # inference / export: a plain clamp
 
 
+class _PolarToCartesian(torch.autograd.Function):
+    """``[mu cos phi, mu sin phi]`` with ``mu = softplus(x)``, with a hand-written backward.
+
+    Autograd's version of the two-op graph spends most of PoPE's extra time on CPU in ``softplus_backward`` (scalar
+    code), a strided sum over the (cos, sin) axis and a broadcast multiply kept alive for it. Here the backward is
+    ``dx = sigmoid(x) * (g_cos * cos + g_sin * sin)`` (two fused multiply-adds on contiguous halves) and, only when
+    the table needs a gradient (PoPE's keys, through ``delta``), ``dtable = sum over broadcast dims of g * mu``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, cos_sin: Tensor) -> Tensor:
+        mu = F.softplus(x)  # (B, H, N, D)
+        out = mu.unsqueeze(-2) * cos_sin  # (B, H, N, 2, D)
+        ctx.save_for_backward(x, mu if ctx.needs_input_grad[1] else None, cos_sin)
+        return out.flatten(-2)  # (B, H, N, 2D)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        x, mu, cos_sin = ctx.saved_tensors
+        g = grad.unflatten(-1, (2, x.shape[-1]))  # (B, H, N, 2, D)
+        g_cos, g_sin = g.unbind(-2)
+        cos, sin = cos_sin.unbind(-2)
+        grad_x = grad_table = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.addcmul(g_cos * cos, g_sin, sin).mul_(torch.sigmoid(x))  # (B, H, N, D)
+        if ctx.needs_input_grad[1]:
+            grad_table = (g * mu.unsqueeze(-2)).sum_to_size(cos_sin.shape)  # batch reduction for delta
+        return grad_x, grad_table
+
+
 def polar_to_cartesian(x: Tensor, cos_sin: Tensor) -> Tensor:
     """Content ``(B, H, N, D)`` and phase table ``(..., N, 2, D)`` (cos, sin) -> ``(B, H, N, 2D)`` Cartesian vectors.
 
-    ``[mu cos phi, mu sin phi]`` with ``mu = softplus(x)``; one broadcast multiply and a free reshape (no ``cat``).
+    ``[mu cos phi, mu sin phi]`` with ``mu = softplus(x)``; one broadcast multiply and a free reshape (no ``cat``),
+    and a fused backward (:class:`_PolarToCartesian`) when gradients are needed.
     """
+    if torch.is_grad_enabled() and (x.requires_grad or cos_sin.requires_grad):
+        return _PolarToCartesian.apply(x, cos_sin)
     return (F.softplus(x).unsqueeze(-2) * cos_sin).flatten(-2)  # (B, H, N, 2, D) -> (B, H, N, 2D)
 
 

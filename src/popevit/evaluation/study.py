@@ -1,0 +1,277 @@
+"""``popevit study``: the multi-seed comparison table and the resolution-extrapolation curves of a set of run groups.
+
+Given run folders grouped by name with the seed suffix removed (``pos_enc-pope_seed-0``, ``-1``, ``-2`` form the
+group ``pos_enc-pope``, see :func:`popevit.evaluation.compare.group_runs`), this writes:
+
+- ``study.md`` / ``study.csv``: one row per group with the seed-mean of macro AUROC, accuracy, balanced accuracy
+  and ECE on the shared test images, each with a 95% CI, the across-seed standard deviation, the parameter count
+  and the training cost (wall time, epochs, training images per second of wall time, validation included);
+- ``extrapolation.csv`` / ``extrapolation.png``: the same seed-mean macro AUROC and accuracy when every model is fed
+  larger images than it was trained on (``sizes``), one curve per group;
+- ``compare/``: the paired tests between every pair of groups at the training size (``popevit compare``).
+
+CI of a seed-mean: every bootstrap resample draws the test images once and evaluates every run of the group on it,
+then averages over seeds (the same construction as :func:`popevit.evaluation.stats.paired_bootstrap`). It therefore
+measures test-set sampling of the seed-averaged model; the seed-to-seed spread is reported beside it as ``sd``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from popevit.evaluation.compare import align, compare_runs, group_name, run_predictions
+from popevit.evaluation.evaluate import write_json
+from popevit.evaluation.metrics import iter_bootstrap_weights, normalize_proba, percentile_ci, weighted_metrics
+
+STUDY_METRICS = ("auroc_macro", "accuracy", "balanced_accuracy", "ece")
+EXTRAPOLATION_METRICS = ("auroc_macro", "accuracy")
+
+
+def seed_mean_with_ci(
+    y: np.ndarray,
+    probas: Sequence[np.ndarray],
+    classes: Sequence[str],
+    metrics: Sequence[str] = STUDY_METRICS,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, dict[str, float]]:
+    """Seed-mean of each metric over the runs of one group, its percentile-bootstrap CI and the across-seed sd.
+
+    Args:
+        y: (n,) integer labels.
+        probas: one (n, K) probability matrix per run (seed), rows aligned with ``y``.
+        classes: K class names.
+        metrics: keys of :func:`popevit.evaluation.metrics.metric_names`.
+        n_boot: bootstrap resamples of the images (one resample is shared by every run).
+        seed: resampling seed.
+        level: confidence level.
+
+    Returns:
+        Metric -> ``{"value", "lo", "hi", "sd", "values"}`` (``values``: per run).
+    """
+    if not probas:
+        raise ValueError("seed_mean_with_ci needs at least one run")
+    probas = [normalize_proba(p) for p in probas]
+    ones = np.ones((1, len(y)))
+    per_run = [weighted_metrics(y, p, classes, ones) for p in probas]
+    boot: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
+    for w in iter_bootstrap_weights(len(y), n_boot, seed):
+        res = [weighted_metrics(y, p, classes, w) for p in probas]
+        for m in metrics:
+            boot[m].append(np.mean([r[m] for r in res], axis=0))
+    out: dict[str, dict[str, float]] = {}
+    for m in metrics:
+        values = [float(r[m][0]) for r in per_run]
+        lo, hi = percentile_ci(np.concatenate(boot[m]), level)
+        sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        out[m] = {"value": float(np.mean(values)), "lo": lo, "hi": hi, "sd": sd, "values": values}
+    return out
+
+
+def run_cost(run: Path) -> dict[str, Any]:
+    """Parameters, wall time, epochs and training images per wall-clock second of a run folder."""
+    from safetensors import safe_open
+
+    info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
+    params = 0
+    with safe_open(str(run / "model.safetensors"), framework="pt") as f:
+        for k in f.keys():  # noqa: SIM118 (safe_open is not iterable)
+            params += int(np.prod(f.get_slice(k).get_shape()))
+    n_train = 0
+    if (run / "manifest.csv").is_file():
+        with open(run / "manifest.csv", newline="") as fh:
+            n_train = sum(row["split"] == "train" for row in csv.DictReader(fh))
+    wall, epochs = info.get("wall_s"), info.get("epochs")
+    ips = n_train * epochs / wall if wall and epochs and n_train else float("nan")
+    return {
+        "params": params,
+        "wall_s": wall,
+        "epochs": epochs,
+        "train_images": n_train,
+        "train_img_per_s": ips,
+        "device": info.get("device"),
+    }
+
+
+def _fmt_ci(e: dict[str, float], digits: int = 3) -> str:
+    return f"{e['value']:.{digits}f} [{e['lo']:.{digits}f}, {e['hi']:.{digits}f}] ± {e['sd']:.{digits}f}"
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    """The study as Markdown: the comparison table and the extrapolation table."""
+    n, sizes = result["n"], result["sizes"]
+    lines = [f"# Study on {n} test images ({result['source']})", ""]
+    lines.append(
+        "Each cell: seed-mean [95% bootstrap CI over test images] ± sd across seeds. "
+        "img/s = training images per wall-clock second (validation included)."
+    )
+    lines.append("")
+    lines.append("| group | seeds | " + " | ".join(STUDY_METRICS) + " | params | wall min | epochs | train img/s |")
+    lines.append("|---|---:|" + "---|" * len(STUDY_METRICS) + "---:|---:|---:|---:|")
+    for g in result["groups"]:
+        c = g["cost"]
+        cells = [_fmt_ci(g["metrics"][m]) for m in STUDY_METRICS]
+        lines.append(
+            f"| {g['name']} | {len(g['runs'])} | " + " | ".join(cells) + f" | {c['params']:,} | {c['wall_min']:.1f} | "
+            f"{c['epochs']:.0f} | {c['train_img_per_s']:.1f} |"
+        )
+    if len(sizes) > 1:
+        lines += ["", f"## Resolution extrapolation: macro AUROC by test size (trained at {result['train_size']})", ""]
+        lines.append("| group | " + " | ".join(f"{s} px" for s in sizes) + " |")
+        lines.append("|---|" + "---|" * len(sizes))
+        for g in result["groups"]:
+            by = {e["size"]: e for e in g["extrapolation"]}
+            lines.append(
+                f"| {g['name']} | " + " | ".join(_fmt_ci(by[s]["metrics"]["auroc_macro"]) for s in sizes) + " |"
+            )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def plot_extrapolation(result: dict[str, Any], path: Path, metric: str = "auroc_macro") -> Path:
+    """Seed-mean ``metric`` vs test image size, one line per group, 95% CI as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    offsets = np.linspace(-1.5, 1.5, len(result["groups"])) if len(result["groups"]) > 1 else [0.0]
+    for off, g in zip(offsets, result["groups"], strict=True):
+        xs = np.array([e["size"] for e in g["extrapolation"]], dtype=float)
+        m = [e["metrics"][metric] for e in g["extrapolation"]]
+        v = np.array([e["value"] for e in m])
+        err = np.array([[e["value"] - e["lo"] for e in m], [e["hi"] - e["value"] for e in m]])
+        ax.errorbar(xs + off, v, yerr=err, marker="o", capsize=3, label=g["name"])
+    ax.axvline(result["train_size"], color="grey", ls=":", lw=1)
+    ax.set_xlabel("test image size (px); dotted: training size")
+    ax.set_ylabel(f"{metric} (seed mean, 95% CI)")
+    ax.set_title("Resolution extrapolation")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def run_study(
+    groups: Sequence[Sequence[str | Path]],
+    *,
+    sizes: Sequence[int] = (),
+    manifest: str | Path | None = None,
+    split: str = "test",
+    out: str | Path,
+    n_boot: int = 1000,
+    seed: int = 0,
+    batch_size: int = 64,
+    device: str | None = None,
+    paired_tests: bool = True,
+) -> dict[str, Any]:
+    """Build the study table, the extrapolation curves and the paired tests; write them into ``out``.
+
+    Args:
+        groups: groups of run folders (one group per model, one run per seed), all trained at one image size.
+        sizes: extra test image sizes for the extrapolation curves (the training size is always included).
+        manifest: manifest CSV to evaluate on (default: each run's own ``manifest.csv``; they must share images).
+        split: manifest split.
+        out: output folder.
+        n_boot: bootstrap resamples for every CI.
+        seed: bootstrap seed.
+        batch_size: inference batch size.
+        device: torch device.
+        paired_tests: also run ``popevit compare`` across the groups into ``out/compare``.
+
+    Returns:
+        The study as a JSON-able dict (also written to ``out/study.json``).
+    """
+    from popevit.artifact import load_artifact
+
+    groups = [[Path(r) for r in g] for g in groups]
+    if not groups or any(not g for g in groups):
+        raise ValueError("study needs at least one non-empty group of run folders")
+    flat = [r for g in groups for r in g]
+    train_sizes = {load_artifact(r)[1].preprocess.img_size for r in flat}
+    if len(train_sizes) != 1:
+        raise ValueError(
+            f"runs were trained at different image sizes {sorted(train_sizes)}; a study compares runs trained at one "
+            "size (make one study per size)"
+        )
+    train_size = train_sizes.pop()
+    all_sizes = sorted({train_size, *(int(s) for s in sizes)})
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    kw = dict(manifest=manifest, split=split, n_boot=n_boot, seed=seed, batch_size=batch_size, device=device)
+
+    per_size: dict[int, list[Any]] = {}
+    for size in all_sizes:
+        preds = [run_predictions(r, img_size=None if size == train_size else size, **kw) for r in flat]
+        per_size[size] = align(preds, [str(r) for r in flat])
+    ref = per_size[train_size][0]
+    y, classes = ref.y, ref.classes
+
+    result: dict[str, Any] = {
+        "n": len(y),
+        "classes": classes,
+        "source": f"{manifest or 'each run manifest.csv'}, split {split}",
+        "train_size": train_size,
+        "sizes": all_sizes,
+        "bootstrap": {"n_boot": n_boot, "seed": seed, "level": 0.95, "statistic": "seed mean"},
+        "groups": [],
+    }
+    k = 0
+    for g in groups:
+        idx = list(range(k, k + len(g)))
+        k += len(g)
+        costs = [run_cost(r) for r in g]
+        entry: dict[str, Any] = {
+            "name": group_name(g),
+            "runs": [r.name for r in g],
+            "metrics": seed_mean_with_ci(y, [per_size[train_size][i].proba for i in idx], classes, n_boot=n_boot),
+            "cost": {
+                "params": costs[0]["params"],
+                "wall_min": float(np.mean([c["wall_s"] or np.nan for c in costs])) / 60.0,
+                "epochs": float(np.mean([c["epochs"] or np.nan for c in costs])),
+                "train_img_per_s": float(np.mean([c["train_img_per_s"] for c in costs])),
+                "device": costs[0]["device"],
+            },
+            "extrapolation": [],
+        }
+        for size in all_sizes:
+            m = seed_mean_with_ci(
+                y,
+                [per_size[size][i].proba for i in idx],
+                classes,
+                metrics=EXTRAPOLATION_METRICS,
+                n_boot=n_boot,
+                seed=seed,
+            )
+            entry["extrapolation"].append({"size": size, "metrics": m})
+        result["groups"].append(entry)
+
+    write_json(out / "study.json", result)
+    (out / "study.md").write_text(to_markdown(result))
+    with open(out / "study.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["group", "seeds", "metric", "test_size", "value", "lo", "hi", "sd"])
+        for g in result["groups"]:
+            for m, e in g["metrics"].items():
+                w.writerow([g["name"], len(g["runs"]), m, train_size, e["value"], e["lo"], e["hi"], e["sd"]])
+            for ex in g["extrapolation"]:
+                if ex["size"] == train_size:
+                    continue
+                for m, e in ex["metrics"].items():
+                    w.writerow([g["name"], len(g["runs"]), m, ex["size"], e["value"], e["lo"], e["hi"], e["sd"]])
+    if len(all_sizes) > 1:
+        result["plot"] = str(plot_extrapolation(result, out / "extrapolation.png"))
+    if paired_tests and len(groups) > 1:
+        compare_runs(groups, manifest=manifest, split=split, n_boot=n_boot, seed=seed, out=out / "compare")
+        result["compare"] = str(out / "compare" / "compare.md")
+    return result

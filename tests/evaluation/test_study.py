@@ -1,0 +1,142 @@
+"""Resolution extrapolation (evaluate at another input size) and ``popevit study`` on tiny phantom runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from popevit.artifact import ModelMeta, load_artifact, save_artifact
+from popevit.config import PreprocessConfig
+from popevit.evaluation.evaluate import evaluate_run
+from popevit.evaluation.metrics import point_metrics
+from popevit.evaluation.predictions import Predictions
+from popevit.evaluation.study import seed_mean_with_ci
+
+CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
+
+
+def _make_run(run: Path, pos_enc: str, seed: int, manifest: Path) -> Path:
+    from popevit.models import create_model
+
+    torch.manual_seed(seed)
+    kwargs = {"num_classes": 4, "in_chans": 1, "img_size": 32, "pos_enc": pos_enc}
+    save_artifact(
+        create_model("vit_tiny", **kwargs), ModelMeta("vit_tiny", kwargs, CLASSES, PreprocessConfig(img_size=32)), run
+    )
+    (run / "manifest.csv").write_bytes(manifest.read_bytes())
+    (run / "run.json").write_text(json.dumps({"wall_s": 60.0, "epochs": 2, "device": "cpu (test)"}))
+    return run
+
+
+@pytest.fixture(scope="module")
+def study_runs(phantom_root, tmp_path_factory) -> tuple[Path, list[Path]]:
+    from popevit.data import make_split
+
+    cache = tmp_path_factory.mktemp("cache")
+    manifest = make_split(
+        phantom_root, tmp_path_factory.mktemp("split") / "m.csv", seed=0, ratios=(0.5, 0.25, 0.25), cache_dir=cache
+    )
+    root = tmp_path_factory.mktemp("runs")
+    runs = [_make_run(root / f"{pe}-s{s}", pe, s, manifest) for pe in ("pope", "rope_axial") for s in (0, 1)]
+    return cache, runs
+
+
+def test_seed_mean_with_ci_is_the_mean_of_the_runs():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 200)
+    probas = []
+    for skill in (1.0, 2.0, 3.0):
+        logits = rng.normal(size=(200, 4)) + skill * np.eye(4)[y]
+        probas.append(np.exp(logits) / np.exp(logits).sum(1, keepdims=True))
+    res = seed_mean_with_ci(y, probas, CLASSES, n_boot=300, seed=0)
+    for m in ("auroc_macro", "accuracy", "balanced_accuracy", "ece"):
+        per_run = [point_metrics(y, p, CLASSES)[m] for p in probas]
+        assert res[m]["values"] == pytest.approx(per_run)
+        assert res[m]["value"] == pytest.approx(np.mean(per_run))
+        assert res[m]["sd"] == pytest.approx(np.std(per_run, ddof=1))
+    for m in ("auroc_macro", "accuracy"):
+        assert res[m]["lo"] < res[m]["value"] < res[m]["hi"]
+        # averaging three runs narrows the interval compared with the weakest run alone
+        single = seed_mean_with_ci(y, probas[:1], CLASSES, metrics=(m,), n_boot=300, seed=0)[m]
+        assert res[m]["hi"] - res[m]["lo"] < single["hi"] - single["lo"]
+
+
+def test_evaluate_at_a_larger_size_feeds_the_model_larger_images(study_runs):
+    cache, runs = study_runs
+    run = runs[0]
+    base = evaluate_run(run, n_boot=20, plots=False, cache_dir=cache, device="cpu")
+    big = evaluate_run(run, n_boot=20, plots=False, cache_dir=cache, device="cpu", img_size=48)
+    assert big["img_size"] == 48 and base["img_size"] == 32
+    assert big["out"].endswith("test-48px") and base["out"].endswith("test")
+    p32 = Predictions.load(Path(base["out"]) / "predictions.csv")
+    p48 = Predictions.load(Path(big["out"]) / "predictions.csv")
+    assert p32.paths == p48.paths and not np.allclose(p32.proba, p48.proba)
+    # the 48-px probabilities are exactly the model on 48-px preprocessed images (6x6 patch grid)
+    from popevit.data.dataset import ImageDataset
+
+    model, meta = load_artifact(run)
+    ds = ImageDataset(
+        [Path(p) for p in p48.paths[:3]],
+        [0, 0, 0],
+        meta.preprocess.model_copy(update={"img_size": 48}),
+        cache_dir=cache,
+    )
+    x = torch.stack([ds[i][0] for i in range(3)])
+    assert x.shape[-1] == 48
+    with torch.inference_mode():
+        direct = model.eval()(x).softmax(-1).double().numpy()
+    np.testing.assert_allclose(p48.proba[:3], direct, atol=1e-5)
+
+
+def test_evaluate_size_not_a_patch_multiple_names_the_fix(study_runs):
+    cache, runs = study_runs
+    with pytest.raises(ValueError, match=r"not a multiple of the model's patch size 8; use e.g. 32 or 40"):
+        evaluate_run(runs[0], n_boot=20, plots=False, cache_dir=cache, device="cpu", img_size=36)
+
+
+def test_study_cli_table_extrapolation_and_tests(study_runs, tmp_path, monkeypatch):
+    import typer
+    from typer.testing import CliRunner
+
+    from popevit.cli.study import study
+
+    cache, runs = study_runs
+    monkeypatch.setenv("POPEVIT_CACHE", str(cache))
+    app = typer.Typer()
+    app.command()(study)
+    out = tmp_path / "study"
+    cli = CliRunner().invoke(
+        app, [*map(str, runs), "--sizes", "40,48", "--out", str(out), "--n-boot", "50", "--device", "cpu"]
+    )
+    assert cli.exit_code == 0, cli.output
+    res = json.loads((out / "study.json").read_text())
+    assert [g["name"] for g in res["groups"]] == ["pope", "rope_axial"]
+    assert res["train_size"] == 32 and res["sizes"] == [32, 40, 48]
+    for g, pe in zip(res["groups"], ("pope", "rope_axial"), strict=True):
+        model, _ = load_artifact(runs[0 if pe == "pope" else 2])
+        assert g["cost"]["params"] == sum(p.numel() for p in model.state_dict().values())
+        assert g["cost"]["train_img_per_s"] == pytest.approx(g["cost"]["epochs"] * _n_train(runs[0]) / 60.0)
+        assert [e["size"] for e in g["extrapolation"]] == [32, 40, 48]
+        # the training-size point of the curve is the table's value
+        assert g["extrapolation"][0]["metrics"]["auroc_macro"]["value"] == pytest.approx(
+            g["metrics"]["auroc_macro"]["value"]
+        )
+    with open(out / "study.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {(r["group"], r["test_size"]) for r in rows if r["metric"] == "auroc_macro"} == {
+        (g, s) for g in ("pope", "rope_axial") for s in ("32", "40", "48")
+    }
+    assert (out / "extrapolation.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| pope vs" not in (out / "study.md").read_text() and "48 px" in (out / "study.md").read_text()
+    compare = json.loads((out / "compare" / "compare.json").read_text())
+    assert [c["a"] for c in compare["comparisons"]] == ["pope"] and len(compare["comparisons"][0]["pairs"]) == 2
+
+
+def _n_train(run: Path) -> int:
+    with open(run / "manifest.csv", newline="") as fh:
+        return sum(r["split"] == "train" for r in csv.DictReader(fh))
