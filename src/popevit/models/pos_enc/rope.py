@@ -49,6 +49,47 @@ def rotary_tables(angles: Tensor) -> tuple[Tensor, Tensor]:
     return torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
 
 
+class _RotaryLearned(torch.autograd.Function):
+    """Rotate q and k by the same learned angles, with a hand-written backward.
+
+    With learned angles (``rope_mixed``), autograd's backward of ``x * cos + swap(x) * sin`` multiplies and
+    batch-reduces four full-size tensors per q and k to reach the tables. Rotation has a closed-form derivative:
+    for pair ``c`` with output ``(o1, o2)``, ``d(o1, o2)/d phi = (-o2, o1)``, so
+    ``dL/dphi = sum_batch(g2 * o1 - g1 * o2)`` over q and k together, and ``dL/dx`` is the rotation of the incoming
+    gradient by ``-phi``. One half-width multiply-add and one batch reduction per tensor instead.
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, angles: Tensor) -> tuple[Tensor, Tensor]:
+        cos, sin = rotary_tables(angles.to(q.dtype))  # (H, N, D) each
+        q_out, k_out = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        ctx.save_for_backward(q_out, k_out, cos, sin)
+        ctx.angles_dtype = angles.dtype
+        return q_out, k_out
+
+    @staticmethod
+    def backward(ctx, g_q: Tensor, g_k: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        q_out, k_out, cos, sin = ctx.saved_tensors
+        grad_angles = None
+        if ctx.needs_input_grad[2]:
+            h = q_out.shape[-1] // 2
+            grad_angles = torch.zeros((*cos.shape[:-1], h), dtype=ctx.angles_dtype, device=cos.device)  # (H, N, D/2)
+            for g, o in ((g_q, q_out), (g_k, k_out)):
+                t = g[..., h:] * o[..., :h]
+                t.addcmul_(g[..., :h], o[..., h:], value=-1.0)  # (B, H, N, D/2)
+                grad_angles += t.sum(0).to(ctx.angles_dtype)
+        # the inverse rotation: negate the signed sin table
+        return apply_rotary(g_q, cos, -sin), apply_rotary(g_k, cos, -sin), grad_angles
+
+
+def rotate_learned(q: Tensor, k: Tensor, angles: Tensor) -> tuple[Tensor, Tensor]:
+    """``apply_rotary`` of q and k ``(B, H, N, D)`` by angles ``(H, N, D/2)`` that carry a gradient (fused backward)."""
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or angles.requires_grad):
+        return _RotaryLearned.apply(q, k, angles)
+    cos, sin = rotary_tables(angles.to(q.dtype))
+    return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+
 def pad_prefix(angles: Tensor, num_prefix_tokens: int) -> Tensor:
     """Prepend ``num_prefix_tokens`` zero-angle rows on the token axis (-2): prefix tokens stay unrotated."""
     if num_prefix_tokens == 0:
@@ -103,9 +144,7 @@ class RoPEMixed(PositionalEncoding):
     def transform_qk(self, q: Tensor, k: Tensor, layer: int, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
         pos = self.pos if tuple(grid) == self.grid else patch_positions(grid, q.device)  # (P, 2)
         ang = torch.einsum("pt,hct->hpc", pos, self.freqs[layer].float())  # (H, P, D/2)
-        cos, sin = rotary_tables(pad_prefix(ang, self.num_prefix_tokens))  # (H, N, D) each
-        cos, sin = cos.to(q.dtype), sin.to(q.dtype)
-        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        return rotate_learned(q, k, pad_prefix(ang, self.num_prefix_tokens))
 
     def no_weight_decay(self) -> set[str]:
         return {"freqs"}
