@@ -65,6 +65,19 @@ class DataConfig(StrictModel):
     augment: AugmentConfig = AugmentConfig()
 
 
+class DistillConfig(StrictModel):
+    """Knowledge distillation through DeiT's distillation token (Touvron et al. 2021, arXiv:2012.12877, Sec. 4).
+
+    The teacher is a finished popevit run folder (any registered model, e.g. a ResNet18 trained on the same split);
+    it sees the same augmented batch, frozen, in eval mode. Its compute counts toward the student's budget.
+    """
+
+    teacher: Path = Field(..., description="run folder of the teacher (holds model.safetensors + model.json)")
+    mode: Literal["hard", "soft"] = Field("hard", description="hard: CE to the teacher's arg-max; soft: KL at tau")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the distillation loss (1 - alpha: true labels)")
+    tau: float = Field(1.0, gt=0, description="softmax temperature of the soft mode")
+
+
 class ModelConfig(StrictModel):
     name: str = Field("vit_cpu", description="registered model (`popevit models`)")
     pos_enc: str | None = Field("pope", description="positional encoding for ViT models; ignored by CNNs")
@@ -76,6 +89,7 @@ class ModelConfig(StrictModel):
     stem: Literal["patch", "conv"] | None = Field(None, description="ViT tokeniser: patchify conv or conv stem")
     pretrained: Path | None = Field(None, description="local .safetensors/.pth weights")
     freeze_backbone: bool = Field(False, description="train the head only")
+    distill: DistillConfig | None = Field(None, description="distillation token + teacher (popevit ViTs only)")
 
 
 class OptimConfig(StrictModel):

@@ -104,6 +104,7 @@ def create_model(
     pretrained: str | Path | None = None,
     freeze_backbone: bool = False,
     stem: str | None = None,
+    distill: bool = False,
 ) -> nn.Module:
     """Build a registered model.
 
@@ -123,6 +124,8 @@ def create_model(
         freeze_backbone: train the classifier only (every other parameter gets ``requires_grad=False``).
         stem: ViT tokeniser, ``"patch"`` (one patchify convolution) or ``"conv"`` (convolutional stem, Xiao et al.
             2021); ``None`` = the preset's. Baselines accept only ``None``.
+        distill: add DeiT's distillation token and head (popevit ViT presets only); the model then returns
+            ``(class_logits, distillation_logits)`` in training mode and their mean in eval mode.
 
     Returns:
         The model, mapping ``(B, in_chans, H, W)`` float images to ``(B, num_classes)`` logits, with a
@@ -137,8 +140,17 @@ def create_model(
         raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
     if stem is not None and not spec.is_vit:
         raise ValueError(f"model {name!r} has its own tokeniser; stem={stem!r} applies to popevit ViT presets only")
+    if distill:
+        from popevit.models.presets import PRESETS
+
+        if name not in PRESETS:
+            raise ValueError(
+                f"distill=True needs a popevit ViT preset ({', '.join(PRESETS)}), got {name!r}; "
+                "use one of them as the student, or drop model.distill"
+            )
     model = spec.build(
         **({"stem": stem} if stem is not None else {}),
+        **({"distill": True} if distill else {}),
         name=name,
         num_classes=num_classes,
         in_chans=in_chans,

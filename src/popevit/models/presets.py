@@ -47,6 +47,7 @@ def build_vit(
     drop_path: float,
     pool: str | None,
     stem: str | None = None,
+    distill: bool = False,
 ) -> ViT:
     """Build preset ``name`` with the common ``create_model`` options applied on top."""
     base = PRESETS[name]
@@ -61,6 +62,7 @@ def build_vit(
         drop_path=drop_path,
         pool=pool or base.pool,
         stem=stem or base.stem,
+        distill=distill,
     )
     return ViT(cfg)
 

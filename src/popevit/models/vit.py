@@ -10,6 +10,11 @@ block, an attention bias, or a q/k transform. The backbone passes the patch grid
 so any image size divisible by the patch size runs (fixed codes are recomputed, learned absolute ones resampled).
 
 A CLS token exists iff ``pool == "cls"``; with mean pooling there are no prefix tokens.
+
+``distill=True`` adds DeiT's distillation token (Touvron et al. 2021, arXiv:2012.12877, Sec. 4): one more learned
+prefix token (after the CLS token when there is one) with its own linear head, trained to match a teacher. In
+training mode the model then returns ``(class_logits, distillation_logits)``; in eval mode their mean, so every
+evaluation and explanation path sees one ``(B, K)`` tensor (DeiT's inference rule).
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ class ViTConfig:
         attn_dropout: dropout on attention probabilities.
         drop_path: maximum stochastic-depth rate (linearly increasing over the blocks).
         qkv_bias: bias on the q/k/v projection.
+        stem: ``"patch"`` (one patchify convolution) or ``"conv"`` (convolutional stem).
+        distill: add a distillation token and head (see the module docstring).
     """
 
     img_size: int = 224
@@ -62,6 +69,7 @@ class ViTConfig:
     drop_path: float = 0.0
     qkv_bias: bool = True
     stem: Literal["patch", "conv"] = "patch"
+    distill: bool = False
 
     def __post_init__(self) -> None:
         if self.img_size % self.patch_size:
@@ -111,7 +119,7 @@ class ViT(nn.Module):
         cfg: the architecture; see :class:`ViTConfig`.
 
     Attributes:
-        num_prefix_tokens: 1 with a CLS token (``pool="cls"``), else 0.
+        num_prefix_tokens: CLS token (``pool="cls"``) + distillation token (``distill``): 0, 1 or 2.
         global_pool: ``"cls"`` or ``"mean"``.
         patch_size: patch side in pixels.
         pos_enc: the :class:`PositionalEncoding` module.
@@ -122,7 +130,7 @@ class ViT(nn.Module):
         self.cfg = cfg
         self.patch_size = cfg.patch_size
         self.global_pool: Literal["cls", "mean"] = cfg.pool
-        self.num_prefix_tokens = 1 if cfg.pool == "cls" else 0
+        self.num_prefix_tokens = int(cfg.pool == "cls") + int(cfg.distill)
         self.num_classes = cfg.num_classes
         self.embed_dim = cfg.embed_dim
 
@@ -130,7 +138,8 @@ class ViT(nn.Module):
             self.patch_embed: nn.Module = ConvStem(cfg.in_chans, cfg.embed_dim, cfg.patch_size)
         else:
             self.patch_embed = nn.Conv2d(cfg.in_chans, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim)) if self.num_prefix_tokens else None
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim)) if cfg.pool == "cls" else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim)) if cfg.distill else None
         self.pos_enc = build_pos_enc(
             cfg.pos_enc,
             embed_dim=cfg.embed_dim,
@@ -144,6 +153,7 @@ class ViT(nn.Module):
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
         self.head_drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(cfg.embed_dim, cfg.num_classes)
+        self.head_dist = nn.Linear(cfg.embed_dim, cfg.num_classes) if cfg.distill else None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -155,6 +165,8 @@ class ViT(nn.Module):
                     nn.init.zeros_(m.bias)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
+        if self.dist_token is not None:
+            nn.init.trunc_normal_(self.dist_token, std=0.02)
 
     def grid_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
         """Patch grid ``(gh, gw)`` of an ``(H, W)`` input; both sides must be multiples of the patch size."""
@@ -172,8 +184,7 @@ class ViT(nn.Module):
         Norm weights and biases (1-D) are left to the optimizer's ``dim < 2`` rule.
         """
         names = {f"pos_enc.{n}" for n in self.pos_enc.no_weight_decay()}
-        if self.cls_token is not None:
-            names.add("cls_token")
+        names |= {n for n in ("cls_token", "dist_token") if getattr(self, n) is not None}
         return names
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -181,8 +192,9 @@ class ViT(nn.Module):
         grid = self.grid_size(tuple(x.shape[-2:]))
         # contiguous: a transposed view would keep the whole residual stream in (B, C, P) strides (~5% slower)
         x = self.patch_embed(x).flatten(2).transpose(1, 2).contiguous()  # (B, P, C)
-        if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, N, C)
+        prefix = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.dist_token) if t is not None]
+        if prefix:
+            x = torch.cat([*prefix, x], dim=1)  # (B, N, C): [CLS], [DIST], patches
         x = self.pos_enc.add_to_tokens(x, grid)
         for blk in self.blocks:
             x = blk(x, self.pos_enc, grid)
@@ -194,9 +206,17 @@ class ViT(nn.Module):
         x = x[:, 0] if self.global_pool == "cls" else x[:, n0:].mean(dim=1)  # (B, C)
         return self.head(self.head_drop(x))
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``(B, C_in, H, W)`` float images -> ``(B, num_classes)`` logits."""
-        return self.forward_head(self.forward_features(x))
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        """``(B, C_in, H, W)`` float images -> ``(B, num_classes)`` logits.
+
+        With a distillation token: ``(class_logits, distillation_logits)`` in training mode, their mean in eval mode.
+        """
+        feats = self.forward_features(x)
+        logits = self.forward_head(feats)
+        if self.head_dist is None:
+            return logits
+        dist = self.head_dist(self.head_drop(feats[:, self.num_prefix_tokens - 1]))  # (B, K) from the DIST token
+        return (logits, dist) if self.training else (logits + dist) / 2
 
     def config_dict(self) -> dict:
         return asdict(self.cfg)

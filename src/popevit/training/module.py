@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -18,9 +19,37 @@ import torch.nn.functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
 
-from popevit.config import OptimConfig
+from popevit.config import DistillConfig, OptimConfig
 from popevit.models import create_model
 from popevit.training.optim import build_optimizer, warmup_cosine
+
+
+def load_teacher(run_dir: str | Path, classes: list[str], student_kwargs: dict[str, Any]) -> torch.nn.Module:
+    """A frozen teacher from a run folder, checked against the student's classes and input format."""
+    from popevit.artifact import load_artifact
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "model.json").is_file():
+        raise FileNotFoundError(
+            f"distillation teacher {str(run_dir)!r} is not a finished run folder (no model.json); train the teacher "
+            "first (e.g. `popevit train --config configs/cpu_resnet18.yaml ...`) and pass its run folder"
+        )
+    teacher, meta = load_artifact(run_dir)
+    if list(meta.classes) != list(classes):
+        raise ValueError(
+            f"the teacher {str(run_dir)!r} predicts {list(meta.classes)} but the student {list(classes)}; "
+            "train the teacher on the same task (classes, binary) and split"
+        )
+    for key in ("in_chans", "img_size"):
+        want, got = student_kwargs.get(key), getattr(meta.preprocess, key)
+        if want is not None and want != got:
+            raise ValueError(
+                f"the teacher {str(run_dir)!r} was trained with {key}={got} but the student uses {key}={want}; "
+                "both see the same batch, so train the teacher with the student's data.preprocess settings"
+            )
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
 
 
 class NonFiniteLossError(RuntimeError):
@@ -53,6 +82,9 @@ class ClassifierModule(L.LightningModule):
         class_weights: one weight per class for the loss, or ``None`` for unweighted.
         seed: base seed; every epoch reseeds the global RNGs with ``seed + epoch`` so a resumed run repeats the
             augmentation and dropout draws of an uninterrupted one.
+        distill: ``DistillConfig`` as a dict, or ``None``. The model must then have a distillation token
+            (``create_model(..., distill=True)``); the teacher is loaded from its run folder, frozen, and kept out of
+            this module's state dict (checkpoints hold the student only).
     """
 
     def __init__(
@@ -63,6 +95,7 @@ class ClassifierModule(L.LightningModule):
         optim: dict[str, Any],
         class_weights: list[float] | None = None,
         seed: int = 0,
+        distill: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -75,6 +108,10 @@ class ClassifierModule(L.LightningModule):
         self.train_metrics = stage_metrics(k, "train/")
         self.val_metrics = stage_metrics(k, "val/")
         self.test_metrics = stage_metrics(k, "test/")
+        self.distill_cfg = DistillConfig.model_validate(distill) if distill is not None else None
+        self._teacher: list[torch.nn.Module] = []  # a list hides it from state_dict, parameters() and the optimizer
+        if self.distill_cfg is not None:
+            self._teacher.append(load_teacher(self.distill_cfg.teacher, self.classes, model_kwargs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -84,6 +121,20 @@ class ClassifierModule(L.LightningModule):
             logits.float(), y, weight=self.class_weights, label_smoothing=self.optim_cfg.label_smoothing
         )
 
+    def distill_loss(self, dist_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """DeiT's distillation objective on the distillation head: hard (CE to the teacher's arg-max, with the class
+        weights) or soft (``tau^2 * KL(teacher || student)`` at temperature ``tau``, Hinton et al. 2015)."""
+        cfg = self.distill_cfg
+        if cfg.mode == "hard":
+            return self._loss(dist_logits, teacher_logits.argmax(-1))
+        t = cfg.tau
+        return F.kl_div(
+            F.log_softmax(dist_logits.float() / t, -1),
+            F.log_softmax(teacher_logits.float() / t, -1),
+            reduction="batchmean",
+            log_target=True,
+        ) * (t * t)
+
     def on_train_epoch_start(self) -> None:
         s = self.hparams.seed * 100_003 + self.current_epoch
         torch.manual_seed(s)
@@ -92,8 +143,18 @@ class ClassifierModule(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]
-        logits = self(x)
-        loss = self._loss(logits, y)
+        out = self(x)
+        if self.distill_cfg is not None:
+            logits, dist = out
+            teacher = self._teacher[0].to(x.device).eval()
+            with torch.no_grad():
+                t_logits = teacher(x)
+            a = self.distill_cfg.alpha
+            loss = (1 - a) * self._loss(logits, y) + a * self.distill_loss(dist, t_logits)
+            logits = (logits + dist) / 2  # the prediction the metrics (and inference) use
+        else:
+            logits = out
+            loss = self._loss(logits, y)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, batch {batch_idx}; "

@@ -75,6 +75,8 @@ def model_kwargs(cfg: ExperimentConfig, num_classes: int) -> dict[str, Any]:
             kw[key] = getattr(m, key)
     if m.freeze_backbone:
         kw["freeze_backbone"] = True
+    if m.distill is not None:
+        kw["distill"] = True
     return kw
 
 
@@ -208,6 +210,7 @@ def train(
         cfg.optim.model_dump(mode="json"),
         weights,
         cfg.train.seed,
+        cfg.model.distill.model_dump(mode="json") if cfg.model.distill else None,
     )
     if init is not None and not resume:
         _load_init(module.model, Path(init))
