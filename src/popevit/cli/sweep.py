@@ -44,7 +44,9 @@ def sweep(
     dataset: Annotated[
         str | None, typer.Option(help="folder (default), cifar10 or cifar100 (torchvision; --data is its root)")
     ] = None,
-    sampler_seed: Annotated[int, typer.Option(help="sampler RNG seed; give each TPE worker its own")] = 0,
+    sampler_seed: Annotated[
+        int, typer.Option(help="TPE sampler RNG seed; give each TPE worker its own (grid sweeps ignore it)")
+    ] = 0,
 ) -> None:
     """Sweep hyper-parameters with Optuna: GridSampler for --grid, TPE for --range; objective val macro AUROC.
 

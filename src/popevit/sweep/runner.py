@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any
 from popevit.config import ExperimentConfig, dump_config, load_config
 from popevit.sweep.space import SEED_KEY, SPLIT_KEYS, SearchSpace, config_id, overrides_for, run_name, trial_key
 
+GRID_ORDER_SEED = 0
+
 if TYPE_CHECKING:
     import optuna
 
@@ -59,7 +61,8 @@ class SweepSpec:
             ``sqlite:///OUT/sweep.db``.
         study_name: default ``<config name>-<hash of the search space>``.
         n_trials: TPE mode: configurations to propose in the whole study (every worker counts).
-        sampler_seed: seed of the sampler's RNG (give each worker of one TPE study its own).
+        sampler_seed: seed of the TPE sampler's RNG (give each worker of one TPE study its own); grid sweeps use
+            one fixed grid order in every worker.
         heartbeat_s: heartbeat interval of running trials.
         grace_s: a running trial whose heartbeat is older than this is failed (and retried).
         settle_s: wait between registering a trial's key and checking it for duplicates.
@@ -218,6 +221,29 @@ def _check_study(study: optuna.Study, spec: SweepSpec) -> None:
 
 def _trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(deepcopy=False)
+
+
+def _enqueue_grid_gaps(study: optuna.Study, space: SearchSpace) -> int:
+    """Enqueue every grid point (with each seed) that no complete, running, waiting or failed trial holds.
+
+    Failed points are not queued here: the next invocation retries them once (:func:`_requeue_failed`).
+
+    Every grid id can be used up while points are still missing: a worker that died between drawing its id and
+    recording its key, or studies started before the grid order was fixed across workers (two workers with
+    different ``--sampler-seed`` drew the same points under different ids; the copies were pruned as duplicates).
+    """
+    S = _states()
+    holding = (S.COMPLETE, S.RUNNING, S.WAITING, S.FAIL)
+    held = {t.user_attrs.get("key") for t in _trials(study) if t.state in holding}
+    gaps = [
+        {**point, SEED_KEY: seed}
+        for point in space.grid_points()
+        for seed in space.seeds
+        if trial_key(point, seed) not in held
+    ]
+    for params in gaps:
+        study.enqueue_trial(params, user_attrs={"seed": params[SEED_KEY], "fills_gap": True})
+    return len(gaps)
 
 
 def _requeue_failed(study: optuna.Study) -> int:
@@ -386,7 +412,9 @@ def run_sweep(spec: SweepSpec, *, summarize: bool = True) -> SweepResult:
     name = spec.study_name or f"{base.name}-{space.digest()}"
     grid_sampler = None
     if space.mode == "grid":
-        grid_sampler = optuna.samplers.GridSampler({**space.grid, SEED_KEY: space.seeds}, seed=spec.sampler_seed)
+        # One grid order for every worker: a per-worker seed would map one grid id to different points in different
+        # workers (duplicates and gaps). --sampler-seed is for TPE only.
+        grid_sampler = optuna.samplers.GridSampler({**space.grid, SEED_KEY: space.seeds}, seed=GRID_ORDER_SEED)
         sampler: optuna.samplers.BaseSampler = grid_sampler
     else:
         sampler = optuna.samplers.TPESampler(
@@ -408,6 +436,9 @@ def run_sweep(spec: SweepSpec, *, summarize: bool = True) -> SweepResult:
     budget = 10 * (space.n_grid if space.mode == "grid" else spec.n_trials or 0) * len(space.seeds) + 100
     for _ in range(budget):
         work = _work(study, spec, grid_sampler)
+        if work.waiting == 0 and work.to_start <= 0 and space.mode == "grid" and _enqueue_grid_gaps(study, space):
+            print("[sweep] grid ids used up with points missing: queued the missing points", flush=True)
+            continue
         if work.waiting == 0 and work.to_start <= 0:
             break
         before = {t.number for t in _trials(study)}
