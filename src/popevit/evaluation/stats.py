@@ -109,6 +109,26 @@ def delong_test(target: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) ->
     }
 
 
+def bootstrap_seed_means(
+    y: np.ndarray,
+    probas: Sequence[np.ndarray],
+    classes: Sequence[str],
+    metrics: Sequence[str],
+    n_boot: int,
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """Metric -> (n_boot,) seed-means of a group of runs, every run evaluated on each seeded image resample.
+
+    Two calls with the same ``n``, ``n_boot`` and ``seed`` use the same resamples, so their difference is paired.
+    """
+    boot: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
+    for w in iter_bootstrap_weights(len(y), n_boot, seed):
+        res = [weighted_metrics(y, p, classes, w) for p in probas]
+        for m in metrics:
+            boot[m].append(np.mean([r[m] for r in res], axis=0))
+    return {m: np.concatenate(v) for m, v in boot.items()}
+
+
 def paired_bootstrap(
     y: np.ndarray,
     probas_a: Sequence[np.ndarray],
@@ -149,15 +169,11 @@ def paired_bootstrap(
         return {m: float(np.mean([pt[m] for pt in pts])) for m in metrics}
 
     pa, pb = group_point(probas_a), group_point(probas_b)
-    diffs: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
-    for w in iter_bootstrap_weights(len(y), n_boot, seed):
-        ma = [weighted_metrics(y, p, classes, w) for p in probas_a]
-        mb = [weighted_metrics(y, p, classes, w) for p in probas_b]
-        for m in metrics:
-            diffs[m].append(np.mean([r[m] for r in ma], axis=0) - np.mean([r[m] for r in mb], axis=0))
+    boot_a = bootstrap_seed_means(y, probas_a, classes, metrics, n_boot, seed)  # same seed: same resamples
+    boot_b = bootstrap_seed_means(y, probas_b, classes, metrics, n_boot, seed)
     out: dict[str, dict[str, float]] = {}
     for m in metrics:
-        d = np.concatenate(diffs[m])
+        d = boot_a[m] - boot_b[m]
         d = d[np.isfinite(d)]
         lo, hi = percentile_ci(d, level)
         # Monte-Carlo p-value with the +1 correction (Davison & Hinkley 1997, eq. 4.11): never exactly 0.

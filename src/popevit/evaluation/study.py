@@ -27,7 +27,8 @@ import numpy as np
 
 from popevit.evaluation.compare import align, compare_runs, group_name, run_predictions
 from popevit.evaluation.evaluate import write_json
-from popevit.evaluation.metrics import iter_bootstrap_weights, normalize_proba, percentile_ci, weighted_metrics
+from popevit.evaluation.metrics import normalize_proba, percentile_ci, weighted_metrics
+from popevit.evaluation.stats import bootstrap_seed_means
 
 STUDY_METRICS = ("auroc_macro", "accuracy", "balanced_accuracy", "ece")
 EXTRAPOLATION_METRICS = ("auroc_macro", "accuracy")
@@ -61,15 +62,11 @@ def seed_mean_with_ci(
     probas = [normalize_proba(p) for p in probas]
     ones = np.ones((1, len(y)))
     per_run = [weighted_metrics(y, p, classes, ones) for p in probas]
-    boot: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
-    for w in iter_bootstrap_weights(len(y), n_boot, seed):
-        res = [weighted_metrics(y, p, classes, w) for p in probas]
-        for m in metrics:
-            boot[m].append(np.mean([r[m] for r in res], axis=0))
+    boot = bootstrap_seed_means(y, probas, classes, metrics, n_boot, seed)
     out: dict[str, dict[str, float]] = {}
     for m in metrics:
         values = [float(r[m][0]) for r in per_run]
-        lo, hi = percentile_ci(np.concatenate(boot[m]), level)
+        lo, hi = percentile_ci(boot[m], level)
         sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
         out[m] = {"value": float(np.mean(values)), "lo": lo, "hi": hi, "sd": sd, "values": values}
     return out
@@ -192,13 +189,13 @@ def run_study(
     Returns:
         The study as a JSON-able dict (also written to ``out/study.json``).
     """
-    from popevit.artifact import load_artifact
+    from popevit.artifact import load_meta
 
     groups = [[Path(r) for r in g] for g in groups]
     if not groups or any(not g for g in groups):
         raise ValueError("study needs at least one non-empty group of run folders")
     flat = [r for g in groups for r in g]
-    train_sizes = {load_artifact(r)[1].preprocess.img_size for r in flat}
+    train_sizes = {load_meta(r).preprocess.img_size for r in flat}
     if len(train_sizes) != 1:
         raise ValueError(
             f"runs were trained at different image sizes {sorted(train_sizes)}; a study compares runs trained at one "
@@ -234,7 +231,9 @@ def run_study(
         entry: dict[str, Any] = {
             "name": group_name(g),
             "runs": [r.name for r in g],
-            "metrics": seed_mean_with_ci(y, [per_size[train_size][i].proba for i in idx], classes, n_boot=n_boot),
+            "metrics": seed_mean_with_ci(
+                y, [per_size[train_size][i].proba for i in idx], classes, n_boot=n_boot, seed=seed
+            ),
             "cost": {
                 "params": costs[0]["params"],
                 "wall_min": float(np.mean([c["wall_s"] or np.nan for c in costs])) / 60.0,
@@ -245,6 +244,10 @@ def run_study(
             "extrapolation": [],
         }
         for size in all_sizes:
+            if size == train_size:  # the table's own intervals (same resamples), not a second bootstrap
+                m = {k: entry["metrics"][k] for k in EXTRAPOLATION_METRICS}
+                entry["extrapolation"].append({"size": size, "metrics": m})
+                continue
             m = seed_mean_with_ci(
                 y,
                 [per_size[size][i].proba for i in idx],
