@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=None, help="training batch (default: the size's own, 32)")
     ap.add_argument("--epoch-max-steps", type=int, default=None, help="time N batches and extrapolate")
     ap.add_argument("--loader-limit", type=int, default=None)
+    ap.add_argument("--loader-workers", type=int, default=0, help="DataLoader workers of the cached-loader figure")
     ap.add_argument("--sweeps", action="store_true", help="also run the tokens and batch-size sweeps")
     ap.add_argument("--sweep-pe", nargs="+", default=["none", "pope", "rope_axial", "rel_bias"])
     ap.add_argument("--sweep-repeats", type=int, default=3)
@@ -57,6 +58,7 @@ def main() -> None:
             sections=sections,
             epoch_max_steps=args.epoch_max_steps,
             loader_limit=args.loader_limit,
+            loader_workers=args.loader_workers,
         )
         res = run_bench(cfg, log=lambda s: print(f"[bench] {s}", flush=True))
         print(to_markdown(res))

@@ -71,6 +71,7 @@ class BenchConfig:
         sections: which of :data:`SECTIONS` to run.
         data: image folder for the loader figure (``None`` = the Kaggle folder when present, else phantoms).
         loader_limit: images used by the loader figure (``None`` = all).
+        loader_workers: ``DataLoader`` workers of the cached-loader figure (0 = main process, training's default).
         epoch_config: experiment YAML of the epoch figure (``None`` = the defaults: vit_cpu + PoPE, 128 px).
         epoch_manifest: manifest of the epoch figure (``None`` = ``runs/splits/kaggle_train_seed0.csv`` when present,
             else a phantom split).
@@ -95,6 +96,7 @@ class BenchConfig:
     sections: list[str] = field(default_factory=lambda: list(SECTIONS))
     data: Path | None = None
     loader_limit: int | None = None
+    loader_workers: int = 0
     epoch_config: Path | None = None
     epoch_manifest: Path | None = None
     epoch_overrides: list[str] = field(default_factory=list)
@@ -468,6 +470,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> 
                 data,
                 img_size=32 if cfg.quick else 128,
                 limit=cfg.loader_limit,
+                workers=cfg.loader_workers,
                 epochs=2 if cfg.quick else 3,
                 cache_dir=work / "loader-cache",
             )

@@ -22,6 +22,7 @@ def bench(
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: all cores)")] = None,
     bf16: Annotated[bool | None, typer.Option("--bf16/--fp32", help="autocast (default: bf16 on cuda only)")] = None,
     data: Annotated[Path | None, typer.Option(help="image folder for the loader figure")] = None,
+    loader_workers: Annotated[int, typer.Option(help="DataLoader workers of the cached-loader figure")] = 0,
     manifest: Annotated[Path | None, typer.Option(help="manifest for the epoch figure")] = None,
     epoch_steps: Annotated[int | None, typer.Option(help="time N batches of the epoch and extrapolate")] = None,
     markdown: Annotated[Path | None, typer.Option("--md", help="also write the Markdown tables here")] = None,
@@ -39,6 +40,7 @@ def bench(
         threads=threads,
         bf16=bf16,
         data=data,
+        loader_workers=loader_workers,
         epoch_manifest=manifest,
     )
     if pe:
