@@ -44,6 +44,15 @@ class AugmentConfig(StrictModel):
     contrast: float = Field(0.0, ge=0, description="max relative contrast change")
     gamma: float = Field(0.0, ge=0, description="max |log gamma|")
     noise_std: float = Field(0.0, ge=0, description="std of additive Gaussian noise (in std units)")
+    mixup: float = Field(0.0, ge=0, description="mixup Beta(alpha, alpha) of the batch (Zhang et al. 2018); 0 = off")
+    cutmix: float = Field(0.0, ge=0, description="cutmix Beta(alpha, alpha) (Yun et al. 2019); 0 = off")
+    mix_prob: float = Field(1.0, ge=0, le=1, description="probability that a batch is mixed at all")
+    mix_switch_prob: float = Field(0.5, ge=0, le=1, description="probability of cutmix over mixup when both are on")
+
+    @property
+    def mixing(self) -> bool:
+        """True when mixup or cutmix is on (applied per batch in the training step, not in the loader)."""
+        return self.enabled and (self.mixup > 0 or self.cutmix > 0) and self.mix_prob > 0
 
 
 class DataConfig(StrictModel):
@@ -103,6 +112,12 @@ class OptimConfig(StrictModel):
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="final lr as a fraction of lr")
     grad_clip: float | None = Field(1.0, description="max gradient norm; null disables clipping")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    layer_decay: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="layer-wise lr decay for fine-tuning (BEiT): block l of L gets lr * decay^(L - l); null = off",
+    )
     class_weighted: bool = Field(True, description="class-weighted cross-entropy, weights from the training split")
 
 
@@ -122,6 +137,17 @@ class TrainConfig(StrictModel):
     log_every_n_steps: int = 10
     progress_bar: bool = True
     threads: int | None = Field(None, description="torch CPU threads; default: all cores")
+    ema_decay: float | None = Field(
+        None, gt=0, lt=1, description="EMA of the weights (validated, checkpointed and exported); null = off"
+    )
+    ema_start_epoch: int = Field(0, ge=0, description="first epoch whose steps update the EMA")
+
+
+class PretrainConfig(StrictModel):
+    """Self-supervised pretraining on the training images of the split (``popevit pretrain``; ignored by train)."""
+
+    method: Literal["simmim"] = Field("simmim", description="masked-image modelling (Xie et al. 2022)")
+    mask_ratio: float = Field(0.6, gt=0, lt=1, description="fraction of patches hidden per image")
 
 
 class ExperimentConfig(StrictModel):
@@ -133,6 +159,7 @@ class ExperimentConfig(StrictModel):
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
+    pretrain: PretrainConfig = PretrainConfig()
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:

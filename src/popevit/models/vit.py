@@ -187,11 +187,26 @@ class ViT(nn.Module):
         names |= {n for n in ("cls_token", "dist_token") if getattr(self, n) is not None}
         return names
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """``(B, C_in, H, W)`` images -> ``(B, N, C)`` normalised tokens, prefix tokens first."""
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Layer groups in timm's format (for layer-wise lr decay): the stem (patch embedding, prefix tokens and the
+        positional encoding, which every block shares), then one group per block; the final norm joins the last block.
+        Parameters no group names (the heads) form the top group."""
+        return {
+            "stem": r"^cls_token|^dist_token|^patch_embed|^pos_enc",
+            "blocks": r"^blocks\.(\d+)" if coarse else [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
+        }
+
+    def forward_features(self, x: Tensor, mask: Tensor | None = None, mask_token: Tensor | None = None) -> Tensor:
+        """``(B, C_in, H, W)`` images -> ``(B, N, C)`` normalised tokens, prefix tokens first.
+
+        ``mask`` (B, P) bool, True = hidden, replaces those patch embeddings with ``mask_token`` (1, 1, C) before
+        the positional encoding, as in SimMIM (Xie et al. 2022, arXiv:2111.09886): masked-image pretraining.
+        """
         grid = self.grid_size(tuple(x.shape[-2:]))
         # contiguous: a transposed view would keep the whole residual stream in (B, C, P) strides (~5% slower)
         x = self.patch_embed(x).flatten(2).transpose(1, 2).contiguous()  # (B, P, C)
+        if mask is not None:
+            x = torch.where(mask.unsqueeze(-1), mask_token.to(x.dtype), x)
         prefix = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.dist_token) if t is not None]
         if prefix:
             x = torch.cat([*prefix, x], dim=1)  # (B, N, C): [CLS], [DIST], patches

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
 
-from popevit.config import DistillConfig, OptimConfig
+from popevit.config import AugmentConfig, DistillConfig, OptimConfig
 from popevit.models import create_model
 from popevit.training.optim import build_optimizer, warmup_cosine
 
@@ -50,6 +50,32 @@ def load_teacher(run_dir: str | Path, classes: list[str], student_kwargs: dict[s
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher.eval()
+
+
+def reseed_epoch(seed: int, epoch: int) -> None:
+    """Reseed torch, numpy and random from (seed, epoch) at the start of every epoch, so that a resumed run repeats
+    the augmentation, mixing, masking and dropout draws of an uninterrupted one."""
+    s = seed * 100_003 + epoch
+    torch.manual_seed(s)
+    np.random.seed(s % 2**32)
+    random.seed(s)
+
+
+def configure_warmup_cosine(module: L.LightningModule, model: torch.nn.Module, cfg: OptimConfig) -> dict[str, Any]:
+    """Lightning's ``configure_optimizers`` answer: ``cfg``'s optimizer over ``model`` and the per-batch linear
+    warm-up + cosine schedule, sized from the trainer's estimated number of steps."""
+    optimizer = build_optimizer(model, cfg)
+    total = max(1, int(module.trainer.estimated_stepping_batches))
+    per_epoch = total / max(1, module.trainer.max_epochs)
+    fn = partial(
+        warmup_cosine,
+        total_steps=total,
+        warmup_steps=round(cfg.warmup_epochs * per_epoch),
+        min_ratio=cfg.min_lr_ratio,
+        cosine=cfg.schedule == "cosine",
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -85,6 +111,10 @@ class ClassifierModule(L.LightningModule):
         distill: ``DistillConfig`` as a dict, or ``None``. The model must then have a distillation token
             (``create_model(..., distill=True)``); the teacher is loaded from its run folder, frozen, and kept out of
             this module's state dict (checkpoints hold the student only).
+        mix: ``AugmentConfig`` as a dict when mixup or cutmix is on, else ``None``. Batches are mixed in the training
+            step with timm's ``Mixup`` (label smoothing moves into its soft targets); the loss is the class-weighted
+            cross-entropy against the mixed targets. An odd-sized batch (a last partial one) is mixed without its
+            last image, which keeps its hard label (timm mixes a batch with its own reversal, so it needs pairs).
     """
 
     def __init__(
@@ -96,6 +126,7 @@ class ClassifierModule(L.LightningModule):
         class_weights: list[float] | None = None,
         seed: int = 0,
         distill: dict[str, Any] | None = None,
+        mix: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -112,14 +143,47 @@ class ClassifierModule(L.LightningModule):
         self._teacher: list[torch.nn.Module] = []  # a list hides it from state_dict, parameters() and the optimizer
         if self.distill_cfg is not None:
             self._teacher.append(load_teacher(self.distill_cfg.teacher, self.classes, model_kwargs))
+        self.mixer = None
+        if mix is not None:
+            from timm.data import Mixup
+
+            aug = AugmentConfig.model_validate(mix)
+            self.mixer = Mixup(
+                mixup_alpha=aug.mixup,
+                cutmix_alpha=aug.cutmix,
+                prob=aug.mix_prob,
+                switch_prob=aug.mix_switch_prob,
+                mode="batch",
+                label_smoothing=self.optim_cfg.label_smoothing,
+                num_classes=k,
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(
-            logits.float(), y, weight=self.class_weights, label_smoothing=self.optim_cfg.label_smoothing
-        )
+        """Class-weighted cross-entropy to class indices (with label smoothing) or to (B, K) soft targets (mixed).
+
+        Soft targets are normalised like torch's weighted mean for indices, ``sum_i sum_c w_c y_ic (-log p_ic) /
+        sum_i sum_c w_c y_ic``, so a one-hot target gives exactly the hard-label loss (torch's own soft-target mode
+        divides by the batch size instead, which would change the loss scale whenever mixing is switched on).
+        """
+        if y.ndim == 1:
+            return F.cross_entropy(
+                logits.float(), y, weight=self.class_weights, label_smoothing=self.optim_cfg.label_smoothing
+            )
+        w = y.float() if self.class_weights is None else y.float() * self.class_weights
+        return -(w * logits.float().log_softmax(-1)).sum() / w.sum()
+
+    def mix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mixup/cutmix a training batch: (B, C, H, W), (B,) -> mixed images and (B, K) soft targets."""
+        n = len(y) - len(y) % 2
+        xm, ym = self.mixer(x[:n].clone(), y[:n])
+        if n < len(y):  # the unpaired last image keeps its (smoothed) hard label
+            eps = self.optim_cfg.label_smoothing
+            last = F.one_hot(y[n:], len(self.classes)).float() * (1 - eps) + eps / len(self.classes)
+            xm, ym = torch.cat([xm, x[n:]]), torch.cat([ym.to(last), last])
+        return xm, ym
 
     def distill_loss(self, dist_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         """DeiT's distillation objective on the distillation head: hard (CE to the teacher's arg-max, with the class
@@ -136,13 +200,13 @@ class ClassifierModule(L.LightningModule):
         ) * (t * t)
 
     def on_train_epoch_start(self) -> None:
-        s = self.hparams.seed * 100_003 + self.current_epoch
-        torch.manual_seed(s)
-        np.random.seed(s % 2**32)
-        random.seed(s)
+        reseed_epoch(self.hparams.seed, self.current_epoch)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]
+        target = y
+        if self.mixer is not None and len(y) > 1:
+            x, target = self.mix(x, y)
         out = self(x)
         if self.distill_cfg is not None:
             logits, dist = out
@@ -150,11 +214,11 @@ class ClassifierModule(L.LightningModule):
             with torch.no_grad():
                 t_logits = teacher(x)
             a = self.distill_cfg.alpha
-            loss = (1 - a) * self._loss(logits, y) + a * self.distill_loss(dist, t_logits)
+            loss = (1 - a) * self._loss(logits, target) + a * self.distill_loss(dist, t_logits)
             logits = (logits + dist) / 2  # the prediction the metrics (and inference) use
         else:
             logits = out
-            loss = self._loss(logits, y)
+            loss = self._loss(logits, target)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, batch {batch_idx}; "
@@ -205,17 +269,4 @@ class ClassifierModule(L.LightningModule):
         self._log_epoch(self.test_metrics)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        cfg = self.optim_cfg
-        optimizer = build_optimizer(self.model, cfg)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        per_epoch = total / max(1, self.trainer.max_epochs)
-        warmup = round(cfg.warmup_epochs * per_epoch)
-        fn = partial(
-            warmup_cosine,
-            total_steps=total,
-            warmup_steps=warmup,
-            min_ratio=cfg.min_lr_ratio,
-            cosine=cfg.schedule == "cosine",
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return configure_warmup_cosine(self, self.model, self.optim_cfg)

@@ -36,8 +36,31 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
+def layer_decay_groups(model: nn.Module, weight_decay: float, lr: float, decay: float) -> list[dict]:
+    """Layer-wise lr decay (BEiT, Bao et al. 2022, arXiv:2106.08254, Sec. 2.5): the head trains at ``lr``, block
+    ``i`` (0-based) of ``L`` at ``lr * decay^(L - i)`` (the final norm with the last block), the stem (patch
+    embedding, prefix tokens, positional encoding) at ``lr * decay^(L + 1)``. Layers come from the model's
+    timm-style ``group_matcher()``; the grouping and the decay/no-decay split are timm's
+    ``param_groups_layer_decay``, with our ``no_weight_decay()`` names."""
+    from timm.optim import param_groups_layer_decay
+
+    if not hasattr(model, "group_matcher"):
+        raise ValueError(
+            f"optim.layer_decay needs a model with layers to decay ({type(model).__name__} has no group_matcher()); "
+            "use it with popevit's ViT or timm models, or set optim.layer_decay=null"
+        )
+    declared = list(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else []
+    groups = param_groups_layer_decay(model, weight_decay, no_weight_decay_list=declared, layer_decay=decay)
+    for g in groups:  # torch's LambdaLR scales each group's own lr; timm leaves the scale to its schedulers
+        g["lr"] = lr * g.pop("lr_scale")
+    return groups
+
+
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+    if cfg.layer_decay is not None:
+        groups = layer_decay_groups(model, cfg.weight_decay, cfg.lr, cfg.layer_decay)
+    else:
+        groups = param_groups(model, cfg.weight_decay)
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
     if cfg.name == "adam":

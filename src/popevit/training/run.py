@@ -146,6 +146,95 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def prepare_run_dir(cfg: ExperimentConfig, out_dir: Path, resume: bool) -> Path:
+    """Check and fill a run folder (config.yaml, manifest.csv) on rank 0; other ranks wait for rank 0's files.
+
+    Returns:
+        The run's manifest (``out_dir/manifest.csv``; for CIFAR a path that is not used).
+    """
+    cfg_text = dump_config(cfg)
+    cifar = cfg.data.dataset != "folder"
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    if launcher_rank() != 0:
+        # Other ranks (Lightning's DDP children, torchrun, SLURM) read what rank 0 wrote on the shared filesystem.
+        return _wait_for(out_dir / "config.yaml", *([] if cifar else [out_dir / "manifest.csv"]))
+    if resume:
+        last = out_dir / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise RunDirError(f"--resume: no checkpoint at {str(last)!r}; start the run without --resume")
+        _check_resume(cfg_text, out_dir)
+    elif (out_dir / "config.yaml").exists():
+        raise RunDirError(f"{str(out_dir)!r} already holds a run; pass --resume to continue it or choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = out_dir / "manifest.csv" if resume or cifar else prepare_manifest(cfg, out_dir)
+    if not resume:
+        atomic_write_bytes(out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(cfg_text))
+    return manifest
+
+
+def device_precision(cfg: ExperimentConfig) -> tuple[bool, str]:
+    """(on a GPU?, Lightning precision): ``precision: auto`` is bf16-mixed on a bf16-capable GPU, else fp32."""
+    accelerator = cfg.train.accelerator
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    precision = cfg.train.precision
+    if precision == "auto":
+        precision = "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32"
+    return on_gpu, precision
+
+
+def best_checkpoint(out_dir: Path, monitor: str, mode: str) -> Any:
+    """``checkpoints/best.ckpt`` (by ``monitor``) plus ``checkpoints/last.ckpt`` for --resume."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    return ModelCheckpoint(
+        dirpath=out_dir / "checkpoints",
+        filename="best",
+        monitor=monitor,
+        mode=mode,
+        save_top_k=1,
+        save_last=True,
+        enable_version_counter=False,
+    )
+
+
+def make_trainer(cfg: ExperimentConfig, out_dir: Path, callbacks: list[Any], precision: str) -> Any:
+    """The Lightning ``Trainer`` of a run: CSV + TensorBoard logs under ``out_dir/logs``, atomic checkpoint writes,
+    the config's devices, strategy, clipping and batch limits."""
+    import lightning as L
+    from lightning.pytorch.callbacks import TQDMProgressBar
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from popevit.training.checkpoint import AtomicCheckpointIO
+
+    if cfg.train.progress_bar:
+        callbacks = [*callbacks, TQDMProgressBar(refresh_rate=10)]
+    loggers = [
+        CSVLogger(out_dir / "logs", name="csv", version=""),
+        TensorBoardLogger(out_dir / "logs", name="tb", version=""),
+    ]
+    return L.Trainer(
+        default_root_dir=out_dir,
+        max_epochs=cfg.train.max_epochs,
+        accelerator=cfg.train.accelerator,
+        devices=cfg.train.devices,
+        strategy=cfg.train.strategy,
+        num_nodes=cfg.train.num_nodes,
+        precision=precision,
+        deterministic=cfg.train.deterministic,
+        gradient_clip_val=cfg.optim.grad_clip,
+        callbacks=callbacks,
+        logger=loggers,
+        log_every_n_steps=cfg.train.log_every_n_steps,
+        limit_train_batches=cfg.train.limit_train_batches,
+        limit_val_batches=cfg.train.limit_val_batches,
+        enable_progress_bar=cfg.train.progress_bar,
+        enable_model_summary=False,
+        plugins=[AtomicCheckpointIO()],
+        num_sanity_val_steps=0,
+    )
+
+
 def train(
     cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, init: str | Path | None = None
 ) -> RunResult:
@@ -161,37 +250,16 @@ def train(
         The run's directory, classes, best validation metrics, wall time and epochs run.
     """
     import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 
     from popevit.data.datamodule import MRIDataModule
     from popevit.training.callbacks import RankMetricsRecorder
-    from popevit.training.checkpoint import AtomicCheckpointIO
     from popevit.training.module import ClassifierModule
 
     out_dir = Path(out_dir)
-    cfg_text = dump_config(cfg)
     last = out_dir / "checkpoints" / "last.ckpt"
     cifar = cfg.data.dataset != "folder"
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    if launcher_rank() == 0:
-        if resume:
-            if not last.is_file():
-                raise RunDirError(f"--resume: no checkpoint at {str(last)!r}; start the run without --resume")
-            _check_resume(cfg_text, out_dir)
-        elif (out_dir / "config.yaml").exists():
-            raise RunDirError(
-                f"{str(out_dir)!r} already holds a run; pass --resume to continue it or choose another --out"
-            )
-        out_dir.mkdir(parents=True, exist_ok=True)
-        manifest = out_dir / "manifest.csv" if resume or cifar else prepare_manifest(cfg, out_dir)
-        if not resume:
-            atomic_write_bytes(out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(cfg_text))
-    else:
-        # Other ranks (Lightning's DDP children, torchrun, SLURM) read what rank 0 wrote on the shared filesystem.
-        manifest = _wait_for(out_dir / "config.yaml", *([] if cifar else [out_dir / "manifest.csv"]))
-
+    manifest = prepare_run_dir(cfg, out_dir, resume)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     if cifar:
         from popevit.data.cifar import CIFARDataModule
@@ -211,54 +279,27 @@ def train(
         weights,
         cfg.train.seed,
         cfg.model.distill.model_dump(mode="json") if cfg.model.distill else None,
+        cfg.data.augment.model_dump(mode="json") if cfg.data.augment.mixing else None,
     )
     if init is not None and not resume:
         _load_init(module.model, Path(init))
 
     accelerator = cfg.train.accelerator
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    precision = cfg.train.precision
-    if precision == "auto":
-        precision = "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32"
+    on_gpu, precision = device_precision(cfg)
     mode = "min" if cfg.train.monitor == "val/loss" else "max"
-    ckpt_best = ModelCheckpoint(
-        dirpath=out_dir / "checkpoints",
-        filename="best",
-        monitor=cfg.train.monitor,
-        mode=mode,
-        save_top_k=1,
-        save_last=True,
-        enable_version_counter=False,
-    )
+    ckpt_best = best_checkpoint(out_dir, cfg.train.monitor, mode)
     callbacks: list[Any] = [ckpt_best, LearningRateMonitor(logging_interval="epoch"), RankMetricsRecorder(out_dir)]
     if cfg.train.patience is not None:
         callbacks.append(EarlyStopping(monitor=cfg.train.monitor, mode=mode, patience=cfg.train.patience))
-    if cfg.train.progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=10))
-    loggers = [
-        CSVLogger(out_dir / "logs", name="csv", version=""),
-        TensorBoardLogger(out_dir / "logs", name="tb", version=""),
-    ]
-    trainer = L.Trainer(
-        default_root_dir=out_dir,
-        max_epochs=cfg.train.max_epochs,
-        accelerator=accelerator,
-        devices=cfg.train.devices,
-        strategy=cfg.train.strategy,
-        num_nodes=cfg.train.num_nodes,
-        precision=precision,
-        deterministic=cfg.train.deterministic,
-        gradient_clip_val=cfg.optim.grad_clip,
-        callbacks=callbacks,
-        logger=loggers,
-        log_every_n_steps=cfg.train.log_every_n_steps,
-        limit_train_batches=cfg.train.limit_train_batches,
-        limit_val_batches=cfg.train.limit_val_batches,
-        enable_progress_bar=cfg.train.progress_bar,
-        enable_model_summary=False,
-        plugins=[AtomicCheckpointIO()],
-        num_sanity_val_steps=0,
-    )
+    if cfg.train.ema_decay is not None:
+        from lightning.pytorch.callbacks import EMAWeightAveraging
+
+        # Validation (hence early stopping and the best checkpoint) sees the averaged weights; the saved checkpoints
+        # hold them as their state_dict (the raw weights ride along for --resume), so the artefact is the EMA model.
+        callbacks.append(
+            EMAWeightAveraging(decay=cfg.train.ema_decay, update_starting_at_epoch=cfg.train.ema_start_epoch or None)
+        )
+    trainer = make_trainer(cfg, out_dir, callbacks, precision)
     t0 = time.perf_counter()
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
