@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from popevit import __version__
-from popevit.cli import bench, compare, data, demo, evaluate, explain, models, report, study, sweep, train
+from popevit.cli import bench, compare, data, demo, evaluate, explain, models, pretrain, report, study, sweep, train
 
 app = typer.Typer(
     name="popevit",
@@ -17,6 +17,7 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data")
 app.command("train")(train.train)
+app.command("pretrain")(pretrain.pretrain)
 app.command("evaluate")(evaluate.evaluate)
 app.command("compare")(compare.compare)
 app.command("study")(study.study)

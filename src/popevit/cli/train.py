@@ -8,6 +8,16 @@ from typing import Annotated
 import typer
 
 
+def source_overrides(set_: list[str] | None, data: Path | None, manifest: Path | None) -> list[str]:
+    """``--set`` items plus the overrides that ``--data`` / ``--manifest`` stand for (one excludes the other)."""
+    overrides = list(set_ or [])
+    if data is not None:
+        overrides += [f"data.data={data}", "data.manifest=null"]
+    if manifest is not None:
+        overrides += [f"data.manifest={manifest}", "data.data=null"]
+    return overrides
+
+
 def train(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="experiment YAML (see configs/)")] = None,
     data: Annotated[Path | None, typer.Option(help="image folder; split by duplicate group into the run")] = None,
@@ -25,11 +35,7 @@ def train(
     from popevit.config import ConfigError
     from popevit.training import RunDirError, train_from_files
 
-    overrides = list(set_ or [])
-    if data is not None:
-        overrides += [f"data.data={data}", "data.manifest=null"]
-    if manifest is not None:
-        overrides += [f"data.manifest={manifest}", "data.data=null"]
+    overrides = source_overrides(set_, data, manifest)
     if devices is not None:
         overrides.append(f"train.devices={devices}")
     if strategy is not None:

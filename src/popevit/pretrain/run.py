@@ -1,0 +1,162 @@
+"""``popevit pretrain``: SimMIM pretraining of a popevit ViT on the training images of a duplicate-grouped split.
+
+Only the ``train`` rows of the run's manifest are used for the reconstruction loss (labels are ignored); the
+``val`` rows give a held-out reconstruction loss with a fixed mask per batch, which selects the best checkpoint.
+The test rows are never read. The run folder mirrors ``popevit train``'s: config.yaml, manifest.csv, checkpoints/,
+logs/, and at the end ``encoder.safetensors`` (the backbone without its heads, for ``popevit train --init``) and
+``pretrain.json`` (wall time, epochs, images seen, best validation loss, device).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from popevit.config import ExperimentConfig, OptimConfig
+from popevit.models import create_model
+from popevit.pretrain.simmim import SimMIM, random_mask
+from popevit.training.module import NonFiniteLossError, configure_warmup_cosine, reseed_epoch
+
+
+class MIMModule(L.LightningModule):
+    """SimMIM as a LightningModule: random masks in training, fixed per-batch masks in validation.
+
+    Args:
+        model_name: a registered popevit ViT (``vit_*``).
+        model_kwargs: keyword arguments for ``create_model``.
+        optim: ``OptimConfig`` as a dict.
+        mask_ratio: fraction of the patches hidden per image.
+        seed: base seed; every epoch reseeds the RNGs from (seed, epoch), as in classification.
+    """
+
+    def __init__(
+        self, model_name: str, model_kwargs: dict[str, Any], optim: dict[str, Any], mask_ratio: float, seed: int = 0
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = SimMIM(create_model(model_name, **model_kwargs))
+        self.optim_cfg = OptimConfig.model_validate(optim)
+
+    def _mask(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        gh, gw = self.net.encoder.grid_size(tuple(x.shape[-2:]))
+        return random_mask(len(x), gh * gw, self.hparams.mask_ratio, generator).to(x.device)
+
+    def on_train_epoch_start(self) -> None:
+        reseed_epoch(self.hparams.seed, self.current_epoch)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x = batch[0]
+        loss = self.net(x, self._mask(x))
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite reconstruction loss ({loss.item()}) at epoch {self.current_epoch}, batch {batch_idx}; "
+                "the last good checkpoint is kept. Lower optim.lr or enable optim.grad_clip."
+            )
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x))
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x = batch[0]
+        mask = self._mask(x, torch.Generator().manual_seed(batch_idx))  # the same masks every epoch
+        self.log("val/loss", self.net(x, mask), on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        return configure_warmup_cosine(self, self.net, self.optim_cfg)
+
+
+@dataclass
+class PretrainResult:
+    out_dir: Path
+    encoder: Path
+    best_val_loss: float
+    wall_s: float
+    epochs: int
+
+
+def pretrain(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False) -> PretrainResult:
+    """Pretrain ``cfg.model`` with ``cfg.pretrain`` on the training split; write ``out_dir/encoder.safetensors``.
+
+    Args:
+        cfg: validated experiment config (``model``, ``data``, ``optim``, ``train`` and ``pretrain`` sections).
+        out_dir: run directory; must not hold a run unless ``resume``.
+        resume: continue from ``out_dir/checkpoints/last.ckpt``.
+
+    Returns:
+        The run folder, the encoder weights' path, the best validation reconstruction loss, wall time and epochs.
+    """
+    from lightning.pytorch.callbacks import LearningRateMonitor
+    from safetensors.torch import save_file
+
+    from popevit import __version__
+    from popevit.artifact import atomic_write_bytes
+    from popevit.data.datamodule import MRIDataModule
+    from popevit.training.run import (
+        _git_commit,
+        _sha256,
+        _write_json,
+        best_checkpoint,
+        device_precision,
+        make_trainer,
+        model_kwargs,
+        prepare_run_dir,
+    )
+
+    if cfg.data.dataset != "folder":
+        raise ValueError("popevit pretrain reads image folders or manifests (data.dataset=folder), not CIFAR")
+    if cfg.model.distill is not None:
+        raise ValueError("model.distill is a fine-tuning option; remove it from the pretraining config")
+    out_dir = Path(out_dir)
+    last = out_dir / "checkpoints" / "last.ckpt"
+    manifest = prepare_run_dir(cfg, out_dir, resume)
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    dm = MRIDataModule(cfg.data, manifest, seed=cfg.train.seed)
+    dm.setup("fit")
+    kwargs = model_kwargs(cfg, len(dm.classes))
+    module = MIMModule(
+        cfg.model.name, kwargs, cfg.optim.model_dump(mode="json"), cfg.pretrain.mask_ratio, cfg.train.seed
+    )
+    on_gpu, precision = device_precision(cfg)
+    ckpt_best = best_checkpoint(out_dir, "val/loss", "min")
+    trainer = make_trainer(cfg, out_dir, [ckpt_best, LearningRateMonitor(logging_interval="epoch")], precision)
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
+    wall = time.perf_counter() - t0
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    best_path = ckpt_best.best_model_path or str(last)
+    best = torch.load(best_path, map_location="cpu", weights_only=True)
+    module.load_state_dict(best["state_dict"])
+    best_loss = float(ckpt_best.best_model_score) if ckpt_best.best_model_score is not None else float("nan")
+    encoder = out_dir / "encoder.safetensors"
+    if trainer.is_global_zero:
+        state = {k: v.detach().cpu().contiguous() for k, v in module.net.encoder_state_dict().items()}
+        atomic_write_bytes(encoder, lambda tmp: save_file(state, str(tmp)))
+        n_train = len(dm.datasets["train"])
+        _write_json(
+            out_dir / "pretrain.json",
+            {
+                "popevit_version": __version__,
+                "git_commit": _git_commit(),
+                "method": cfg.pretrain.method,
+                "mask_ratio": cfg.pretrain.mask_ratio,
+                "model": cfg.model.name,
+                "model_kwargs": kwargs,
+                "train_images": n_train,
+                "images_seen": n_train * trainer.current_epoch,
+                "manifest_sha256": _sha256(manifest),
+                "wall_s": round(wall, 2),
+                "epochs": trainer.current_epoch,
+                "best_epoch": best.get("epoch"),
+                "best_val_loss": best_loss,
+                "device": torch.cuda.get_device_name() if on_gpu else f"cpu ({os.cpu_count()} cores)",
+                "precision": precision,
+                "resumed": resume,
+            },
+        )
+    return PretrainResult(out_dir, encoder, best_loss, wall, trainer.current_epoch)
