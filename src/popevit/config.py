@@ -124,6 +124,11 @@ class OptimConfig(StrictModel):
 class TrainConfig(StrictModel):
     seed: int = 0
     max_epochs: int = Field(30, ge=1)
+    max_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="wall-clock cap on training (equal-budget comparisons); the schedule still spans max_epochs",
+    )
     patience: int | None = Field(8, description="early-stopping patience in epochs; null disables")
     monitor: Literal["val/auroc_macro", "val/loss", "val/acc"] = "val/auroc_macro"
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"

@@ -119,3 +119,10 @@ def test_layer_decay_on_a_model_without_layers_is_a_clear_error():
     cfg = load_config(None, ["optim.layer_decay=0.7"]).optim
     with pytest.raises(ValueError, match="group_matcher"):
         build_optimizer(torch.nn.Linear(3, 2), cfg)
+
+
+def test_a_wall_clock_cap_stops_training_and_still_exports_a_model(phantom_root, tmp_path):
+    cfg = load_config(None, [*TINY, "train.max_epochs=50", f"data.data={phantom_root}", "train.max_minutes=0.002"])
+    result = train(cfg, tmp_path / "run")
+    assert result.epochs < 50  # stopped by the 0.12 s cap, not by max_epochs
+    assert (result.out_dir / "model.safetensors").is_file() and "val/auroc_macro" in result.val_metrics

@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +217,7 @@ def make_trainer(cfg: ExperimentConfig, out_dir: Path, callbacks: list[Any], pre
     return L.Trainer(
         default_root_dir=out_dir,
         max_epochs=cfg.train.max_epochs,
+        max_time=timedelta(minutes=cfg.train.max_minutes) if cfg.train.max_minutes else None,
         accelerator=cfg.train.accelerator,
         devices=cfg.train.devices,
         strategy=cfg.train.strategy,
