@@ -127,7 +127,8 @@ class TrainConfig(StrictModel):
     max_minutes: float | None = Field(
         None,
         gt=0,
-        description="wall-clock cap on training (equal-budget comparisons); the schedule still spans max_epochs",
+        description="wall-clock cap on training (equal-budget comparisons). The lr schedule still spans max_epochs,"
+        " so choose max_epochs to fit the cap; a capped run cannot be extended with --resume",
     )
     patience: int | None = Field(8, description="early-stopping patience in epochs; null disables")
     monitor: Literal["val/auroc_macro", "val/loss", "val/acc"] = "val/auroc_macro"
@@ -145,7 +146,6 @@ class TrainConfig(StrictModel):
     ema_decay: float | None = Field(
         None, gt=0, lt=1, description="EMA of the weights (validated, checkpointed and exported); null = off"
     )
-    ema_start_epoch: int = Field(0, ge=0, description="first epoch whose steps update the EMA")
 
 
 class PretrainConfig(StrictModel):

@@ -42,17 +42,16 @@ def test_patchify_follows_the_patch_embedding_token_order():
     assert torch.allclose(tokens[..., 0], patchify(x, model.patch_size).sum(-1), atol=1e-5)
 
 
-@pytest.mark.parametrize("pe", list_pos_encs())
-def test_hidden_patches_do_not_reach_the_encoder_and_only_they_are_scored(pe):
+@pytest.mark.parametrize(("pe", "stem"), [*((pe, "patch") for pe in list_pos_encs()), ("pope", "conv")])
+def test_hidden_patches_do_not_reach_the_encoder_and_only_they_are_scored(pe, stem):
     torch.manual_seed(0)
-    net = SimMIM(_vit(pe, pool="cls"))
+    net = SimMIM(_vit(pe, pool="cls", stem=stem)).eval()  # eval: the conv stem's BatchNorm uses running stats
     p, grid = net.encoder.patch_size, 32 // net.encoder.patch_size
     x = torch.randn(2, 1, 32, 32, requires_grad=True)
     mask = random_mask(2, grid * grid, 0.5, torch.Generator().manual_seed(1))
     loss = net(x, mask)
     # the gradient reaches the input only through the target (hidden patches) and the encoder (visible ones) ...
-    feats = net.encoder.forward_features(x, mask, net.mask_token)
-    (gx,) = torch.autograd.grad(feats.square().sum(), x)
+    (gx,) = torch.autograd.grad(net.reconstruct(x, mask).square().sum(), x)
     hidden = mask.view(2, grid, 1, grid, 1).expand(2, grid, p, grid, p).reshape(2, 1, 32, 32)
     assert gx[hidden].abs().max() == 0 and gx[~hidden].abs().max() > 0  # ... so the encoder never sees hidden pixels
     # the loss is the mean L1 over hidden patches only
@@ -60,7 +59,8 @@ def test_hidden_patches_do_not_reach_the_encoder_and_only_they_are_scored(pe):
     err = (pred - patchify(x, p)).abs().mean(-1)
     assert torch.allclose(loss, err[mask].mean(), atol=1e-6)
     loss.backward()
-    trained = [(n, q) for n, q in net.named_parameters() if not n.startswith("encoder.head")]  # heads: fine-tuning
+    trained = [(n, q) for n, q in net.named_parameters() if q.requires_grad]
+    assert {n for n, q in net.named_parameters() if not q.requires_grad} == {"encoder.head.weight", "encoder.head.bias"}
     assert all(q.grad is not None and torch.isfinite(q.grad).all() for _, q in trained), [
         n for n, q in trained if q.grad is None
     ]
@@ -71,11 +71,19 @@ def test_simmim_only_wraps_popevit_vits():
         SimMIM(torch.nn.Linear(2, 2))
 
 
+def test_pretrain_refuses_fine_tuning_options_it_would_ignore(phantom_root, tmp_path):
+    cfg = load_config(None, [*TINY, f"data.data={phantom_root}", "data.augment.mixup=0.8", "train.ema_decay=0.99"])
+    with pytest.raises(ValueError, match=r"data.augment.mixup/cutmix, train.ema_decay: fine-tuning options"):
+        pretrain(cfg, tmp_path / "mim")
+    assert not (tmp_path / "mim").exists()  # refused before the run folder is made
+
+
 def test_pretrain_learns_and_its_encoder_initialises_every_backbone_weight_of_train(phantom_root, tmp_path):
     cfg = load_config(None, [*TINY, "train.max_epochs=40", "optim.lr=2e-3", f"data.data={phantom_root}"])
     result = pretrain(cfg, tmp_path / "mim")
     info = json.loads((tmp_path / "mim" / "pretrain.json").read_text())
-    assert info["epochs"] == 40 and info["images_seen"] == 40 * info["train_images"] and info["mask_ratio"] == 0.6
+    assert info["epochs"] == 40 and info["mask_ratio"] == 0.6
+    assert info["steps"] == 40 * -(-info["train_images"] // 8) and info["images_seen"] == info["steps"] * 8
     with open(tmp_path / "mim" / "logs" / "csv" / "metrics.csv") as f:
         val = [float(r["val/loss"]) for r in csv.DictReader(f) if r.get("val/loss")]
     assert min(val) < 0.92 * val[0]  # the reconstruction of held-out images improves (0.84x at 50 epochs)

@@ -38,6 +38,14 @@ def test_soft_target_loss_equals_the_weighted_hard_loss_for_one_hot_targets():
     assert torch.allclose(m._loss(logits, soft), num.sum() / (w[y] + w[y2]).sum(), atol=1e-6)
 
 
+def test_soft_target_loss_with_label_smoothing_equals_torchs_smoothed_weighted_loss():
+    m = _module(smoothing=0.1)
+    logits, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 3, 1])
+    hard = F.cross_entropy(logits, y, weight=m.class_weights, label_smoothing=0.1)
+    smoothed = F.one_hot(y, 4).float() * 0.9 + 0.1 / 4  # what timm's Mixup gives for an unmixed batch
+    assert torch.allclose(m._loss(logits, smoothed), hard, atol=1e-6)
+
+
 @pytest.mark.parametrize("kind", ["mixup", "cutmix"])
 def test_mixing_makes_convex_images_and_targets_and_keeps_an_odd_last_image(kind):
     aug = {"mixup": 0.8 if kind == "mixup" else 0.0, "cutmix": 1.0 if kind == "cutmix" else 0.0}
@@ -45,6 +53,7 @@ def test_mixing_makes_convex_images_and_targets_and_keeps_an_odd_last_image(kind
     torch.manual_seed(0)
     np.random.seed(0)
     x, y = torch.rand(5, 1, 32, 32), torch.tensor([0, 1, 2, 3, 2])
+    x0 = x.clone()
     xm, t = m.mix(x, y)
     assert xm.shape == x.shape and t.shape == (5, 4)
     assert torch.allclose(t.sum(-1), torch.ones(5))
@@ -63,7 +72,7 @@ def test_mixing_makes_convex_images_and_targets_and_keeps_an_odd_last_image(kind
     # the unpaired last image is untouched and keeps its smoothed hard label
     assert torch.equal(xm[4], x[4])
     assert torch.allclose(t[4], F.one_hot(y[4], 4).float() * 0.9 + 0.1 / 4)
-    assert torch.equal(x, x.clone())  # the input batch itself is not modified
+    assert torch.equal(x, x0)  # the input batch itself is not modified (timm mixes in place)
 
 
 def test_mixup_run_trains_end_to_end(phantom_root, tmp_path):

@@ -48,7 +48,7 @@ class MIMModule(L.LightningModule):
         return random_mask(len(x), gh * gw, self.hparams.mask_ratio, generator).to(x.device)
 
     def on_train_epoch_start(self) -> None:
-        reseed_epoch(self.hparams.seed, self.current_epoch)
+        reseed_epoch(self.hparams.seed, self.current_epoch, self.global_rank)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x = batch[0]
@@ -90,7 +90,7 @@ def pretrain(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False
     Returns:
         The run folder, the encoder weights' path, the best validation reconstruction loss, wall time and epochs.
     """
-    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
     from safetensors.torch import save_file
 
     from popevit import __version__
@@ -109,8 +109,17 @@ def pretrain(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False
 
     if cfg.data.dataset != "folder":
         raise ValueError("popevit pretrain reads image folders or manifests (data.dataset=folder), not CIFAR")
-    if cfg.model.distill is not None:
-        raise ValueError("model.distill is a fine-tuning option; remove it from the pretraining config")
+    unused = {
+        "model.distill": cfg.model.distill is not None,
+        "model.freeze_backbone": cfg.model.freeze_backbone,
+        "model.pretrained": cfg.model.pretrained is not None,
+        "data.augment.mixup/cutmix": cfg.data.augment.mixing,
+        "train.ema_decay": cfg.train.ema_decay is not None,
+        "optim.layer_decay": cfg.optim.layer_decay is not None,
+    }
+    if any(unused.values()):
+        names = ", ".join(k for k, v in unused.items() if v)
+        raise ValueError(f"{names}: fine-tuning options that pretraining does not use; remove them from its config")
     out_dir = Path(out_dir)
     last = out_dir / "checkpoints" / "last.ckpt"
     manifest = prepare_run_dir(cfg, out_dir, resume)
@@ -123,40 +132,45 @@ def pretrain(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False
     )
     on_gpu, precision = device_precision(cfg)
     ckpt_best = best_checkpoint(out_dir, "val/loss", "min")
-    trainer = make_trainer(cfg, out_dir, [ckpt_best, LearningRateMonitor(logging_interval="epoch")], precision)
+    callbacks = [ckpt_best, LearningRateMonitor(logging_interval="epoch")]
+    if cfg.train.patience is not None:
+        callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=cfg.train.patience))
+    trainer = make_trainer(cfg, out_dir, callbacks, precision)
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
     wall = time.perf_counter() - t0
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+    encoder = out_dir / "encoder.safetensors"
+    if not trainer.is_global_zero:  # rank 0 alone writes the encoder
+        return PretrainResult(out_dir, encoder, float("nan"), wall, trainer.current_epoch)
     best_path = ckpt_best.best_model_path or str(last)
     best = torch.load(best_path, map_location="cpu", weights_only=True)
     module.load_state_dict(best["state_dict"])
     best_loss = float(ckpt_best.best_model_score) if ckpt_best.best_model_score is not None else float("nan")
-    encoder = out_dir / "encoder.safetensors"
-    if trainer.is_global_zero:
-        state = {k: v.detach().cpu().contiguous() for k, v in module.net.encoder_state_dict().items()}
-        atomic_write_bytes(encoder, lambda tmp: save_file(state, str(tmp)))
-        n_train = len(dm.datasets["train"])
-        _write_json(
-            out_dir / "pretrain.json",
-            {
-                "popevit_version": __version__,
-                "git_commit": _git_commit(),
-                "method": cfg.pretrain.method,
-                "mask_ratio": cfg.pretrain.mask_ratio,
-                "model": cfg.model.name,
-                "model_kwargs": kwargs,
-                "train_images": n_train,
-                "images_seen": n_train * trainer.current_epoch,
-                "manifest_sha256": _sha256(manifest),
-                "wall_s": round(wall, 2),
-                "epochs": trainer.current_epoch,
-                "best_epoch": best.get("epoch"),
-                "best_val_loss": best_loss,
-                "device": torch.cuda.get_device_name() if on_gpu else f"cpu ({os.cpu_count()} cores)",
-                "precision": precision,
-                "resumed": resume,
-            },
-        )
+    state = {k: v.detach().cpu().contiguous() for k, v in module.net.encoder_state_dict().items()}
+    atomic_write_bytes(encoder, lambda tmp: save_file(state, str(tmp)))
+    _write_json(
+        out_dir / "pretrain.json",
+        {
+            "popevit_version": __version__,
+            "git_commit": _git_commit(),
+            "method": cfg.pretrain.method,
+            "mask_ratio": cfg.pretrain.mask_ratio,
+            "model": cfg.model.name,
+            "model_kwargs": kwargs,
+            "train_images": len(dm.datasets["train"]),
+            "steps": trainer.global_step,
+            "batch_size": cfg.data.batch_size,
+            "images_seen": trainer.global_step * cfg.data.batch_size * int(trainer.world_size),
+            "manifest_sha256": _sha256(manifest),
+            "wall_s": round(wall, 2),
+            "epochs": trainer.current_epoch,
+            "best_epoch": best.get("epoch"),
+            "best_val_loss": best_loss,
+            "device": torch.cuda.get_device_name() if on_gpu else f"cpu ({os.cpu_count()} cores)",
+            "precision": precision,
+            "resumed": resume,
+        },
+    )
     return PretrainResult(out_dir, encoder, best_loss, wall, trainer.current_epoch)

@@ -5,7 +5,9 @@ the blocks; a linear head predicts the hidden patches' pixels from the encoder's
 L1 error on the hidden patches only (SimMIM, Sec. 3: random masking, a one-layer prediction head, L1 on raw
 pixels). Pixels are the per-image standardised model inputs, so the targets are what fine-tuning will see. The
 mask is drawn per image at the model's patch granularity with exactly ``round(ratio * P)`` hidden patches; SimMIM's
-32-px mask patches would leave too few mask units on a 128-px image.
+32-px mask patches would leave too few mask units on a 128-px image. Hidden patches are also set to 0 (the image
+mean) in the input, so a convolutional stem, whose receptive fields overlap neighbouring patches, cannot pass their
+pixels to visible tokens (its BatchNorm batch statistics remain a negligible channel).
 
 Only the encoder (the plain :class:`popevit.models.vit.ViT`) is kept after pretraining; the mask token and the
 prediction head are discarded, so ``popevit train --init`` loads every weight of the backbone.
@@ -48,13 +50,19 @@ class SimMIM(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, c))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.decoder = nn.Linear(c, p * p * encoder.cfg.in_chans)
+        for head in (encoder.head, encoder.head_dist):  # unused here: frozen, so DDP sees no unused parameters
+            if head is not None:
+                head.requires_grad_(False)
 
     def no_weight_decay(self) -> set[str]:
         return {"mask_token"} | {f"encoder.{n}" for n in self.encoder.no_weight_decay()}
 
     def reconstruct(self, x: Tensor, mask: Tensor) -> Tensor:
         """(B, C, H, W) images and a (B, P) mask -> (B, P, p*p*C) predicted pixels of every patch."""
-        feats = self.encoder.forward_features(x, mask, self.mask_token)
+        b, _, h, w = x.shape
+        p = self.encoder.patch_size
+        hidden = mask.view(b, 1, h // p, 1, w // p, 1).expand(b, 1, h // p, p, w // p, p).reshape(b, 1, h, w)
+        feats = self.encoder.forward_features(x.masked_fill(hidden, 0.0), mask, self.mask_token)
         return self.decoder(feats[:, self.encoder.num_prefix_tokens :])
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:

@@ -52,10 +52,11 @@ def load_teacher(run_dir: str | Path, classes: list[str], student_kwargs: dict[s
     return teacher.eval()
 
 
-def reseed_epoch(seed: int, epoch: int) -> None:
-    """Reseed torch, numpy and random from (seed, epoch) at the start of every epoch, so that a resumed run repeats
-    the augmentation, mixing, masking and dropout draws of an uninterrupted one."""
-    s = seed * 100_003 + epoch
+def reseed_epoch(seed: int, epoch: int, rank: int = 0) -> None:
+    """Reseed torch, numpy and random from (seed, epoch, rank) at the start of every epoch, so that a resumed run
+    repeats the augmentation, mixing, masking and dropout draws of an uninterrupted one, and DDP ranks draw
+    different ones."""
+    s = seed * 100_003 + epoch + rank * 1_000_003
     torch.manual_seed(s)
     np.random.seed(s % 2**32)
     random.seed(s)
@@ -115,6 +116,7 @@ class ClassifierModule(L.LightningModule):
             step with timm's ``Mixup`` (label smoothing moves into its soft targets); the loss is the class-weighted
             cross-entropy against the mixed targets. An odd-sized batch (a last partial one) is mixed without its
             last image, which keeps its hard label (timm mixes a batch with its own reversal, so it needs pairs).
+            The ``train/*`` metrics then score mixed images against their first label: a trend, not an accuracy.
     """
 
     def __init__(
@@ -164,16 +166,19 @@ class ClassifierModule(L.LightningModule):
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Class-weighted cross-entropy to class indices (with label smoothing) or to (B, K) soft targets (mixed).
 
-        Soft targets are normalised like torch's weighted mean for indices, ``sum_i sum_c w_c y_ic (-log p_ic) /
-        sum_i sum_c w_c y_ic``, so a one-hot target gives exactly the hard-label loss (torch's own soft-target mode
-        divides by the batch size instead, which would change the loss scale whenever mixing is switched on).
+        Soft targets ``y`` are the mixed targets smoothed by ``eps`` (timm's ``Mixup``). The loss is normalised like
+        torch's weighted mean for indices, ``sum_i sum_c w_c y_ic (-log p_ic) / sum_i sum_c w_c m_ic`` with ``m`` the
+        unsmoothed mixture ``(y - eps / K) / (1 - eps)``, so a (smoothed) one-hot target gives exactly torch's
+        hard-label loss, smoothing included. Torch's own soft-target mode divides by the batch size instead, which
+        would change the loss scale whenever mixing is switched on.
         """
+        eps = self.optim_cfg.label_smoothing
         if y.ndim == 1:
-            return F.cross_entropy(
-                logits.float(), y, weight=self.class_weights, label_smoothing=self.optim_cfg.label_smoothing
-            )
-        w = y.float() if self.class_weights is None else y.float() * self.class_weights
-        return -(w * logits.float().log_softmax(-1)).sum() / w.sum()
+            return F.cross_entropy(logits.float(), y, weight=self.class_weights, label_smoothing=eps)
+        y = y.float()
+        w = torch.ones_like(y[0]) if self.class_weights is None else self.class_weights
+        mixture = (y - eps / y.shape[-1]) / (1 - eps)
+        return -(y * w * logits.float().log_softmax(-1)).sum() / (mixture * w).sum()
 
     def mix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mixup/cutmix a training batch: (B, C, H, W), (B,) -> mixed images and (B, K) soft targets."""
@@ -200,7 +205,7 @@ class ClassifierModule(L.LightningModule):
         ) * (t * t)
 
     def on_train_epoch_start(self) -> None:
-        reseed_epoch(self.hparams.seed, self.current_epoch)
+        reseed_epoch(self.hparams.seed, self.current_epoch, self.global_rank)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]

@@ -298,9 +298,7 @@ def train(
 
         # Validation (hence early stopping and the best checkpoint) sees the averaged weights; the saved checkpoints
         # hold them as their state_dict (the raw weights ride along for --resume), so the artefact is the EMA model.
-        callbacks.append(
-            EMAWeightAveraging(decay=cfg.train.ema_decay, update_starting_at_epoch=cfg.train.ema_start_epoch or None)
-        )
+        callbacks.append(EMAWeightAveraging(decay=cfg.train.ema_decay))
     trainer = make_trainer(cfg, out_dir, callbacks, precision)
     t0 = time.perf_counter()
     try:
