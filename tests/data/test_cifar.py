@@ -70,7 +70,7 @@ def test_missing_data_fails_fast_offline_with_where_to_put_the_files(tmp_path, m
     t0 = time.perf_counter()
     with pytest.raises(RuntimeError, match=r"cannot be downloaded .*POPEVIT_OFFLINE.*cifar-100-python.tar.gz"):
         CIFARDataModule(_cfg(tmp_path), name="cifar100").setup()
-    assert time.perf_counter() - t0 < 2
+    assert time.perf_counter() - t0 < 10  # fails fast: no network wait (a loaded CI machine needs headroom)
     with pytest.raises(ValueError, match="did you mean 'cifar10'"):
         load_cifar("cifar-10", tmp_path, train=True)  # type: ignore[arg-type]
 
