@@ -1,6 +1,6 @@
 #!/bin/bash
 # Seeds 1 and 2 of the grid's best point and of seed 000's default point (seed 0 of both is in runs/study/grid).
-# usage: bash runs/study/grid_seeds.sh SEED
+# usage: bash results/grid_seed000/seeds.sh SEED   (run from the repository root)
 s=$1
 M=runs/splits/kaggle_train_seed0.csv
 C=configs/grid_seed000_vit.yaml
