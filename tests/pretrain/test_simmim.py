@@ -76,6 +76,9 @@ def test_pretrain_refuses_fine_tuning_options_it_would_ignore(phantom_root, tmp_
     with pytest.raises(ValueError, match=r"data.augment.mixup/cutmix, train.ema_decay: fine-tuning options"):
         pretrain(cfg, tmp_path / "mim")
     assert not (tmp_path / "mim").exists()  # refused before the run folder is made
+    with pytest.raises(ValueError, match=r"ViT presets .* got model.name='resnet18'"):
+        pretrain(load_config(None, [*TINY, f"data.data={phantom_root}", "model.name=resnet18"]), tmp_path / "mim")
+    assert not (tmp_path / "mim").exists()
 
 
 def test_pretrain_learns_and_its_encoder_initialises_every_backbone_weight_of_train(phantom_root, tmp_path):

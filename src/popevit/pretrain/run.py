@@ -96,6 +96,7 @@ def pretrain(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False
     from popevit import __version__
     from popevit.artifact import atomic_write_bytes
     from popevit.data.datamodule import MRIDataModule
+    from popevit.models.presets import PRESETS
     from popevit.training.run import (
         _git_commit,
         _sha256,
@@ -107,6 +108,11 @@ def pretrain(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False
         prepare_run_dir,
     )
 
+    if cfg.model.name not in PRESETS:
+        raise ValueError(
+            f"SimMIM pretrains popevit's ViT presets ({', '.join(PRESETS)}), got model.name={cfg.model.name!r}; "
+            "choose one of them"
+        )
     if cfg.data.dataset != "folder":
         raise ValueError("popevit pretrain reads image folders or manifests (data.dataset=folder), not CIFAR")
     unused = {
