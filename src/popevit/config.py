@@ -144,7 +144,11 @@ class TrainConfig(StrictModel):
     progress_bar: bool = True
     threads: int | None = Field(None, description="torch CPU threads; default: all cores")
     ema_decay: float | None = Field(
-        None, gt=0, lt=1, description="EMA of the weights (validated, checkpointed and exported); null = off"
+        None,
+        gt=0,
+        lt=1,
+        description="EMA of the weights (validated, checkpointed and exported); null = off. Keep its horizon "
+        "1 / (1 - decay) well below the run's optimizer steps: 0.998 over ~1000 steps gave a collapsed model",
     )
 
 
