@@ -54,17 +54,14 @@ def sweep(
     trials and retries failed or killed ones. OUT gets summary.csv/summary.md (mean ± sd over seeds per
     configuration), trials.csv, param_importances.png and parallel_coordinate.png.
     """
+    from popevit.cli.train import source_overrides
     from popevit.config import ConfigError, load_config
     from popevit.sweep import SearchSpace, SweepSpec, run_sweep
     from popevit.training import RunDirError
 
-    overrides = list(set_ or [])
+    overrides = source_overrides(set_, data, manifest)
     if dataset is not None:
         overrides.append(f"data.dataset={dataset}")
-    if data is not None:
-        overrides += [f"data.data={data}", "data.manifest=null"]
-    if manifest is not None:
-        overrides += [f"data.manifest={manifest}", "data.data=null"]
     try:
         base = load_config(config, overrides)
         seed_list = [int(s) for s in seeds.split(",")] if seeds else [base.train.seed]

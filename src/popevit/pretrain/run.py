@@ -9,8 +9,6 @@ logs/, and at the end ``encoder.safetensors`` (the backbone without its heads, f
 
 from __future__ import annotations
 
-import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,19 +91,18 @@ def pretrain(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
     from safetensors.torch import save_file
 
-    from popevit import __version__
     from popevit.artifact import atomic_write_bytes
     from popevit.data.datamodule import MRIDataModule
     from popevit.models.presets import PRESETS
     from popevit.training.run import (
-        _git_commit,
-        _sha256,
         _write_json,
         best_checkpoint,
         device_precision,
+        fit_and_load_best,
         make_trainer,
         model_kwargs,
         prepare_run_dir,
+        provenance,
     )
 
     if cfg.model.name not in PRESETS:
@@ -127,7 +124,6 @@ def pretrain(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False
         names = ", ".join(k for k, v in unused.items() if v)
         raise ValueError(f"{names}: fine-tuning options that pretraining does not use; remove them from its config")
     out_dir = Path(out_dir)
-    last = out_dir / "checkpoints" / "last.ckpt"
     manifest = prepare_run_dir(cfg, out_dir, resume)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     dm = MRIDataModule(cfg.data, manifest, seed=cfg.train.seed)
@@ -142,25 +138,17 @@ def pretrain(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False
     if cfg.train.patience is not None:
         callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=cfg.train.patience))
     trainer = make_trainer(cfg, out_dir, callbacks, precision)
-    t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
-    wall = time.perf_counter() - t0
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    fit = fit_and_load_best(cfg, trainer, module, dm, ckpt_best, out_dir, resume)
     encoder = out_dir / "encoder.safetensors"
-    if not trainer.is_global_zero:  # rank 0 alone writes the encoder
-        return PretrainResult(out_dir, encoder, float("nan"), wall, trainer.current_epoch)
-    best_path = ckpt_best.best_model_path or str(last)
-    best = torch.load(best_path, map_location="cpu", weights_only=True)
-    module.load_state_dict(best["state_dict"])
+    if fit.best is None:  # rank 0 alone writes the encoder
+        return PretrainResult(out_dir, encoder, float("nan"), fit.wall_s, trainer.current_epoch)
     best_loss = float(ckpt_best.best_model_score) if ckpt_best.best_model_score is not None else float("nan")
     state = {k: v.detach().cpu().contiguous() for k, v in module.net.encoder_state_dict().items()}
     atomic_write_bytes(encoder, lambda tmp: save_file(state, str(tmp)))
     _write_json(
         out_dir / "pretrain.json",
         {
-            "popevit_version": __version__,
-            "git_commit": _git_commit(),
+            **provenance(fit, trainer, manifest, on_gpu, precision, resume),
             "method": cfg.pretrain.method,
             "mask_ratio": cfg.pretrain.mask_ratio,
             "model": cfg.model.name,
@@ -169,14 +157,7 @@ def pretrain(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False
             "steps": trainer.global_step,
             "batch_size": cfg.data.batch_size,
             "images_seen": trainer.global_step * cfg.data.batch_size * int(trainer.world_size),
-            "manifest_sha256": _sha256(manifest),
-            "wall_s": round(wall, 2),
-            "epochs": trainer.current_epoch,
-            "best_epoch": best.get("epoch"),
             "best_val_loss": best_loss,
-            "device": torch.cuda.get_device_name() if on_gpu else f"cpu ({os.cpu_count()} cores)",
-            "precision": precision,
-            "resumed": resume,
         },
     )
-    return PretrainResult(out_dir, encoder, best_loss, wall, trainer.current_epoch)
+    return PretrainResult(out_dir, encoder, best_loss, fit.wall_s, trainer.current_epoch)

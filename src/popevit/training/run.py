@@ -237,6 +237,59 @@ def make_trainer(cfg: ExperimentConfig, out_dir: Path, callbacks: list[Any], pre
     )
 
 
+@dataclass
+class FitOutcome:
+    """What :func:`fit_and_load_best` leaves: wall time, and on rank 0 the loaded best checkpoint and its path."""
+
+    wall_s: float
+    best: dict[str, Any] | None
+    best_path: str | None
+
+
+def fit_and_load_best(
+    cfg: ExperimentConfig, trainer: Any, module: Any, dm: Any, ckpt_best: Any, out_dir: Path, resume: bool
+) -> FitOutcome:
+    """``trainer.fit`` (from ``last.ckpt`` when resuming; out-of-memory names the smaller batch to retry with), then
+    tear down DDP and, on rank 0 only, load the best checkpoint (else the last) into ``module``."""
+    last = out_dir / "checkpoints" / "last.ckpt"
+    t0 = time.perf_counter()
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
+    except torch.OutOfMemoryError as err:
+        raise RuntimeError(
+            f"out of memory with data.batch_size={cfg.data.batch_size}: retry with a smaller batch, e.g. "
+            f"--set data.batch_size={max(1, cfg.data.batch_size // 2)}, or a smaller data.preprocess.img_size"
+        ) from err
+    wall = time.perf_counter() - t0
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Training is over; rank 0 alone writes the outputs (and re-validates the best checkpoint).
+        torch.distributed.destroy_process_group()
+    if not trainer.is_global_zero:
+        return FitOutcome(wall, None, None)
+    best_path = ckpt_best.best_model_path or str(last)
+    best = torch.load(best_path, map_location="cpu", weights_only=True)
+    module.load_state_dict(best["state_dict"])
+    return FitOutcome(wall, best, best_path)
+
+
+def provenance(
+    fit: FitOutcome, trainer: Any, manifest: Path | None, on_gpu: bool, precision: str, resume: bool
+) -> dict[str, Any]:
+    """The record shared by run.json and pretrain.json: version, commit, data, time, epochs, device."""
+    return {
+        "popevit_version": __version__,
+        "git_commit": _git_commit(),
+        "manifest_sha256": None if manifest is None else _sha256(manifest),
+        "wall_s": round(fit.wall_s, 2),
+        "epochs": trainer.current_epoch,
+        "best_epoch": fit.best.get("epoch") if fit.best else None,
+        "best_checkpoint": Path(fit.best_path).name if fit.best_path else None,
+        "device": torch.cuda.get_device_name() if on_gpu else f"cpu ({os.cpu_count()} cores)",
+        "precision": precision,
+        "resumed": resume,
+    }
+
+
 def train(
     cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, init: str | Path | None = None
 ) -> RunResult:
@@ -259,7 +312,6 @@ def train(
     from popevit.training.module import ClassifierModule
 
     out_dir = Path(out_dir)
-    last = out_dir / "checkpoints" / "last.ckpt"
     cifar = cfg.data.dataset != "folder"
     manifest = prepare_run_dir(cfg, out_dir, resume)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
@@ -300,24 +352,11 @@ def train(
         # hold them as their state_dict (the raw weights ride along for --resume), so the artefact is the EMA model.
         callbacks.append(EMAWeightAveraging(decay=cfg.train.ema_decay))
     trainer = make_trainer(cfg, out_dir, callbacks, precision)
-    t0 = time.perf_counter()
-    try:
-        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
-    except torch.OutOfMemoryError as err:
-        raise RuntimeError(
-            f"out of memory with data.batch_size={cfg.data.batch_size}: retry with a smaller batch, e.g. "
-            f"--set data.batch_size={max(1, cfg.data.batch_size // 2)}, or a smaller data.preprocess.img_size"
-        ) from err
-    wall = time.perf_counter() - t0
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # Training is over; rank 0 alone writes the artefact and re-validates the best checkpoint.
-        torch.distributed.destroy_process_group()
-    if not trainer.is_global_zero:
-        return RunResult(out_dir, classes, {}, wall, trainer.current_epoch)
+    fit = fit_and_load_best(cfg, trainer, module, dm, ckpt_best, out_dir, resume)
+    if fit.best is None:
+        return RunResult(out_dir, classes, {}, fit.wall_s, trainer.current_epoch)
 
-    best_path = ckpt_best.best_model_path or str(last)
-    best = torch.load(best_path, map_location="cpu", weights_only=True)
-    module.load_state_dict(best["state_dict"])
+    best = fit.best
     extra = {"best_epoch": best.get("epoch"), "dataset": cfg.data.dataset}
     if cifar:  # CIFAR is normalised with training-set channel statistics, not per image
         extra["channel_stats"] = {k: dm.stats.get(k) for k in ("mean", "std")}
@@ -337,21 +376,12 @@ def train(
     _write_json(
         out_dir / "run.json",
         {
-            "popevit_version": __version__,
-            "git_commit": _git_commit(),
+            **provenance(fit, trainer, None if cifar else manifest, on_gpu, precision, resume),
             "classes": classes,
-            "manifest_sha256": None if cifar else _sha256(manifest),
             "data_stats": getattr(dm, "stats", None) if cifar else None,
-            "wall_s": round(wall, 2),
-            "epochs": trainer.current_epoch,
-            "best_epoch": best.get("epoch"),
-            "best_checkpoint": Path(best_path).name,
-            "device": torch.cuda.get_device_name() if on_gpu else f"cpu ({os.cpu_count()} cores)",
-            "precision": precision,
-            "resumed": resume,
         },
     )
-    return RunResult(out_dir, classes, val, wall, trainer.current_epoch)
+    return RunResult(out_dir, classes, val, fit.wall_s, trainer.current_epoch)
 
 
 def _write_json(path: Path, obj: Any) -> None:
