@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -135,3 +137,6 @@ def test_a_wall_clock_cap_stops_training_and_still_exports_a_model(phantom_root,
     result = train(cfg, tmp_path / "run")
     assert result.epochs < 50  # stopped by the 0.12 s cap, not by max_epochs
     assert (result.out_dir / "model.safetensors").is_file() and "val/auroc_macro" in result.val_metrics
+    info = json.loads((result.out_dir / "run.json").read_text())
+    n_train = (result.out_dir / "manifest.csv").read_text().count(",train,")
+    assert info["hit_time_cap"] is True and 0 < info["images_seen"] <= (result.epochs + 1) * n_train < 50 * n_train

@@ -69,6 +69,8 @@ def test_run_folder_has_config_manifest_checkpoints_logs_and_portable_model(phan
     info = json.loads((run / "run.json").read_text())
     assert info["classes"] == ["glioma", "meningioma", "notumor", "pituitary"]
     assert len(info["manifest_sha256"]) == 64 and info["epochs"] == 2
+    n_train = (run / "manifest.csv").read_text().count(",train,")
+    assert info["images_seen"] == 2 * n_train and info["hit_time_cap"] is False
     model, meta = load_artifact(run)
     assert meta.classes == info["classes"] and meta.preprocess.img_size == 32
     x = torch.randn(2, 1, 32, 32)
@@ -104,7 +106,9 @@ def test_sigkilled_run_resumes_to_identical_weights_and_metrics(phantom_root, tm
     assert json.loads((tmp_path / "ref" / "val_metrics.json").read_text()) == json.loads(
         (tmp_path / "b" / "val_metrics.json").read_text()
     )
-    assert json.loads((tmp_path / "b" / "run.json").read_text())["resumed"] is True
+    info_ref, info_b = (json.loads((tmp_path / d / "run.json").read_text()) for d in ("ref", "b"))
+    assert info_b["resumed"] is True
+    assert info_b["images_seen"] == info_ref["images_seen"]  # the count resumes from the checkpoint, not from 0
 
 
 def test_resume_with_a_changed_config_is_refused_with_the_diff(phantom_root, tmp_path):

@@ -73,7 +73,7 @@ def seed_mean_with_ci(
 
 
 def run_cost(run: Path) -> dict[str, Any]:
-    """Parameters, wall time, epochs and training images per wall-clock second of a run folder."""
+    """Parameters, wall time, epochs, training images seen and per wall-clock second of a run folder."""
     from safetensors import safe_open
 
     info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
@@ -86,11 +86,15 @@ def run_cost(run: Path) -> dict[str, Any]:
         with open(run / "manifest.csv", newline="") as fh:
             n_train = sum(row["split"] == "train" for row in csv.DictReader(fh))
     wall, epochs = info.get("wall_s"), info.get("epochs")
-    ips = n_train * epochs / wall if wall and epochs and n_train else float("nan")
+    seen = info.get("images_seen")  # counted since 0.1 (partial epochs included); else n_train x epochs
+    if seen is None and epochs and n_train:
+        seen = n_train * epochs
+    ips = seen / wall if wall and seen else float("nan")
     return {
         "params": params,
         "wall_s": wall,
         "epochs": epochs,
+        "images_seen": seen,
         "train_images": n_train,
         "train_img_per_s": ips,
         "device": info.get("device"),
@@ -107,17 +111,20 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines = [f"# Study on {n} test images ({result['source']})", ""]
     lines.append(
         "Each cell: seed-mean [95% bootstrap CI over test images] ± sd across seeds. "
-        "img/s = training images per wall-clock second (validation included)."
+        "Cost columns are seed means: wall time, epochs, training images seen (partial last epochs included) and "
+        "img/s = training images seen per wall-clock second (validation included)."
     )
     lines.append("")
-    lines.append("| group | seeds | " + " | ".join(STUDY_METRICS) + " | params | wall min | epochs | train img/s |")
-    lines.append("|---|---:|" + "---|" * len(STUDY_METRICS) + "---:|---:|---:|---:|")
+    lines.append(
+        "| group | seeds | " + " | ".join(STUDY_METRICS) + " | params | wall min | epochs | images seen | train img/s |"
+    )
+    lines.append("|---|---:|" + "---|" * len(STUDY_METRICS) + "---:|---:|---:|---:|---:|")
     for g in result["groups"]:
         c = g["cost"]
         cells = [_fmt_ci(g["metrics"][m]) for m in STUDY_METRICS]
         lines.append(
             f"| {g['name']} | {len(g['runs'])} | " + " | ".join(cells) + f" | {c['params']:,} | {c['wall_min']:.1f} | "
-            f"{c['epochs']:.0f} | {c['train_img_per_s']:.1f} |"
+            f"{c['epochs']:.0f} | {c['images_seen']:,.0f} | {c['train_img_per_s']:.1f} |"
         )
     if len(sizes) > 1:
         lines += ["", f"## Resolution extrapolation: macro AUROC by test size (trained at {result['train_size']})", ""]
@@ -238,6 +245,7 @@ def run_study(
                 "params": costs[0]["params"],
                 "wall_min": float(np.mean([c["wall_s"] or np.nan for c in costs])) / 60.0,
                 "epochs": float(np.mean([c["epochs"] or np.nan for c in costs])),
+                "images_seen": float(np.mean([c["images_seen"] or np.nan for c in costs])),
                 "train_img_per_s": float(np.mean([c["train_img_per_s"] for c in costs])),
                 "device": costs[0]["device"],
             },

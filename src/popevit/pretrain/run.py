@@ -156,7 +156,6 @@ def pretrain(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False
             "train_images": len(dm.datasets["train"]),
             "steps": trainer.global_step,
             "batch_size": cfg.data.batch_size,
-            "images_seen": trainer.global_step * cfg.data.batch_size * int(trainer.world_size),
             "best_val_loss": best_loss,
         },
     )

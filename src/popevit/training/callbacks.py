@@ -38,3 +38,21 @@ class RankMetricsRecorder(L.Callback):
         path = self.out_dir / "logs" / f"rank{trainer.global_rank}_val.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=2))
+
+
+class ImagesSeen(L.Callback):
+    """Counts the training images a run consumed (this rank's batches times the world size), partial last epochs
+    included, and keeps the count in the checkpoint so a resumed run goes on counting: the compute figure that
+    budget-matched comparisons report (run.json ``images_seen``)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.count += len(batch[0]) * trainer.world_size
+
+    def state_dict(self) -> dict[str, int]:
+        return {"count": self.count}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.count = int(state_dict["count"])

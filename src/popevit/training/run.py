@@ -206,8 +206,10 @@ def make_trainer(cfg: ExperimentConfig, out_dir: Path, callbacks: list[Any], pre
     from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+    from popevit.training.callbacks import ImagesSeen
     from popevit.training.checkpoint import AtomicCheckpointIO
 
+    callbacks = [*callbacks, ImagesSeen()]
     if cfg.train.progress_bar:
         callbacks = [*callbacks, TQDMProgressBar(refresh_rate=10)]
     loggers = [
@@ -275,7 +277,14 @@ def fit_and_load_best(
 def provenance(
     fit: FitOutcome, trainer: Any, manifest: Path | None, on_gpu: bool, precision: str, resume: bool
 ) -> dict[str, Any]:
-    """The record shared by run.json and pretrain.json: version, commit, data, time, epochs, device."""
+    """The record shared by run.json and pretrain.json: version, commit, data, time, epochs, images seen, whether the
+    ``train.max_minutes`` cap ended the run, device."""
+    from lightning.pytorch.callbacks import Timer
+
+    from popevit.training.callbacks import ImagesSeen
+
+    seen = next((c.count for c in trainer.callbacks if isinstance(c, ImagesSeen)), None)
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
     return {
         "popevit_version": __version__,
         "git_commit": _git_commit(),
@@ -284,6 +293,8 @@ def provenance(
         "epochs": trainer.current_epoch,
         "best_epoch": fit.best.get("epoch") if fit.best else None,
         "best_checkpoint": Path(fit.best_path).name if fit.best_path else None,
+        "images_seen": seen,
+        "hit_time_cap": bool(timer is not None and timer.time_remaining() is not None and timer.time_remaining() <= 0),
         "device": torch.cuda.get_device_name() if on_gpu else f"cpu ({os.cpu_count()} cores)",
         "precision": precision,
         "resumed": resume,
