@@ -13,6 +13,9 @@ def evaluate(
     manifest: Path | None = typer.Option(None, "--manifest", help="Manifest CSV to evaluate on (with --split)."),
     split: str = typer.Option("test", "--split", help="Manifest split. Default source: the run's manifest.csv."),
     tta: bool = typer.Option(False, "--tta", help="Average probabilities over a horizontal flip."),
+    calibrate: bool = typer.Option(
+        False, "--calibrate", help="Temperature-scale with T fitted on the run's validation split (RUN/eval/<tag>-ts)."
+    ),
     out: Path | None = typer.Option(None, "--out", help="Output folder (default RUN/eval/<tag>)."),
     dedup_against: Path | None = typer.Option(
         None, "--dedup-against", help="Training folder or manifest: also report the subset with no duplicate there."
@@ -41,6 +44,14 @@ def evaluate(
         batch_size=batch_size,
         device=device,
         img_size=img_size,
+        calibrate=calibrate,
     )
     typer.echo(format_metrics(result))
+    if calibrate:
+        c = result["calibration"]
+        typer.echo(
+            f"\ntemperature {c['temperature']:.3f} (fitted on {c['fit_on']['n']} validation images; val NLL "
+            f"{c['val_nll']['before']:.4f} -> {c['val_nll']['after']:.4f}); "
+            f"uncalibrated ECE {c['uncalibrated']['ece']:.4f}"
+        )
     typer.echo(f"\nwrote {result['out']}/predictions.csv, metrics.json and plots")

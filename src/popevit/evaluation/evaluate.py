@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from popevit.evaluation.metrics import metrics_with_ci
+from popevit.evaluation.calibration import apply_temperature, fit_temperature, nll
+from popevit.evaluation.metrics import metrics_with_ci, point_metrics
 from popevit.evaluation.plots import plot_all
 from popevit.evaluation.predictions import PREDICTIONS, Predictions, predict_proba
 
@@ -37,17 +38,22 @@ class ClassMismatchError(ValueError):
 
 
 def eval_tag(
-    data: str | Path | None, manifest: str | Path | None, split: str | None, tta: bool, img_size: int | None = None
+    data: str | Path | None,
+    manifest: str | Path | None,
+    split: str | None,
+    tta: bool,
+    img_size: int | None = None,
+    calibrate: bool = False,
 ) -> str:
     """Sub-folder of ``RUN/eval`` per source: ``test``, ``data-Testing``, ``data-kaggle-test``, ``manifest-val-tta``,
-    and ``test-224px`` for another input size than the model was trained at."""
+    ``test-224px`` for another input size than the model was trained at, and ``test-ts`` when temperature-scaled."""
     if data is not None:
         tag = f"data-{Path(data).resolve().name}" + (f"-{split}" if split else "")
     elif manifest is not None:
         tag = f"{Path(manifest).stem}-{split or 'all'}"
     else:
         tag = split or "all"
-    return tag + ("-tta" if tta else "") + (f"-{img_size}px" if img_size else "")
+    return tag + ("-tta" if tta else "") + (f"-{img_size}px" if img_size else "") + ("-ts" if calibrate else "")
 
 
 def resolve_split(data: str | Path | None, split: str | None) -> str | None:
@@ -72,8 +78,9 @@ def default_eval_dir(
     split: str | None = "test",
     tta: bool = False,
     img_size: int | None = None,
+    calibrate: bool = False,
 ) -> Path:
-    return Path(run_dir) / EVAL_DIR / eval_tag(data, manifest, split, tta, img_size)
+    return Path(run_dir) / EVAL_DIR / eval_tag(data, manifest, split, tta, img_size, calibrate)
 
 
 def resize_preprocess(meta: Any, model: Any, img_size: int | None) -> Any:
@@ -249,6 +256,7 @@ def evaluate_run(
     plots: bool = True,
     cache_dir: str | Path | None = None,
     img_size: int | None = None,
+    calibrate: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a run's model and write predictions, metrics with bootstrap CIs and plots.
 
@@ -272,6 +280,10 @@ def evaluate_run(
         img_size: evaluate at this input size instead of the training size (resolution extrapolation: every
             positional encoding follows the larger patch grid, see ``popevit.models.pos_enc``); must be a multiple
             of the patch size.
+        calibrate: temperature-scale the probabilities with a ``T`` fitted on the run's validation split (same
+            preprocessing and ``tta``); ``metrics.json`` gains a ``calibration`` record with ``T``, the validation
+            NLL before and after, and the uncalibrated ECE and log loss. Refused when the evaluated images include
+            validation images.
 
     Returns:
         The content of ``metrics.json`` (with ``out`` added).
@@ -285,11 +297,35 @@ def evaluate_run(
     split = resolve_split(data, split)
     paths, y, source = load_eval_samples(run_dir, classes, data=data, manifest=manifest, split=split)
     preprocess = resize_preprocess(meta, model, img_size)
-    out_dir = Path(out) if out is not None else default_eval_dir(run_dir, data, manifest, split, tta, img_size)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = (
+        Path(out) if out is not None else default_eval_dir(run_dir, data, manifest, split, tta, img_size, calibrate)
+    )
 
-    dataset = ImageDataset([Path(p) for p in paths], y.tolist(), preprocess, cache_dir=cache_dir)
-    proba = predict_proba(model, dataset, batch_size=batch_size, tta=tta, device=device)
+    def predict(image_paths: list[str], labels: np.ndarray) -> np.ndarray:
+        dataset = ImageDataset([Path(p) for p in image_paths], labels.tolist(), preprocess, cache_dir=cache_dir)
+        return predict_proba(model, dataset, batch_size=batch_size, tta=tta, device=device)
+
+    calibration = None
+    if calibrate:
+        val_paths, val_y, _ = load_eval_samples(run_dir, classes, split="val")
+        overlap = len(set(val_paths) & set(paths))
+        if overlap:
+            raise ValueError(
+                f"--calibrate fits the temperature on the run's validation split, and {overlap} of the {len(paths)} "
+                "images to evaluate are validation images: evaluate another split (e.g. --split test) or drop "
+                "--calibrate"
+            )
+        calibration = {"method": "temperature (Guo et al. 2017)", "fit_on": {"split": "val", "n": len(val_paths)}}
+        val_proba = predict(val_paths, val_y)
+        t = fit_temperature(val_y, val_proba)
+        calibration["temperature"] = t
+        calibration["val_nll"] = {"before": nll(val_y, val_proba), "after": nll(val_y, val_proba, t)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    proba = predict(paths, y)
+    if calibration is not None:
+        raw = point_metrics(y, proba, classes)
+        calibration["uncalibrated"] = {k: raw[k] for k in ("ece", "log_loss", "auroc_macro")}
+        proba = apply_temperature(proba, calibration["temperature"])
     preds = Predictions(paths, y, proba, classes)
     preds.save(out_dir / PREDICTIONS)
 
@@ -303,6 +339,8 @@ def evaluate_run(
         "bootstrap": {"method": CI_METHOD, "level": CI_LEVEL, "n_boot": n_boot, "seed": seed, "unit": "image"},
         **summarize(preds, n_boot, seed),
     }
+    if calibration is not None:
+        result["calibration"] = calibration
     if plots:
         result["plots"] = {k: p.name for k, p in plot_all(y, preds.proba, classes, out_dir).items()}
     if dedup_against is not None:

@@ -4,7 +4,8 @@ A run directory holds everything needed to audit and reuse the run::
 
     runs/NAME/
       config.yaml            the resolved config (YAML + --set overrides)
-      run.json               popevit version, git commit, classes, manifest sha256, wall time, device
+      run.json               popevit version, git commit, classes, manifest sha256, wall time, epochs, images
+                             seen, whether train.max_minutes ended it, device
       manifest.csv           the exact split used (copied, or made from --data with the duplicate-grouped splitter)
       checkpoints/last.ckpt  written atomically at every epoch end (resume point)
       checkpoints/best.ckpt  best validation checkpoint
