@@ -85,3 +85,9 @@ def test_evaluate_calibrate_fits_on_val_and_scales_the_test_predictions(tmp_path
     assert cal["metrics"]["accuracy"]["value"] == raw["metrics"]["accuracy"]["value"]
     with pytest.raises(ValueError, match="validation images"):
         evaluate_run(run, split="val", calibrate=True, **kw)
+    # study --calibrate reads the temperature-scaled predictions (and would make them if missing)
+    from popevit.evaluation.study import run_study
+
+    study = run_study([[run]], out=tmp_path / "study", n_boot=50, device="cpu", paired_tests=False, calibrate=True)
+    assert "temperature-scaled" in study["source"]
+    assert study["groups"][0]["metrics"]["ece"]["value"] == pytest.approx(cal["metrics"]["ece"]["value"])

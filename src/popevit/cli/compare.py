@@ -15,6 +15,9 @@ def compare(
     manifest: Path | None = typer.Option(None, "--manifest", help="Manifest CSV to compare on (with --split)."),
     split: str = typer.Option("test", "--split", help="Manifest split. Default source: each run's manifest.csv."),
     tta: bool = typer.Option(False, "--tta", help="Use horizontal-flip test-time augmentation."),
+    calibrate: bool = typer.Option(
+        False, "--calibrate", help="Temperature-scaled probabilities (T fitted on each run's validation split)."
+    ),
     no_group: bool = typer.Option(False, "--no-group", help="Treat every run as its own group."),
     out: Path = typer.Option(Path("compare"), "--out", help="Folder for compare.json and compare.md."),
     n_boot: int = typer.Option(1000, "--n-boot", min=1, help="Paired bootstrap resamples."),
@@ -38,6 +41,7 @@ def compare(
         manifest=manifest,
         split=split,
         tta=tta,
+        calibrate=calibrate,
         n_boot=n_boot,
         seed=seed,
         out=out,

@@ -18,6 +18,9 @@ def study(
     n_boot: int = typer.Option(1000, "--n-boot", min=1, help="Bootstrap resamples for every CI."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     no_tests: bool = typer.Option(False, "--no-tests", help="Skip the paired tests between groups."),
+    calibrate: bool = typer.Option(
+        False, "--calibrate", help="Temperature-scaled probabilities (T fitted on each run's validation split)."
+    ),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     device: str | None = typer.Option(None, "--device", help="torch device (default: cuda if available)."),
 ) -> None:
@@ -42,6 +45,7 @@ def study(
         batch_size=batch_size,
         device=device,
         paired_tests=not no_tests,
+        calibrate=calibrate,
     )
     typer.echo((out / "study.md").read_text())
     typer.echo(f"wrote {out}/study.md, study.csv, study.json" + (", extrapolation.png" if "plot" in result else ""))

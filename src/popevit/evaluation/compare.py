@@ -71,15 +71,24 @@ def run_predictions(
     split: str | None = "test",
     tta: bool = False,
     img_size: int | None = None,
+    calibrate: bool = False,
     **eval_kwargs: Any,
 ) -> Predictions:
-    """A run's predictions on a data source (optionally at another input size): reused from ``RUN/eval/<tag>/``
-    when there, else evaluated now."""
+    """A run's predictions on a data source (optionally at another input size, optionally temperature-scaled):
+    reused from ``RUN/eval/<tag>/`` when there, else evaluated now."""
     split = resolve_split(data, split)
-    eval_dir = default_eval_dir(run, data, manifest, split, tta, img_size)
+    eval_dir = default_eval_dir(run, data, manifest, split, tta, img_size, calibrate)
     if not ((eval_dir / PREDICTIONS).is_file() and (eval_dir / METRICS).is_file()):
         evaluate_run(
-            run, data=data, manifest=manifest, split=split, tta=tta, out=eval_dir, img_size=img_size, **eval_kwargs
+            run,
+            data=data,
+            manifest=manifest,
+            split=split,
+            tta=tta,
+            out=eval_dir,
+            img_size=img_size,
+            calibrate=calibrate,
+            **eval_kwargs,
         )
     return Predictions.load(eval_dir / PREDICTIONS)
 
@@ -212,6 +221,7 @@ def compare_runs(
     out: str | Path | None = None,
     batch_size: int = 64,
     device: str | None = None,
+    calibrate: bool = False,
 ) -> dict[str, Any]:
     """Compare groups of runs on the same images; write ``compare.json`` and ``compare.md`` into ``out``.
 
@@ -230,6 +240,7 @@ def compare_runs(
         out: folder for ``compare.json`` and ``compare.md``; nothing is written when None.
         batch_size: inference batch size, for runs not yet evaluated.
         device: torch device, for runs not yet evaluated.
+        calibrate: compare temperature-scaled probabilities (``popevit evaluate --calibrate``).
 
     Returns:
         The comparison (see :func:`compare_predictions`), with the data source added.
@@ -248,6 +259,7 @@ def compare_runs(
             manifest=manifest,
             split=split,
             tta=tta,
+            calibrate=calibrate,
             n_boot=n_boot,
             seed=seed,
             batch_size=batch_size,

@@ -178,6 +178,7 @@ def run_study(
     batch_size: int = 64,
     device: str | None = None,
     paired_tests: bool = True,
+    calibrate: bool = False,
 ) -> dict[str, Any]:
     """Build the study table, the extrapolation curves and the paired tests; write them into ``out``.
 
@@ -192,6 +193,8 @@ def run_study(
         batch_size: inference batch size.
         device: torch device.
         paired_tests: also run ``popevit compare`` across the groups into ``out/compare``.
+        calibrate: use temperature-scaled probabilities (``popevit evaluate --calibrate``: T fitted on each run's
+            validation split); accuracy is unchanged, ECE and log loss are the calibrated ones.
 
     Returns:
         The study as a JSON-able dict (also written to ``out/study.json``).
@@ -213,6 +216,7 @@ def run_study(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     kw = dict(manifest=manifest, split=split, n_boot=n_boot, seed=seed, batch_size=batch_size, device=device)
+    kw["calibrate"] = calibrate
 
     per_size: dict[int, list[Any]] = {}
     for size in all_sizes:
@@ -224,7 +228,8 @@ def run_study(
     result: dict[str, Any] = {
         "n": len(y),
         "classes": classes,
-        "source": f"{manifest or 'each run manifest.csv'}, split {split}",
+        "source": f"{manifest or 'each run manifest.csv'}, split {split}"
+        + (", temperature-scaled" if calibrate else ""),
         "train_size": train_size,
         "sizes": all_sizes,
         "bootstrap": {"n_boot": n_boot, "seed": seed, "level": 0.95, "statistic": "seed mean"},
@@ -283,6 +288,8 @@ def run_study(
     if len(all_sizes) > 1:
         result["plot"] = str(plot_extrapolation(result, out / "extrapolation.png"))
     if paired_tests and len(groups) > 1:
-        compare_runs(groups, manifest=manifest, split=split, n_boot=n_boot, seed=seed, out=out / "compare")
+        compare_runs(
+            groups, manifest=manifest, split=split, n_boot=n_boot, seed=seed, out=out / "compare", calibrate=calibrate
+        )
         result["compare"] = str(out / "compare" / "compare.md")
     return result
