@@ -19,18 +19,22 @@ EPS = 1e-12
 LOG_T_BOUNDS = (-4.0, 4.0)  # T in [0.018, 55]
 
 
+def _scaled_log_proba(proba: np.ndarray, temperature: float) -> np.ndarray:
+    """(n, K) log-probabilities of the logits divided by ``temperature`` (``log p`` stands in for the logits)."""
+    logp = np.log(np.clip(np.asarray(proba, dtype=np.float64), EPS, 1.0))
+    return log_softmax(logp / temperature, axis=1)
+
+
 def apply_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
     """(n, K) probabilities -> the probabilities of logits divided by ``temperature``."""
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    logp = np.log(np.clip(np.asarray(proba, dtype=np.float64), EPS, 1.0))
-    return np.exp(log_softmax(logp / temperature, axis=1))
+    return np.exp(_scaled_log_proba(proba, temperature))
 
 
 def nll(y: np.ndarray, proba: np.ndarray, temperature: float = 1.0) -> float:
     """Mean negative log-likelihood of the true classes after temperature scaling."""
-    logp = np.log(np.clip(np.asarray(proba, dtype=np.float64), EPS, 1.0))
-    return float(-log_softmax(logp / temperature, axis=1)[np.arange(len(y)), y].mean())
+    return float(-_scaled_log_proba(proba, temperature)[np.arange(len(y)), y].mean())
 
 
 def fit_temperature(y: np.ndarray, proba: np.ndarray) -> float:

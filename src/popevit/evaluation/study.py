@@ -86,7 +86,7 @@ def run_cost(run: Path) -> dict[str, Any]:
         with open(run / "manifest.csv", newline="") as fh:
             n_train = sum(row["split"] == "train" for row in csv.DictReader(fh))
     wall, epochs = info.get("wall_s"), info.get("epochs")
-    seen = info.get("images_seen")  # counted since 0.1 (partial epochs included); else n_train x epochs
+    seen = info.get("images_seen")  # counted, partial epochs included; runs made before it was recorded: estimated
     if seen is None and epochs and n_train:
         seen = n_train * epochs
     ips = seen / wall if wall and seen else float("nan")
@@ -215,8 +215,15 @@ def run_study(
     all_sizes = sorted({train_size, *(int(s) for s in sizes)})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    kw = dict(manifest=manifest, split=split, n_boot=n_boot, seed=seed, batch_size=batch_size, device=device)
-    kw["calibrate"] = calibrate
+    kw = dict(
+        manifest=manifest,
+        split=split,
+        n_boot=n_boot,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        calibrate=calibrate,
+    )
 
     per_size: dict[int, list[Any]] = {}
     for size in all_sizes:

@@ -286,6 +286,7 @@ def provenance(
 
     seen = next((c.count for c in trainer.callbacks if isinstance(c, ImagesSeen)), None)
     timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    time_left = timer.time_remaining() if timer is not None else None
     return {
         "popevit_version": __version__,
         "git_commit": _git_commit(),
@@ -295,7 +296,7 @@ def provenance(
         "best_epoch": fit.best.get("epoch") if fit.best else None,
         "best_checkpoint": Path(fit.best_path).name if fit.best_path else None,
         "images_seen": seen,
-        "hit_time_cap": bool(timer is not None and timer.time_remaining() is not None and timer.time_remaining() <= 0),
+        "hit_time_cap": time_left is not None and time_left <= 0,
         "device": torch.cuda.get_device_name() if on_gpu else f"cpu ({os.cpu_count()} cores)",
         "precision": precision,
         "resumed": resume,
