@@ -32,6 +32,12 @@ def test_wrong_type_names_the_field():
         load_config(None, ["data.batch_size=lots"])
 
 
+def test_ema_warmup_without_an_ema_is_explained():
+    with pytest.raises(ConfigError, match=r"train.ema_warmup .* train.ema_decay is null; set e.g. 0.99"):
+        load_config(None, ["train.ema_warmup=true"])
+    assert load_config(None, ["train.ema_warmup=true", "train.ema_decay=0.99"]).train.ema_warmup
+
+
 def test_overrides_parse_yaml_values_and_round_trip(tmp_path):
     cfg = load_config(None, ["optim.lr=1e-3", "data.classes=[glioma, pituitary]", "model.pos_enc=rope_axial"])
     assert cfg.optim.lr == pytest.approx(1e-3)

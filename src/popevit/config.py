@@ -150,6 +150,18 @@ class TrainConfig(StrictModel):
         description="EMA of the weights (validated, checkpointed and exported); null = off. Keep its horizon "
         "1 / (1 - decay) well below the run's optimizer steps: 0.998 over ~1000 steps gave a collapsed model",
     )
+    ema_warmup: bool = Field(
+        False,
+        description="ramp the EMA decay with the update count n as min(ema_decay, (1 + n) / (10 + n)), the "
+        "num_updates rule of TensorFlow's ExponentialMovingAverage, so that the average follows the weights early "
+        "in a short run; needs ema_decay",
+    )
+
+    @model_validator(mode="after")
+    def _check_ema(self) -> TrainConfig:
+        if self.ema_warmup and self.ema_decay is None:
+            raise ValueError("train.ema_warmup ramps the EMA decay, but train.ema_decay is null; set e.g. 0.99")
+        return self
 
 
 class PretrainConfig(StrictModel):

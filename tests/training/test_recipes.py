@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
 
 from popevit.config import load_config
 from popevit.models import create_model
 from popevit.training import train
+from popevit.training.callbacks import warm_ema_avg_fn
 from popevit.training.module import ClassifierModule
 from popevit.training.optim import build_optimizer
 
@@ -93,8 +96,46 @@ def test_mixup_run_trains_end_to_end(phantom_root, tmp_path):
     assert 0.0 <= result.val_metrics["val/auroc_macro"] <= 1.0
 
 
-def test_ema_run_validates_checkpoints_and_exports_the_averaged_weights(phantom_root, tmp_path):
-    cfg = load_config(None, [*TINY, "train.max_epochs=2", f"data.data={phantom_root}", "train.ema_decay=0.9"])
+def test_warm_ema_follows_the_num_updates_rule():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    w0 = net.weight.detach().clone()
+    warm = AveragedModel(net, avg_fn=partial(warm_ema_avg_fn, decay=0.99))
+    fixed = AveragedModel(net, avg_fn=get_ema_avg_fn(0.99))
+    expected = w0.clone()
+    for n in range(60):  # update n averages n + 1 models; the first one is a copy
+        if n:
+            with torch.no_grad():
+                net.weight.add_(torch.randn_like(net.weight))
+            d = min(0.99, (1 + n) / (10 + n))
+            expected = d * expected + (1 - d) * net.weight.detach()
+        warm.update_parameters(net)
+        fixed.update_parameters(net)
+    assert torch.allclose(warm.module.weight, expected, atol=1e-5)
+    assert not torch.allclose(fixed.module.weight, expected, atol=1e-2)
+
+
+def test_warm_ema_forgets_the_initialisation_that_a_fixed_decay_keeps():
+    net = torch.nn.Linear(3, 2)
+    w1 = net.weight.detach() + 1.0
+    warm = AveragedModel(net, avg_fn=partial(warm_ema_avg_fn, decay=0.99))
+    fixed = AveragedModel(net, avg_fn=get_ema_avg_fn(0.99))
+    warm.update_parameters(net)
+    fixed.update_parameters(net)
+    with torch.no_grad():
+        net.weight.copy_(w1)  # the weights move once, by 1, and stay
+    for _ in range(59):
+        warm.update_parameters(net)
+        fixed.update_parameters(net)
+    kept = lambda m: (w1 - m.module.weight.detach()).mean().item()  # noqa: E731  share of the initial weights left
+    assert kept(fixed) == pytest.approx(0.99**59, rel=1e-4)  # 55% after 60 updates
+    assert abs(kept(warm)) < 1e-5  # prod_n (1 + n) / (10 + n) over n = 1..59 is ~3e-10
+
+
+@pytest.mark.parametrize("warmup", [False, True])
+def test_ema_run_validates_checkpoints_and_exports_the_averaged_weights(phantom_root, tmp_path, warmup):
+    ema = ["train.ema_decay=0.9", f"train.ema_warmup={str(warmup).lower()}"]
+    cfg = load_config(None, [*TINY, "train.max_epochs=2", f"data.data={phantom_root}", *ema])
     result = train(cfg, tmp_path / "run")
     ckpt = torch.load(result.out_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     assert "current_model_state" in ckpt  # Lightning's EMA keeps the raw weights beside the averaged ones

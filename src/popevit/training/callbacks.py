@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import lightning as L
+import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging, WeightAveraging
 
 
 class RankMetricsRecorder(L.Callback):
@@ -56,3 +59,25 @@ class ImagesSeen(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self.count = int(state_dict["count"])
+
+
+def warm_ema_avg_fn(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor, *, decay: float):
+    """One EMA step whose decay ramps with the updates already averaged, n: ``min(decay, (1 + n) / (10 + n))``.
+
+    The ``num_updates`` rule of TensorFlow's ``ExponentialMovingAverage``: decay 2/11 after the first update, 0.5 at
+    n = 8, 0.9 at n = 80, and 0.99 only after ~890 updates. The ratio stays a tensor, so a GPU run does not sync.
+    """
+    n = num_averaged.to(torch.float32)
+    d = torch.clamp((1.0 + n) / (10.0 + n), max=decay)
+    return averaged + (current - averaged) * (1.0 - d)
+
+
+def ema_callback(decay: float, *, warmup: bool = False) -> WeightAveraging:
+    """Lightning's EMA of the weights (buffers included); with ``warmup`` the decay ramps as in ``warm_ema_avg_fn``.
+
+    A fixed decay of 0.99 keeps ~100 steps of history from step one, so in a run of a few hundred steps the average
+    still carries the random initialisation (RESULTS.md 9.3: a distilled student whose EMA collapsed to one class).
+    """
+    if not warmup:
+        return EMAWeightAveraging(decay=decay)
+    return WeightAveraging(avg_fn=partial(warm_ema_avg_fn, decay=decay))

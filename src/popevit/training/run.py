@@ -321,7 +321,7 @@ def train(
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 
     from popevit.data.datamodule import MRIDataModule
-    from popevit.training.callbacks import RankMetricsRecorder
+    from popevit.training.callbacks import RankMetricsRecorder, ema_callback
     from popevit.training.module import ClassifierModule
 
     out_dir = Path(out_dir)
@@ -359,11 +359,9 @@ def train(
     if cfg.train.patience is not None:
         callbacks.append(EarlyStopping(monitor=cfg.train.monitor, mode=mode, patience=cfg.train.patience))
     if cfg.train.ema_decay is not None:
-        from lightning.pytorch.callbacks import EMAWeightAveraging
-
         # Validation (hence early stopping and the best checkpoint) sees the averaged weights; the saved checkpoints
         # hold them as their state_dict (the raw weights ride along for --resume), so the artefact is the EMA model.
-        callbacks.append(EMAWeightAveraging(decay=cfg.train.ema_decay))
+        callbacks.append(ema_callback(cfg.train.ema_decay, warmup=cfg.train.ema_warmup))
     trainer = make_trainer(cfg, out_dir, callbacks, precision)
     fit = fit_and_load_best(cfg, trainer, module, dm, ckpt_best, out_dir, resume)
     if fit.best is None:
