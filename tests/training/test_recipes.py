@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from popevit.config import load_config
 from popevit.models import create_model
 from popevit.training import train
-from popevit.training.callbacks import warm_ema_avg_fn
+from popevit.training.callbacks import warm_ema_multi_avg_fn
 from popevit.training.module import ClassifierModule
 from popevit.training.optim import build_optimizer
 
@@ -100,8 +100,8 @@ def test_warm_ema_follows_the_num_updates_rule():
     torch.manual_seed(0)
     net = torch.nn.Linear(3, 2)
     w0 = net.weight.detach().clone()
-    warm = AveragedModel(net, avg_fn=partial(warm_ema_avg_fn, decay=0.99))
-    fixed = AveragedModel(net, avg_fn=get_ema_avg_fn(0.99))
+    warm = AveragedModel(net, multi_avg_fn=partial(warm_ema_multi_avg_fn, decay=0.99))
+    fixed = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.99))
     expected = w0.clone()
     for n in range(60):  # update n averages n + 1 models; the first one is a copy
         if n:
@@ -118,8 +118,8 @@ def test_warm_ema_follows_the_num_updates_rule():
 def test_warm_ema_forgets_the_initialisation_that_a_fixed_decay_keeps():
     net = torch.nn.Linear(3, 2)
     w1 = net.weight.detach() + 1.0
-    warm = AveragedModel(net, avg_fn=partial(warm_ema_avg_fn, decay=0.99))
-    fixed = AveragedModel(net, avg_fn=get_ema_avg_fn(0.99))
+    warm = AveragedModel(net, multi_avg_fn=partial(warm_ema_multi_avg_fn, decay=0.99))
+    fixed = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.99))
     warm.update_parameters(net)
     fixed.update_parameters(net)
     with torch.no_grad():

@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging, WeightAveraging
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 
 class RankMetricsRecorder(L.Callback):
@@ -61,23 +62,25 @@ class ImagesSeen(L.Callback):
         self.count = int(state_dict["count"])
 
 
-def warm_ema_avg_fn(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor, *, decay: float):
+@torch.no_grad()
+def warm_ema_multi_avg_fn(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged, *, decay: float):
     """One EMA step whose decay ramps with the updates already averaged, n: ``min(decay, (1 + n) / (10 + n))``.
 
-    The ``num_updates`` rule of TensorFlow's ``ExponentialMovingAverage``: decay 2/11 after the first update, 0.5 at
-    n = 8, 0.9 at n = 80, and 0.99 only after ~890 updates. The ratio stays a tensor, so a GPU run does not sync.
+    The ``num_updates`` rule of TensorFlow's ``ExponentialMovingAverage``: decay 2/11 at the second update, 0.5 at
+    n = 8, 0.9 at n = 80, and 0.99 only after ~890 updates. The step itself is torch's EMA (a fused lerp over each
+    group of tensors), run at that decay.
     """
-    n = num_averaged.to(torch.float32)
-    d = torch.clamp((1.0 + n) / (10.0 + n), max=decay)
-    return averaged + (current - averaged) * (1.0 - d)
+    n = float(num_averaged)  # AveragedModel has synchronised on its counter already
+    get_ema_multi_avg_fn(min(decay, (1.0 + n) / (10.0 + n)))(averaged, current, num_averaged)
 
 
 def ema_callback(decay: float, *, warmup: bool = False) -> WeightAveraging:
-    """Lightning's EMA of the weights (buffers included); with ``warmup`` the decay ramps as in ``warm_ema_avg_fn``.
+    """Lightning's EMA of the weights (buffers included); with ``warmup`` the decay ramps as in
+    ``warm_ema_multi_avg_fn``.
 
     A fixed decay of 0.99 keeps ~100 steps of history from step one, so in a run of a few hundred steps the average
     still carries the random initialisation (RESULTS.md 9.3: a distilled student whose EMA collapsed to one class).
     """
     if not warmup:
         return EMAWeightAveraging(decay=decay)
-    return WeightAveraging(avg_fn=partial(warm_ema_avg_fn, decay=decay))
+    return WeightAveraging(multi_avg_fn=partial(warm_ema_multi_avg_fn, decay=decay))
