@@ -38,6 +38,11 @@ def test_ema_warmup_without_an_ema_is_explained():
     assert load_config(None, ["train.ema_warmup=true", "train.ema_decay=0.99"]).train.ema_warmup
 
 
+def test_a_frozen_backbone_with_a_distillation_head_is_explained():
+    with pytest.raises(ConfigError, match=r"distillation head would stay random"):
+        load_config(None, ["model.freeze_backbone=true", "model.distill.teacher=runs/teacher"])
+
+
 def test_overrides_parse_yaml_values_and_round_trip(tmp_path):
     cfg = load_config(None, ["optim.lr=1e-3", "data.classes=[glioma, pituitary]", "model.pos_enc=rope_axial"])
     assert cfg.optim.lr == pytest.approx(1e-3)

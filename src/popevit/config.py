@@ -100,6 +100,15 @@ class ModelConfig(StrictModel):
     freeze_backbone: bool = Field(False, description="train the head only")
     distill: DistillConfig | None = Field(None, description="distillation token + teacher (popevit ViTs only)")
 
+    @model_validator(mode="after")
+    def _check_distill(self) -> ModelConfig:
+        if self.freeze_backbone and self.distill is not None:
+            raise ValueError(
+                "model.freeze_backbone trains the class head only, so model.distill's distillation head would stay "
+                "random and still be averaged into every prediction; use one of the two"
+            )
+        return self
+
 
 class OptimConfig(StrictModel):
     name: Literal["adamw", "adam", "sgd"] = "adamw"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from popevit.evaluation.calibration import apply_temperature, fit_temperature, nll
+from popevit.evaluation.calibration import apply_temperature, fit_temperature, nll, temperature_at_bound
 from popevit.evaluation.evaluate import evaluate_run
 from popevit.evaluation.metrics import point_metrics
 
@@ -48,6 +48,24 @@ def test_scaling_keeps_every_argmax_and_sums_to_one_and_t1_is_identity():
         apply_temperature(proba, 0.0)
 
 
+def test_a_perfectly_separated_validation_set_leaves_t_unidentified_and_says_so():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 200)
+    z = rng.normal(0, 1, (200, 4))
+    z[np.arange(200), y] += 6.0  # every image right, with a margin: the NLL falls all the way to T -> 0
+    with pytest.warns(UserWarning, match=r"sits at the search bound.*to 0 \(every image right"):
+        t = fit_temperature(y, softmax(z, axis=1))
+    assert temperature_at_bound(t) and t < 0.02
+    y2, proba2 = _overconfident(2000, 1.5)
+    assert not temperature_at_bound(fit_temperature(y2, proba2))
+
+
+def test_tiny_probabilities_are_not_flattened_before_scaling():
+    proba = np.array([[1.0 - 2e-20, 1e-20, 1e-20, 0.0], [1.0 - 2e-15, 1e-15, 1e-15, 0.0]])
+    scaled = apply_temperature(proba, 2.0)  # log p / 2: 1e-20 -> 1e-10, 1e-15 -> 3.2e-8 (a 1e-12 floor gave 1e-6)
+    np.testing.assert_allclose(scaled[:, 1], [1e-10, np.sqrt(1e-15)], rtol=1e-3)
+
+
 def test_evaluate_calibrate_fits_on_val_and_scales_the_test_predictions(tmp_path, phantom_root):
     from popevit.config import load_config
     from popevit.training import train
@@ -72,7 +90,7 @@ def test_evaluate_calibrate_fits_on_val_and_scales_the_test_predictions(tmp_path
     c = json.loads((run / "eval" / "test-ts" / "metrics.json").read_text())["calibration"]
     with open(run / "manifest.csv", newline="") as f:
         assert c["fit_on"]["n"] == sum(r["split"] == "val" for r in csv.DictReader(f))
-    assert c["val_nll"]["after"] <= c["val_nll"]["before"] + 1e-9
+    assert c["val_nll"]["after"] <= c["val_nll"]["before"] + 1e-9 and c["at_bound"] is False
     assert c["uncalibrated"]["ece"] == pytest.approx(raw["metrics"]["ece"]["value"])
 
     def probs(folder):

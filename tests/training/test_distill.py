@@ -10,7 +10,7 @@ from popevit.artifact import ModelMeta, load_artifact, save_artifact
 from popevit.config import PreprocessConfig, load_config
 from popevit.models import create_model, list_pos_encs
 from popevit.training import train
-from popevit.training.module import ClassifierModule
+from popevit.training.module import ClassifierModule, check_teacher_preprocess
 
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
 TINY = ["model.name=vit_tiny", "data.preprocess.img_size=32", "data.batch_size=8", "optim.warmup_epochs=1",
@@ -79,6 +79,16 @@ def test_teacher_must_match_the_student(tmp_path):
         _module(_teacher_run(tmp_path / "t48", img_size=48))
     with pytest.raises(ValueError, match="train the teacher on the same task"):
         _module(_teacher_run(tmp_path / "t2", classes=["notumor", "tumor"]))
+
+
+def test_a_teacher_preprocessed_differently_is_refused_before_the_run_folder(tmp_path):
+    teacher = _teacher_run(tmp_path / "teacher")
+    check_teacher_preprocess(teacher, PreprocessConfig(img_size=32))  # the same settings pass
+    student = [*TINY, "data.preprocess.crop_foreground=false", f"model.distill.teacher={teacher}"]
+    cfg = load_config(None, [*student, f"data.data={tmp_path}"])
+    with pytest.raises(ValueError, match=r"crop_foreground=True but the student uses crop_foreground=False"):
+        train(cfg, tmp_path / "student")
+    assert not (tmp_path / "student").exists()
 
 
 def test_distilled_run_trains_and_saves_a_student_that_averages_its_heads(phantom_root, tmp_path):

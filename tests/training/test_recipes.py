@@ -167,6 +167,16 @@ def test_layer_decay_scales_lr_by_depth_and_keeps_no_weight_decay():
     assert lr_of[id(names["blocks.0.attn.qkv.weight"])][1] == 0.05
 
 
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sgd_takes_a_step_with_and_without_momentum(momentum):
+    model = torch.nn.Linear(3, 2)
+    opt = build_optimizer(model, load_config(None, ["optim.name=sgd", f"optim.momentum={momentum}"]).optim)
+    before = model.weight.detach().clone()
+    model(torch.ones(4, 3)).sum().backward()
+    opt.step()
+    assert not torch.equal(model.weight, before) and opt.param_groups[0]["nesterov"] == (momentum > 0)
+
+
 def test_layer_decay_on_a_model_without_layers_is_a_clear_error():
     cfg = load_config(None, ["optim.layer_decay=0.7"]).optim
     with pytest.raises(ValueError, match="group_matcher"):

@@ -15,9 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from popevit.config import load_config
+from popevit.config import dump_config, load_config
 from popevit.training import RunDirError, train
 from popevit.training.optim import param_groups, warmup_cosine
+from popevit.training.run import prepare_run_dir
 
 TINY = [
     "model.name=vit_tiny",
@@ -119,6 +120,19 @@ def test_resume_with_a_changed_config_is_refused_with_the_diff(phantom_root, tmp
         train(changed, tmp_path / "run", resume=True)
     with pytest.raises(RunDirError, match="no checkpoint"):
         train(cfg, tmp_path / "fresh", resume=True)
+
+
+def test_resume_accepts_a_run_saved_before_a_config_key_existed(tmp_path):
+    cfg = load_config(None, TINY)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    older = "".join(ln for ln in dump_config(cfg).splitlines(True) if "ema_warmup" not in ln)
+    (run / "config.yaml").write_text(older)  # as written before train.ema_warmup existed
+    prepare_run_dir(cfg, run, resume=True)  # the missing key is at its default: not a change
+    changed = load_config(None, [*TINY, "train.ema_decay=0.9", "train.ema_warmup=true"])
+    with pytest.raises(RunDirError, match=r"(?s)config differs.*\+  ema_warmup: true"):
+        prepare_run_dir(changed, run, resume=True)
 
 
 def test_missing_data_is_a_clear_error(tmp_path):

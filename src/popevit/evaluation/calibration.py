@@ -11,11 +11,13 @@ so ``softmax(log p / T) == softmax(z / T)``.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
-EPS = 1e-12
+EPS = float(np.finfo(np.float32).tiny)  # the smallest probability a float32 softmax yields before 0
 LOG_T_BOUNDS = (-4.0, 4.0)  # T in [0.018, 55]
 
 
@@ -43,4 +45,23 @@ def fit_temperature(y: np.ndarray, proba: np.ndarray) -> float:
     if len(y) == 0 or len(y) != len(proba):
         raise ValueError(f"need one label per row of probabilities to fit a temperature, got {len(y)} and {len(proba)}")
     res = minimize_scalar(lambda t: nll(y, proba, float(np.exp(t))), bounds=LOG_T_BOUNDS, method="bounded")
-    return float(np.exp(res.x))
+    log_t = float(res.x)
+    for end in LOG_T_BOUNDS:  # the NLL may be flat to machine precision near an end: then that end is the fit
+        if nll(y, proba, float(np.exp(end))) <= nll(y, proba, float(np.exp(log_t))):
+            log_t = end
+    t = float(np.exp(log_t))
+    if temperature_at_bound(t):
+        toward = "0 (every image right with a margin)" if log_t < 0 else "infinity (predictions no better than chance)"
+        warnings.warn(
+            f"the fitted temperature T = {t:.3g} sits at the search bound: the validation NLL keeps falling as T goes "
+            f"to {toward}, so T is not identified and the scaled probabilities are degenerate. Report the "
+            "uncalibrated metrics, or fit T on a larger validation split the model does not separate perfectly.",
+            stacklevel=2,
+        )
+    return t
+
+
+def temperature_at_bound(temperature: float) -> bool:
+    """Whether ``fit_temperature`` stopped at an end of its search range (T not identified by the data)."""
+    log_t = np.log(temperature)
+    return bool(min(log_t - LOG_T_BOUNDS[0], LOG_T_BOUNDS[1] - log_t) < 1e-3)

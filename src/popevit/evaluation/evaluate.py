@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from popevit.evaluation.calibration import apply_temperature, fit_temperature, nll
+from popevit.evaluation.calibration import apply_temperature, fit_temperature, nll, temperature_at_bound
 from popevit.evaluation.metrics import metrics_with_ci, point_metrics
 from popevit.evaluation.plots import plot_all
 from popevit.evaluation.predictions import PREDICTIONS, Predictions, predict_proba
@@ -319,6 +319,7 @@ def evaluate_run(
         val_proba = predict(val_paths, val_y)
         t = fit_temperature(val_y, val_proba)
         calibration["temperature"] = t
+        calibration["at_bound"] = temperature_at_bound(t)
         calibration["val_nll"] = {"before": nll(val_y, val_proba), "after": nll(val_y, val_proba, t)}
     out_dir.mkdir(parents=True, exist_ok=True)
     proba = predict(paths, y)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
 
-from popevit.config import AugmentConfig, DistillConfig, OptimConfig
+from popevit.config import AugmentConfig, DistillConfig, OptimConfig, PreprocessConfig
 from popevit.models import create_model
 from popevit.training.optim import build_optimizer, warmup_cosine
 
@@ -50,6 +50,22 @@ def load_teacher(run_dir: str | Path, classes: list[str], student_kwargs: dict[s
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher.eval()
+
+
+def check_teacher_preprocess(run_dir: str | Path, preprocess: PreprocessConfig) -> None:
+    """Refuse a teacher trained on differently preprocessed images: it is fed the student's batches as they are."""
+    from popevit.artifact import load_meta
+
+    theirs, ours = load_meta(run_dir).preprocess.model_dump(), preprocess.model_dump()
+    differ = [k for k in ours if theirs.get(k) != ours[k]]
+    if differ:
+        raise ValueError(
+            f"the teacher {str(run_dir)!r} was trained with data.preprocess "
+            + ", ".join(f"{k}={theirs.get(k)!r}" for k in differ)
+            + " but the student uses "
+            + ", ".join(f"{k}={ours[k]!r}" for k in differ)
+            + "; both see the same batch, so train the teacher with the student's data.preprocess settings"
+        )
 
 
 def reseed_epoch(seed: int, epoch: int, rank: int = 0) -> None:

@@ -66,7 +66,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     if cfg.name == "adam":
         # Plain Adam has L2-coupled decay; keep it so that seed 004's "Adam 1e-4" recipe is what it says.
         return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    # torch refuses Nesterov without momentum
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0, cosine: bool = True) -> float:

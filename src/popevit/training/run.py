@@ -32,7 +32,7 @@ import torch
 
 from popevit import __version__
 from popevit.artifact import ModelMeta, atomic_write_bytes, save_artifact
-from popevit.config import ExperimentConfig, dump_config, load_config
+from popevit.config import ConfigError, ExperimentConfig, dump_config, load_config
 
 
 class RunDirError(RuntimeError):
@@ -114,10 +114,17 @@ def prepare_manifest(cfg: ExperimentConfig, out_dir: Path) -> Path:
     return dest
 
 
-def _check_resume(cfg_text: str, out_dir: Path) -> None:
-    saved = (out_dir / "config.yaml").read_text()
-    if saved != cfg_text:
-        diff = "".join(difflib.unified_diff(saved.splitlines(True), cfg_text.splitlines(True), "saved", "requested"))
+def _check_resume(cfg: ExperimentConfig, out_dir: Path) -> None:
+    """Refuse ``--resume`` with a config other than the run's. Both are compared as validated configs, so a key that
+    popevit gained after the run started (saved config without it, i.e. at its default) is not a change."""
+    saved_path = out_dir / "config.yaml"
+    requested = dump_config(cfg)
+    try:
+        saved = dump_config(load_config(saved_path))
+    except ConfigError:  # e.g. a key popevit has since dropped: show the file as it is
+        saved = saved_path.read_text()
+    if saved != requested:
+        diff = "".join(difflib.unified_diff(saved.splitlines(True), requested.splitlines(True), "saved", "requested"))
         raise RunDirError(
             f"--resume refused: the config differs from the one {str(out_dir)!r} was started with:\n{diff}\n"
             "Resume with the same config, or start a new run with another --out."
@@ -165,7 +172,7 @@ def prepare_run_dir(cfg: ExperimentConfig, out_dir: Path, resume: bool) -> Path:
         last = out_dir / "checkpoints" / "last.ckpt"
         if not last.is_file():
             raise RunDirError(f"--resume: no checkpoint at {str(last)!r}; start the run without --resume")
-        _check_resume(cfg_text, out_dir)
+        _check_resume(cfg, out_dir)
     elif (out_dir / "config.yaml").exists():
         raise RunDirError(f"{str(out_dir)!r} already holds a run; pass --resume to continue it or choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -322,10 +329,12 @@ def train(
 
     from popevit.data.datamodule import MRIDataModule
     from popevit.training.callbacks import RankMetricsRecorder, ema_callback
-    from popevit.training.module import ClassifierModule
+    from popevit.training.module import ClassifierModule, check_teacher_preprocess
 
     out_dir = Path(out_dir)
     cifar = cfg.data.dataset != "folder"
+    if cfg.model.distill is not None:  # before the run folder exists
+        check_teacher_preprocess(cfg.model.distill.teacher, cfg.data.preprocess)
     manifest = prepare_run_dir(cfg, out_dir, resume)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     if cifar:
