@@ -135,6 +135,14 @@ def test_study_cli_table_extrapolation_and_tests(study_runs, tmp_path, monkeypat
     assert "| pope vs" not in (out / "study.md").read_text() and "48 px" in (out / "study.md").read_text()
     compare = json.loads((out / "compare" / "compare.json").read_text())
     assert [c["a"] for c in compare["comparisons"]] == ["pope"] and len(compare["comparisons"][0]["pairs"]) == 2
+    # the paired tests again at each extra size, on the predictions behind the extrapolation curve
+    for size in (40, 48):
+        at = json.loads((out / f"compare-{size}px" / "compare.json").read_text())
+        assert at["source"]["img_size"] == size and len(at["comparisons"][0]["pairs"]) == 2
+        for g, cg in zip(res["groups"], at["groups"], strict=True):
+            curve = next(e for e in g["extrapolation"] if e["size"] == size)["metrics"]["auroc_macro"]["value"]
+            assert cg["metrics"]["auroc_macro"]["mean"] == pytest.approx(curve)
+        assert f"at {size} px" in (out / f"compare-{size}px" / "compare.md").read_text()
 
 
 def _n_train(run: Path) -> int:

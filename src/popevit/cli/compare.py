@@ -18,6 +18,9 @@ def compare(
     calibrate: bool = typer.Option(
         False, "--calibrate", help="Temperature-scaled probabilities (T fitted on each run's validation split)."
     ),
+    img_size: int | None = typer.Option(
+        None, "--img-size", min=8, help="Compare at this input size (resolution extrapolation; patch multiples)."
+    ),
     no_group: bool = typer.Option(False, "--no-group", help="Treat every run as its own group."),
     out: Path = typer.Option(Path("compare"), "--out", help="Folder for compare.json and compare.md."),
     n_boot: int = typer.Option(1000, "--n-boot", min=1, help="Paired bootstrap resamples."),
@@ -42,6 +45,7 @@ def compare(
         split=split,
         tta=tta,
         calibrate=calibrate,
+        img_size=img_size,
         n_boot=n_boot,
         seed=seed,
         out=out,

@@ -222,6 +222,7 @@ def compare_runs(
     batch_size: int = 64,
     device: str | None = None,
     calibrate: bool = False,
+    img_size: int | None = None,
 ) -> dict[str, Any]:
     """Compare groups of runs on the same images; write ``compare.json`` and ``compare.md`` into ``out``.
 
@@ -241,6 +242,8 @@ def compare_runs(
         batch_size: inference batch size, for runs not yet evaluated.
         device: torch device, for runs not yet evaluated.
         calibrate: compare temperature-scaled probabilities (``popevit evaluate --calibrate``).
+        img_size: compare at this input size instead of each run's training size (resolution extrapolation; the
+            predictions of ``popevit evaluate --img-size`` are reused).
 
     Returns:
         The comparison (see :func:`compare_predictions`), with the data source added.
@@ -259,6 +262,7 @@ def compare_runs(
             manifest=manifest,
             split=split,
             tta=tta,
+            img_size=img_size,
             calibrate=calibrate,
             n_boot=n_boot,
             seed=seed,
@@ -286,6 +290,7 @@ def compare_runs(
         "manifest": str(manifest) if manifest else None,
         "split": resolve_split(data, split),
         "tta": tta,
+        "img_size": img_size,
     }
     if out is not None:
         out = Path(out)
@@ -302,7 +307,8 @@ def _fmt_p(p: float) -> str:
 
 def to_markdown(result: dict[str, Any]) -> str:
     """The comparison as Markdown tables."""
-    lines = [f"# Comparison on {result['n']} images", ""]
+    size = result.get("source", {}).get("img_size")
+    lines = [f"# Comparison on {result['n']} images" + (f" at {size} px" if size else ""), ""]
     lines += ["## Groups (mean ± sd across seeds)", ""]
     lines.append("| group | runs | " + " | ".join(SUMMARY_METRICS) + " |")
     lines.append("|---|---:|" + "---:|" * len(SUMMARY_METRICS))

@@ -8,7 +8,8 @@ group ``pos_enc-pope``, see :func:`popevit.evaluation.compare.group_runs`), this
   and the training cost (wall time, epochs, training images per second of wall time, validation included);
 - ``extrapolation.csv`` / ``extrapolation.png``: the same seed-mean macro AUROC and accuracy when every model is fed
   larger images than it was trained on (``sizes``), one curve per group;
-- ``compare/``: the paired tests between every pair of groups at the training size (``popevit compare``).
+- ``compare/``: the paired tests between every pair of groups at the training size (``popevit compare``), and
+  ``compare-<size>px/`` the same at each extra size.
 
 CI of a seed-mean: every bootstrap resample draws the test images once and evaluates every run of the group on it,
 then averages over seeds (the same construction as :func:`popevit.evaluation.stats.paired_bootstrap`). It therefore
@@ -192,7 +193,8 @@ def run_study(
         seed: bootstrap seed.
         batch_size: inference batch size.
         device: torch device.
-        paired_tests: also run ``popevit compare`` across the groups into ``out/compare``.
+        paired_tests: also run ``popevit compare`` across the groups into ``out/compare`` (and ``out/compare-<size>px``
+            for each extra size).
         calibrate: use temperature-scaled probabilities (``popevit evaluate --calibrate``: T fitted on each run's
             validation split); accuracy is unchanged, ECE and log loss are the calibrated ones.
 
@@ -295,8 +297,10 @@ def run_study(
     if len(all_sizes) > 1:
         result["plot"] = str(plot_extrapolation(result, out / "extrapolation.png"))
     if paired_tests and len(groups) > 1:
-        compare_runs(
-            groups, manifest=manifest, split=split, n_boot=n_boot, seed=seed, out=out / "compare", calibrate=calibrate
-        )
+        kw = {"manifest": manifest, "split": split, "n_boot": n_boot, "seed": seed, "calibrate": calibrate}
+        compare_runs(groups, out=out / "compare", **kw)
         result["compare"] = str(out / "compare" / "compare.md")
+        for size in all_sizes:  # is one encoding's extrapolation better? the same paired tests at each other size
+            if size != train_size:
+                compare_runs(groups, out=out / f"compare-{size}px", img_size=size, **kw)
     return result
