@@ -25,6 +25,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,10 @@ class RunResult:
     epochs: int
 
 
+@lru_cache(maxsize=1)
 def _git_commit() -> str | None:
+    """HEAD of the source tree, read once per process (``prepare_run_dir`` reads it as a run starts), so run.json names
+    the code the run imported even when HEAD moves while it trains."""
     try:
         root = Path(__file__).resolve().parents[3]
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
@@ -163,6 +167,7 @@ def prepare_run_dir(cfg: ExperimentConfig, out_dir: Path, resume: bool) -> Path:
     """
     cfg_text = dump_config(cfg)
     cifar = cfg.data.dataset != "folder"
+    _git_commit()  # the code this run imported, recorded at the end in run.json
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if launcher_rank() != 0:
