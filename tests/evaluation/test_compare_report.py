@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from popevit.evaluation.compare import compare_runs, group_runs, split_seed, to_markdown
+from popevit.evaluation.compare import compare_runs, group_name, group_runs, match_pairs, split_seed, to_markdown
 from popevit.evaluation.evaluate import METRICS, format_metrics, summarize
 from popevit.evaluation.plots import plot_all
 from popevit.evaluation.predictions import PREDICTIONS, Predictions
@@ -79,12 +79,21 @@ def _fake_run(root: Path, name: str, skill: float, seed: int, plots: bool = Fals
     return run
 
 
-def test_group_runs_by_seed_suffix(tmp_path):
+def test_group_runs_by_seed_suffix(tmp_path, monkeypatch):
     assert split_seed("pope-s3") == ("pope", 3) and split_seed("rope_seed12") == ("rope", 12)
     assert split_seed("pos_enc-pope_seed-2") == ("pos_enc-pope", 2)  # sweep trial folders
     assert split_seed("baseline") == ("baseline", None)
     runs = [tmp_path / n for n in ("pope-s0", "pope-s1", "rope-s0", "rope-s1", "cnn")]
     assert group_runs(runs) == [runs[:2], runs[2:4], runs[4:]]
+    # a run linked under another name is grouped (and paired by seed) by the link's name, not its target's
+    for n in ("pope-s0", "old_name-s7"):
+        (tmp_path / n).mkdir()
+    (tmp_path / "rope-s0").symlink_to(tmp_path / "old_name-s7")
+    assert group_runs([tmp_path / "pope-s0", tmp_path / "rope-s0"]) == [[tmp_path / "pope-s0"], [tmp_path / "rope-s0"]]
+    assert match_pairs([tmp_path / "pope-s0"], [tmp_path / "rope-s0"]) == [(0, 0)]
+    assert group_name([tmp_path / "rope-s0"]) == "rope"
+    monkeypatch.chdir(tmp_path / "pope-s0")
+    assert group_runs(["."]) == [[Path(".")]] and group_name([Path(".")]) == "pope"
 
 
 def test_compare_seed_groups(tmp_path):

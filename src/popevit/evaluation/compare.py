@@ -18,6 +18,7 @@ Runs are grouped by folder name with a trailing seed suffix removed (``-s0``, ``
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from itertools import combinations
@@ -43,6 +44,12 @@ def split_seed(name: str) -> tuple[str, int | None]:
     return (m["base"], int(m["seed"])) if m else (name, None)
 
 
+def run_name(run: str | Path) -> str:
+    """The run's folder name as the user gave it: ``.`` and ``..`` are made absolute, but a symlink keeps its own name
+    (a run linked into a study folder under another name is grouped by the link)."""
+    return Path(os.path.abspath(run)).name
+
+
 def group_runs(runs: Sequence[str | Path]) -> list[list[Path]]:
     """Group run folders by name with the seed suffix removed, keeping first-seen order.
 
@@ -54,12 +61,12 @@ def group_runs(runs: Sequence[str | Path]) -> list[list[Path]]:
     """
     groups: dict[str, list[Path]] = {}
     for r in runs:
-        groups.setdefault(split_seed(Path(r).resolve().name)[0], []).append(Path(r))
+        groups.setdefault(split_seed(run_name(r))[0], []).append(Path(r))
     return list(groups.values())
 
 
 def group_name(runs: Sequence[Path]) -> str:
-    bases = {split_seed(Path(r).resolve().name)[0] for r in runs}
+    bases = {split_seed(run_name(r))[0] for r in runs}
     return bases.pop() if len(bases) == 1 else "+".join(Path(r).name for r in runs)
 
 
@@ -121,8 +128,8 @@ def align(preds: Sequence[Predictions], names: Sequence[str]) -> list[Prediction
 
 def match_pairs(a: Sequence[Path], b: Sequence[Path]) -> list[tuple[int, int]]:
     """Run index pairs for per-model tests: by shared seed suffix (``pope-s0`` with ``rope-s0``), else by position."""
-    seeds_a = [split_seed(Path(r).resolve().name)[1] for r in a]
-    seeds_b = [split_seed(Path(r).resolve().name)[1] for r in b]
+    seeds_a = [split_seed(run_name(r))[1] for r in a]
+    seeds_b = [split_seed(run_name(r))[1] for r in b]
     common = [s for s in seeds_a if s is not None and s in seeds_b]
     if common:
         return [(seeds_a.index(s), seeds_b.index(s)) for s in common]
