@@ -120,6 +120,8 @@ def test_study_cli_table_extrapolation_and_tests(study_runs, tmp_path, monkeypat
     for g, pe in zip(res["groups"], ("pope", "rope_axial"), strict=True):
         model, _ = load_artifact(runs[0 if pe == "pope" else 2])
         assert g["cost"]["params"] == sum(p.numel() for p in model.state_dict().values())
+        info = json.loads((runs[0] / "run.json").read_text())
+        assert g["cost"]["device"] == info["device"] and g["cost"]["capped"] == 0  # no cap was set
         assert g["cost"]["train_img_per_s"] == pytest.approx(g["cost"]["epochs"] * _n_train(runs[0]) / 60.0)
         assert [e["size"] for e in g["extrapolation"]] == [32, 40, 48]
         # the training-size point of the curve is the table's value
@@ -132,7 +134,8 @@ def test_study_cli_table_extrapolation_and_tests(study_runs, tmp_path, monkeypat
         (g, s) for g in ("pope", "rope_axial") for s in ("32", "40", "48")
     }
     assert (out / "extrapolation.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| pope vs" not in (out / "study.md").read_text() and "48 px" in (out / "study.md").read_text()
+    md = (out / "study.md").read_text()
+    assert "| pope vs" not in md and "48 px" in md and f"| 0/2 | {info['device']} |" in md
     compare = json.loads((out / "compare" / "compare.json").read_text())
     assert [c["a"] for c in compare["comparisons"]] == ["pope"] and len(compare["comparisons"][0]["pairs"]) == 2
     # the paired tests again at each extra size, on the predictions behind the extrapolation curve

@@ -99,6 +99,7 @@ def run_cost(run: Path) -> dict[str, Any]:
         "train_images": n_train,
         "train_img_per_s": ips,
         "device": info.get("device"),
+        "hit_time_cap": info.get("hit_time_cap"),
     }
 
 
@@ -113,19 +114,22 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines.append(
         "Each cell: seed-mean [95% bootstrap CI over test images] ± sd across seeds. "
         "Cost columns are seed means: wall time, epochs, training images seen (partial last epochs included) and "
-        "img/s = training images seen per wall-clock second (validation included)."
+        "img/s = training images seen per wall-clock second (validation included); capped = runs that the "
+        "train.max_minutes cap ended; device as run.json records it."
     )
     lines.append("")
     lines.append(
-        "| group | seeds | " + " | ".join(STUDY_METRICS) + " | params | wall min | epochs | images seen | train img/s |"
+        "| group | seeds | " + " | ".join(STUDY_METRICS) + " | params | wall min | epochs | images seen | train img/s "
+        "| capped | device |"
     )
-    lines.append("|---|---:|" + "---|" * len(STUDY_METRICS) + "---:|---:|---:|---:|---:|")
+    lines.append("|---|---:|" + "---|" * len(STUDY_METRICS) + "---:|---:|---:|---:|---:|---:|---|")
     for g in result["groups"]:
         c = g["cost"]
         cells = [_fmt_ci(g["metrics"][m]) for m in STUDY_METRICS]
         lines.append(
             f"| {g['name']} | {len(g['runs'])} | " + " | ".join(cells) + f" | {c['params']:,} | {c['wall_min']:.1f} | "
-            f"{c['epochs']:.0f} | {c['images_seen']:,.0f} | {c['train_img_per_s']:.1f} |"
+            f"{c['epochs']:.0f} | {c['images_seen']:,.0f} | {c['train_img_per_s']:.1f} | "
+            f"{c['capped']}/{len(g['runs'])} | {c['device']} |"
         )
     if len(sizes) > 1:
         lines += ["", f"## Resolution extrapolation: macro AUROC by test size (trained at {result['train_size']})", ""]
@@ -261,7 +265,8 @@ def run_study(
                 "epochs": float(np.mean([c["epochs"] or np.nan for c in costs])),
                 "images_seen": float(np.mean([c["images_seen"] or np.nan for c in costs])),
                 "train_img_per_s": float(np.mean([c["train_img_per_s"] for c in costs])),
-                "device": costs[0]["device"],
+                "device": " / ".join(sorted({str(c["device"]) for c in costs})),
+                "capped": sum(bool(c["hit_time_cap"]) for c in costs),
             },
             "extrapolation": [],
         }
