@@ -122,7 +122,7 @@ def test_resume_with_a_changed_config_is_refused_with_the_diff(phantom_root, tmp
         train(cfg, tmp_path / "fresh", resume=True)
 
 
-def test_run_json_names_the_commit_the_run_started_with(phantom_root, tmp_path, monkeypatch):
+def test_run_json_names_the_commit_the_run_started_with_and_its_threads(phantom_root, tmp_path, monkeypatch):
     from functools import lru_cache
 
     from popevit.training import run as run_mod
@@ -131,7 +131,9 @@ def test_run_json_names_the_commit_the_run_started_with(phantom_root, tmp_path, 
     head = lru_cache(maxsize=1)(lambda: "b" * 40 if (run / "checkpoints").exists() else "a" * 40)
     monkeypatch.setattr(run_mod, "_git_commit", head)  # HEAD "moves" once training has written a checkpoint
     train(load_config(None, [*TINY, "train.max_epochs=1", f"data.data={phantom_root}"]), run)
-    assert json.loads((run / "run.json").read_text())["git_commit"] == "a" * 40
+    info = json.loads((run / "run.json").read_text())
+    assert info["git_commit"] == "a" * 40
+    assert info["device"] == f"cpu (1 thread of {os.cpu_count()} cores)"  # TINY trains with train.threads=1
 
 
 def test_resume_accepts_a_run_saved_before_a_config_key_existed(tmp_path):

@@ -287,6 +287,12 @@ def fit_and_load_best(
     return FitOutcome(wall, best, best_path)
 
 
+def _cpu_device() -> str:
+    """The CPU budget a run had: the torch threads it trained with and the machine's cores."""
+    n = torch.get_num_threads()
+    return f"cpu ({n} thread{'s' if n > 1 else ''} of {os.cpu_count()} cores)"
+
+
 def provenance(
     fit: FitOutcome, trainer: Any, manifest: Path | None, on_gpu: bool, precision: str, resume: bool
 ) -> dict[str, Any]:
@@ -309,7 +315,7 @@ def provenance(
         "best_checkpoint": Path(fit.best_path).name if fit.best_path else None,
         "images_seen": seen,
         "hit_time_cap": time_left is not None and time_left <= 0,
-        "device": torch.cuda.get_device_name() if on_gpu else f"cpu ({os.cpu_count()} cores)",
+        "device": torch.cuda.get_device_name() if on_gpu else _cpu_device(),
         "precision": precision,
         "resumed": resume,
     }
