@@ -56,6 +56,9 @@ def test_a_perfectly_separated_validation_set_leaves_t_unidentified_and_says_so(
     with pytest.warns(UserWarning, match=r"sits at the search bound.*to 0 \(every image right"):
         t = fit_temperature(y, softmax(z, axis=1))
     assert temperature_at_bound(t) and t < 0.02
+    z[np.arange(200), y] += 50.0  # so wide that the NLL is flat to machine precision: the fit still ends at the bound
+    with pytest.warns(UserWarning, match="sits at the search bound"):
+        assert temperature_at_bound(fit_temperature(y, softmax(z, axis=1)))
     y2, proba2 = _overconfident(2000, 1.5)
     assert not temperature_at_bound(fit_temperature(y2, proba2))
 

@@ -86,12 +86,13 @@ def test_group_runs_by_seed_suffix(tmp_path, monkeypatch):
     runs = [tmp_path / n for n in ("pope-s0", "pope-s1", "rope-s0", "rope-s1", "cnn")]
     assert group_runs(runs) == [runs[:2], runs[2:4], runs[4:]]
     # a run linked under another name is grouped (and paired by seed) by the link's name, not its target's
-    for n in ("pope-s0", "old_name-s7"):
+    for n in ("pope-s0", "pope-s1", "rope-s5"):
         (tmp_path / n).mkdir()
-    (tmp_path / "rope-s0").symlink_to(tmp_path / "old_name-s7")
-    assert group_runs([tmp_path / "pope-s0", tmp_path / "rope-s0"]) == [[tmp_path / "pope-s0"], [tmp_path / "rope-s0"]]
-    assert match_pairs([tmp_path / "pope-s0"], [tmp_path / "rope-s0"]) == [(0, 0)]
-    assert group_name([tmp_path / "rope-s0"]) == "rope"
+    (tmp_path / "rope-s1").symlink_to(tmp_path / "pope-s1")  # the target's name would join it to the pope group
+    a, b = [tmp_path / "pope-s0", tmp_path / "pope-s1"], [tmp_path / "rope-s5", tmp_path / "rope-s1"]
+    assert group_runs([*a, *b]) == [a, b]
+    assert match_pairs(a, b) == [(1, 1)]  # paired by the link's seed, 1, not by position
+    assert group_name([tmp_path / "rope-s1"]) == "rope"
     monkeypatch.chdir(tmp_path / "pope-s0")
     assert group_runs(["."]) == [[Path(".")]] and group_name([Path(".")]) == "pope"
 

@@ -29,7 +29,10 @@ def _make_run(run: Path, pos_enc: str, seed: int, manifest: Path) -> Path:
         create_model("vit_tiny", **kwargs), ModelMeta("vit_tiny", kwargs, CLASSES, PreprocessConfig(img_size=32)), run
     )
     (run / "manifest.csv").write_bytes(manifest.read_bytes())
-    (run / "run.json").write_text(json.dumps({"wall_s": 60.0, "epochs": 2, "device": "cpu (test)"}))
+    info = {"wall_s": 60.0, "epochs": 2, "device": "cpu (test)"}
+    if pos_enc == "pope":  # the other runs stand for ones recorded before hit_time_cap existed
+        info["hit_time_cap"] = seed == 0
+    (run / "run.json").write_text(json.dumps(info))
     return run
 
 
@@ -114,14 +117,14 @@ def test_study_cli_table_extrapolation_and_tests(study_runs, tmp_path, monkeypat
         app, [*map(str, runs), "--sizes", "40,48", "--out", str(out), "--n-boot", "50", "--device", "cpu"]
     )
     assert cli.exit_code == 0, cli.output
+    assert "compare-40px/compare.md" in cli.output and "compare-48px/compare.md" in cli.output
     res = json.loads((out / "study.json").read_text())
     assert [g["name"] for g in res["groups"]] == ["pope", "rope_axial"]
     assert res["train_size"] == 32 and res["sizes"] == [32, 40, 48]
     for g, pe in zip(res["groups"], ("pope", "rope_axial"), strict=True):
         model, _ = load_artifact(runs[0 if pe == "pope" else 2])
         assert g["cost"]["params"] == sum(p.numel() for p in model.state_dict().values())
-        info = json.loads((runs[0] / "run.json").read_text())
-        assert g["cost"]["device"] == info["device"] and g["cost"]["capped"] == 0  # no cap was set
+        assert g["cost"]["device"] == "cpu (test)" and g["cost"]["capped"] == (1 if pe == "pope" else None)
         assert g["cost"]["train_img_per_s"] == pytest.approx(g["cost"]["epochs"] * _n_train(runs[0]) / 60.0)
         assert [e["size"] for e in g["extrapolation"]] == [32, 40, 48]
         # the training-size point of the curve is the table's value
@@ -135,7 +138,8 @@ def test_study_cli_table_extrapolation_and_tests(study_runs, tmp_path, monkeypat
     }
     assert (out / "extrapolation.png").read_bytes()[:4] == b"\x89PNG"
     md = (out / "study.md").read_text()
-    assert "| pope vs" not in md and "48 px" in md and f"| 0/2 | {info['device']} |" in md
+    assert "| pope vs" not in md and "48 px" in md
+    assert "| 1/2 | cpu (test) |" in md and "| ?/2 | cpu (test) |" in md  # unknown is not shown as "not capped"
     compare = json.loads((out / "compare" / "compare.json").read_text())
     assert [c["a"] for c in compare["comparisons"]] == ["pope"] and len(compare["comparisons"][0]["pairs"]) == 2
     # the paired tests again at each extra size, on the predictions behind the extrapolation curve

@@ -29,12 +29,12 @@ def compare(
     device: str | None = typer.Option(None, "--device", help="torch device (default: cuda if available)."),
 ) -> None:
     """Paired bootstrap CIs of differences, McNemar's exact test and DeLong's test, printed and saved."""
-    from popevit.evaluation.compare import compare_runs, group_runs, to_markdown
+    from popevit.evaluation.compare import compare_runs, group_runs, run_name, to_markdown
 
     groups = [[r] for r in runs] if no_group else group_runs(runs)
     if len(groups) < 2:
         raise typer.BadParameter(
-            f"all {len(runs)} runs fall in one group ({[r.name for r in runs]}); pass runs of two recipes, "
+            f"all {len(runs)} runs fall in one group ({[run_name(r) for r in runs]}); pass runs of two recipes, "
             "or --no-group to compare the runs one by one",
             param_hint="RUNS",
         )

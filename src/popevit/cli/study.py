@@ -51,5 +51,5 @@ def study(
     )
     typer.echo((out / "study.md").read_text())
     typer.echo(f"wrote {out}/study.md, study.csv, study.json" + (", extrapolation.png" if "plot" in result else ""))
-    if "compare" in result:
-        typer.echo(f"paired tests: {result['compare']}")
+    for path in [result["compare"], *result.get("compare_sizes", [])] if "compare" in result else []:
+        typer.echo(f"paired tests: {path}")

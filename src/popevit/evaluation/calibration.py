@@ -17,7 +17,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
-EPS = float(np.finfo(np.float32).tiny)  # the smallest probability a float32 softmax yields before 0
+EPS = float(np.finfo(np.float32).tiny)  # the smallest normal float32: below it a float32 softmax is subnormal or 0
 LOG_T_BOUNDS = (-4.0, 4.0)  # T in [0.018, 55]
 
 

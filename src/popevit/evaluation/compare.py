@@ -67,7 +67,7 @@ def group_runs(runs: Sequence[str | Path]) -> list[list[Path]]:
 
 def group_name(runs: Sequence[Path]) -> str:
     bases = {split_seed(run_name(r))[0] for r in runs}
-    return bases.pop() if len(bases) == 1 else "+".join(Path(r).name for r in runs)
+    return bases.pop() if len(bases) == 1 else "+".join(run_name(r) for r in runs)
 
 
 def run_predictions(
@@ -287,7 +287,7 @@ def compare_runs(
     result = compare_predictions(
         grouped,
         [group_name(g) for g in groups],
-        [[r.name for r in g] for g in groups],
+        [[run_name(r) for r in g] for g in groups],
         n_boot=n_boot,
         seed=seed,
         pairs=pairs,

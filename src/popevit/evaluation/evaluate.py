@@ -282,7 +282,8 @@ def evaluate_run(
             of the patch size.
         calibrate: temperature-scale the probabilities with a ``T`` fitted on the run's validation split (same
             preprocessing and ``tta``); ``metrics.json`` gains a ``calibration`` record with ``T``, the validation
-            NLL before and after, and the uncalibrated ECE and log loss. Refused when the evaluated images include
+            NLL before and after, the uncalibrated ECE and log loss, and ``at_bound`` (T not identified: the
+            validation split is separated perfectly; a warning says so). Refused when the evaluated images include
             validation images.
 
     Returns:

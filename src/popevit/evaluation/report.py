@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from popevit import __version__
-from popevit.evaluation.compare import align, compare_predictions, group_name, group_runs, match_pairs, to_markdown
+from popevit.evaluation.compare import (
+    align,
+    compare_predictions,
+    group_name,
+    group_runs,
+    match_pairs,
+    run_name,
+    to_markdown,
+)
 from popevit.evaluation.evaluate import EVAL_DIR, METRICS
 from popevit.evaluation.plots import plot_training_curves
 from popevit.evaluation.predictions import PREDICTIONS, Predictions
@@ -232,7 +240,7 @@ def _comparison_section(runs: Sequence[Path], n_boot: int, seed: int) -> str:
         result = compare_predictions(
             grouped,
             [group_name(g) for g in groups],
-            [[r.name for r in g] for g in groups],
+            [[run_name(r) for r in g] for g in groups],
             n_boot=n_boot,
             seed=seed,
             pairs={(i, j): match_pairs(groups[i], groups[j]) for i, j in combinations(range(len(groups)), 2)},

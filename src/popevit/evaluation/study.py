@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from popevit.evaluation.compare import align, compare_runs, group_name, run_predictions
+from popevit.evaluation.compare import align, compare_runs, group_name, run_name, run_predictions
 from popevit.evaluation.evaluate import write_json
 from popevit.evaluation.metrics import normalize_proba, percentile_ci, weighted_metrics
 from popevit.evaluation.stats import bootstrap_seed_means
@@ -129,7 +129,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"| {g['name']} | {len(g['runs'])} | " + " | ".join(cells) + f" | {c['params']:,} | {c['wall_min']:.1f} | "
             f"{c['epochs']:.0f} | {c['images_seen']:,.0f} | {c['train_img_per_s']:.1f} | "
-            f"{c['capped']}/{len(g['runs'])} | {c['device']} |"
+            f"{'?' if c['capped'] is None else c['capped']}/{len(g['runs'])} | {c['device']} |"
         )
     if len(sizes) > 1:
         lines += ["", f"## Resolution extrapolation: macro AUROC by test size (trained at {result['train_size']})", ""]
@@ -255,7 +255,7 @@ def run_study(
         costs = [run_cost(r) for r in g]
         entry: dict[str, Any] = {
             "name": group_name(g),
-            "runs": [r.name for r in g],
+            "runs": [run_name(r) for r in g],
             "metrics": seed_mean_with_ci(
                 y, [per_size[train_size][i].proba for i in idx], classes, n_boot=n_boot, seed=seed
             ),
@@ -265,8 +265,11 @@ def run_study(
                 "epochs": float(np.mean([c["epochs"] or np.nan for c in costs])),
                 "images_seen": float(np.mean([c["images_seen"] or np.nan for c in costs])),
                 "train_img_per_s": float(np.mean([c["train_img_per_s"] for c in costs])),
-                "device": " / ".join(sorted({str(c["device"]) for c in costs})),
-                "capped": sum(bool(c["hit_time_cap"]) for c in costs),
+                "device": " / ".join(sorted({c["device"] or "unknown" for c in costs})),
+                # None when a run.json predates the record: the table shows "?", not a claim that no cap ended it
+                "capped": None
+                if any(c["hit_time_cap"] is None for c in costs)
+                else sum(c["hit_time_cap"] for c in costs),
             },
             "extrapolation": [],
         }
@@ -308,4 +311,5 @@ def run_study(
         for size in all_sizes:  # is one encoding's extrapolation better? the same paired tests at each other size
             if size != train_size:
                 compare_runs(groups, out=out / f"compare-{size}px", img_size=size, **kw)
+                result.setdefault("compare_sizes", []).append(str(out / f"compare-{size}px" / "compare.md"))
     return result

@@ -24,16 +24,21 @@ from popevit.models import create_model
 from popevit.training.optim import build_optimizer, warmup_cosine
 
 
-def load_teacher(run_dir: str | Path, classes: list[str], student_kwargs: dict[str, Any]) -> torch.nn.Module:
-    """A frozen teacher from a run folder, checked against the student's classes and input format."""
-    from popevit.artifact import load_artifact
-
+def _teacher_dir(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     if not (run_dir / "model.json").is_file():
         raise FileNotFoundError(
             f"distillation teacher {str(run_dir)!r} is not a finished run folder (no model.json); train the teacher "
             "first (e.g. `popevit train --config configs/cpu_resnet18.yaml ...`) and pass its run folder"
         )
+    return run_dir
+
+
+def load_teacher(run_dir: str | Path, classes: list[str], student_kwargs: dict[str, Any]) -> torch.nn.Module:
+    """A frozen teacher from a run folder, checked against the student's classes and input format."""
+    from popevit.artifact import load_artifact
+
+    run_dir = _teacher_dir(run_dir)
     teacher, meta = load_artifact(run_dir)
     if list(meta.classes) != list(classes):
         raise ValueError(
@@ -56,7 +61,7 @@ def check_teacher_preprocess(run_dir: str | Path, preprocess: PreprocessConfig) 
     """Refuse a teacher trained on differently preprocessed images: it is fed the student's batches as they are."""
     from popevit.artifact import load_meta
 
-    theirs, ours = load_meta(run_dir).preprocess.model_dump(), preprocess.model_dump()
+    theirs, ours = load_meta(_teacher_dir(run_dir)).preprocess.model_dump(), preprocess.model_dump()
     differ = [k for k in ours if theirs.get(k) != ours[k]]
     if differ:
         raise ValueError(

@@ -25,11 +25,11 @@ import subprocess
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from popevit import __version__
 from popevit.artifact import ModelMeta, atomic_write_bytes, save_artifact
@@ -49,16 +49,25 @@ class RunResult:
     epochs: int
 
 
-@lru_cache(maxsize=1)
+_HEAD: list[str] = []  # the commit, once read: the imported code does not change within a process
+
+
 def _git_commit() -> str | None:
-    """HEAD of the source tree, read once per process (``prepare_run_dir`` reads it as a run starts), so run.json names
-    the code the run imported even when HEAD moves while it trains."""
+    """HEAD of the source tree, read once per process; ``prepare_run_dir`` reads it before the first run of a
+    process trains, so run.json names the code the run imported even when HEAD moves while it trains. A failed read
+    is not cached."""
+    if _HEAD:
+        return _HEAD[0]
     try:
         root = Path(__file__).resolve().parents[3]
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+    head = out.stdout.strip()
+    if out.returncode != 0 or not head:  # not a git checkout (an installed wheel)
+        return None
+    _HEAD.append(head)
+    return head
 
 
 def model_kwargs(cfg: ExperimentConfig, num_classes: int) -> dict[str, Any]:
@@ -125,7 +134,7 @@ def _check_resume(cfg: ExperimentConfig, out_dir: Path) -> None:
     requested = dump_config(cfg)
     try:
         saved = dump_config(load_config(saved_path))
-    except ConfigError:  # e.g. a key popevit has since dropped: show the file as it is
+    except (ConfigError, yaml.YAMLError):  # e.g. a key popevit has since dropped: show the file as it is
         saved = saved_path.read_text()
     if saved != requested:
         diff = "".join(difflib.unified_diff(saved.splitlines(True), requested.splitlines(True), "saved", "requested"))
