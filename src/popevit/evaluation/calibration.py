@@ -45,10 +45,11 @@ def fit_temperature(y: np.ndarray, proba: np.ndarray) -> float:
     if len(y) == 0 or len(y) != len(proba):
         raise ValueError(f"need one label per row of probabilities to fit a temperature, got {len(y)} and {len(proba)}")
     res = minimize_scalar(lambda t: nll(y, proba, float(np.exp(t))), bounds=LOG_T_BOUNDS, method="bounded")
-    log_t = float(res.x)
+    log_t, best = float(res.x), float(res.fun)
     for end in LOG_T_BOUNDS:  # the NLL may be flat to machine precision near an end: then that end is the fit
-        if nll(y, proba, float(np.exp(end))) <= nll(y, proba, float(np.exp(log_t))):
-            log_t = end
+        at_end = nll(y, proba, float(np.exp(end)))
+        if at_end <= best:
+            log_t, best = end, at_end
     t = float(np.exp(log_t))
     if temperature_at_bound(t):
         toward = "0 (every image right with a margin)" if log_t < 0 else "infinity (predictions no better than chance)"

@@ -305,11 +305,13 @@ def run_study(
     if len(all_sizes) > 1:
         result["plot"] = str(plot_extrapolation(result, out / "extrapolation.png"))
     if paired_tests and len(groups) > 1:
-        kw = {"manifest": manifest, "split": split, "n_boot": n_boot, "seed": seed, "calibrate": calibrate}
-        compare_runs(groups, out=out / "compare", **kw)
-        result["compare"] = str(out / "compare" / "compare.md")
-        for size in all_sizes:  # is one encoding's extrapolation better? the same paired tests at each other size
-            if size != train_size:
-                compare_runs(groups, out=out / f"compare-{size}px", img_size=size, **kw)
-                result.setdefault("compare_sizes", []).append(str(out / f"compare-{size}px" / "compare.md"))
+        # at the training size, then the same tests at each extra size: is one encoding's extrapolation better?
+        for size in all_sizes:
+            extra = size != train_size
+            folder = out / (f"compare-{size}px" if extra else "compare")
+            compare_runs(groups, out=folder, img_size=size if extra else None, **kw)
+            if extra:
+                result.setdefault("compare_sizes", []).append(str(folder / "compare.md"))
+            else:
+                result["compare"] = str(folder / "compare.md")
     return result
