@@ -6,6 +6,7 @@ and its keyword arguments, the class list in output order, and the preprocessing
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -55,6 +56,11 @@ class ModelMeta:
             preprocess=PreprocessConfig.model_validate(d["preprocess"]),
             extra=d.get("extra", {}),
         )
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (weights, manifests: what a record says it was made from)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def atomic_write_bytes(path: Path, write: Any) -> None:

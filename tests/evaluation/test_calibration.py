@@ -69,7 +69,7 @@ def test_tiny_probabilities_are_not_flattened_before_scaling():
     np.testing.assert_allclose(scaled[:, 1], [1e-10, np.sqrt(1e-15)], rtol=1e-3)
 
 
-def test_evaluate_calibrate_fits_on_val_and_scales_the_test_predictions(tmp_path, phantom_root):
+def test_evaluate_calibrate_fits_on_val_and_scales_the_test_predictions(tmp_path, phantom_root, monkeypatch):
     from popevit.config import load_config
     from popevit.training import train
 
@@ -106,6 +106,9 @@ def test_evaluate_calibrate_fits_on_val_and_scales_the_test_predictions(tmp_path
     assert cal["metrics"]["accuracy"]["value"] == raw["metrics"]["accuracy"]["value"]
     with pytest.raises(ValueError, match="validation images"):
         evaluate_run(run, split="val", calibrate=True, **kw)
+    monkeypatch.chdir(phantom_root.parent)  # the same images by a relative path are still validation images
+    with pytest.raises(ValueError, match="validation images"):
+        evaluate_run(run, data=phantom_root.name, calibrate=True, **kw)
     # study --calibrate reads the temperature-scaled predictions (and would make them if missing)
     from popevit.evaluation.study import run_study
 

@@ -196,3 +196,44 @@ def test_validation_split_reproduces_training_metrics(manifest, cache, tmp_path,
     assert m["f1_macro"] == pytest.approx(logged["val/f1_macro"], abs=1e-6)
     assert m["auroc_macro"] == pytest.approx(logged["val/auroc_macro"], abs=1e-5)
     assert m["log_loss"] == pytest.approx(logged["val/loss"], abs=1e-5)  # unweighted CE when class_weighted=False
+
+
+def test_cached_predictions_are_reused_only_for_their_source_and_weights(manifest, cache, tmp_path):
+    """``RUN/eval/<tag>`` keeps only a source's last path part: another manifest of the same file name, or retrained
+    weights, must be evaluated again, not served the old predictions."""
+    import os
+
+    from popevit.artifact import ModelMeta, save_artifact
+    from popevit.evaluation.compare import run_predictions
+    from popevit.models import create_model
+
+    run = _make_run(tmp_path / "tiny-s0", CLASSES, manifest)
+    lines = manifest.read_text().splitlines(keepends=True)
+    first_test = next(i for i, r in enumerate(lines) if ",test," in r)
+    for name, text in (("a", lines), ("b", lines[:first_test] + lines[first_test + 1 :])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "split.csv").write_text("".join(text))
+    kw = {"split": "test", "n_boot": 20, "cache_dir": cache, "device": "cpu", "plots": False}
+    pa = run_predictions(run, manifest=tmp_path / "a" / "split.csv", **kw)
+    pb = run_predictions(run, manifest=tmp_path / "b" / "split.csv", **kw)  # same folder: eval/split-test
+    assert len(pb.paths) == len(pa.paths) - 1
+    cached = run / "eval" / "split-test" / "predictions.csv"
+    before = cached.stat().st_mtime_ns
+    assert run_predictions(run, manifest=tmp_path / "b" / "split.csv", **kw).paths == pb.paths
+    assert cached.stat().st_mtime_ns == before  # nothing changed: reused
+    torch.manual_seed(1)  # retrain: new weights in the same run folder
+    kwargs = {"num_classes": 4, "in_chans": 1, "img_size": 32, "pos_enc": "pope"}
+    save_artifact(create_model("vit_tiny", **kwargs), ModelMeta("vit_tiny", kwargs, CLASSES, PRE), run)
+    pc = run_predictions(run, manifest=tmp_path / "b" / "split.csv", **kw)
+    assert pc.paths == pb.paths and not np.allclose(pc.proba, pb.proba)
+    # records made before metrics.json held the weights' hash are judged by modification time
+    record = json.loads((cached.parent / "metrics.json").read_text())
+    del record["model"]["weights_sha256"]
+    (cached.parent / "metrics.json").write_text(json.dumps(record))
+    weights_time = (run / "model.safetensors").stat().st_mtime
+    os.utime(cached, (weights_time + 5, weights_time + 5))
+    run_predictions(run, manifest=tmp_path / "b" / "split.csv", **kw)
+    assert cached.stat().st_mtime == weights_time + 5  # newer than the weights: reused
+    os.utime(cached, (weights_time - 5, weights_time - 5))
+    run_predictions(run, manifest=tmp_path / "b" / "split.csv", **kw)
+    assert cached.stat().st_mtime > weights_time  # older than the weights: evaluated again

@@ -83,6 +83,12 @@ def default_eval_dir(
     return Path(run_dir) / EVAL_DIR / eval_tag(data, manifest, split, tta, img_size, calibrate)
 
 
+def source_location(run_dir: str | Path, data: str | Path | None, manifest: str | Path | None) -> str:
+    """The evaluated source as an absolute path: the image folder, the manifest, or the run's own ``manifest.csv``."""
+    src = data if data is not None else manifest if manifest is not None else Path(run_dir) / "manifest.csv"
+    return str(Path(src).resolve())
+
+
 def resize_preprocess(meta: Any, model: Any, img_size: int | None) -> Any:
     """The run's preprocessing at input size ``img_size`` (resolution extrapolation), checked against the model.
 
@@ -151,6 +157,7 @@ def load_eval_samples(
         opts.pop("class_map", None)  # manifests hold class names already
         samples = load_samples(manifest=Path(manifest), split=split, **opts)
         source = {"manifest": str(manifest), "split": split}
+    source["resolved"] = source_location(run_dir, data, manifest)
     data_classes = list(samples.classes)
     if sorted(data_classes) != sorted(model_classes):
         missing = sorted(set(model_classes) - set(data_classes))
@@ -289,7 +296,7 @@ def evaluate_run(
     Returns:
         The content of ``metrics.json`` (with ``out`` added).
     """
-    from popevit.artifact import load_artifact
+    from popevit.artifact import WEIGHTS, file_sha256, load_artifact
     from popevit.data.dataset import ImageDataset
 
     run_dir = Path(run_dir)
@@ -309,7 +316,7 @@ def evaluate_run(
     calibration = None
     if calibrate:
         val_paths, val_y, _ = load_eval_samples(run_dir, classes, split="val")
-        overlap = len(set(val_paths) & set(paths))
+        overlap = len({Path(p).resolve() for p in val_paths} & {Path(p).resolve() for p in paths})
         if overlap:
             raise ValueError(
                 f"--calibrate fits the temperature on the run's validation split, and {overlap} of the {len(paths)} "
@@ -333,7 +340,7 @@ def evaluate_run(
 
     result: dict[str, Any] = {
         "run": str(run_dir),
-        "model": {"name": meta.name, "kwargs": meta.kwargs},
+        "model": {"name": meta.name, "kwargs": meta.kwargs, "weights_sha256": file_sha256(run_dir / WEIGHTS)},
         "classes": classes,
         "source": source,
         "tta": tta,

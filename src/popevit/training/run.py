@@ -17,7 +17,6 @@ A run directory holds everything needed to audit and reuse the run::
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import os
 import shutil
@@ -32,7 +31,7 @@ import torch
 import yaml
 
 from popevit import __version__
-from popevit.artifact import ModelMeta, atomic_write_bytes, save_artifact
+from popevit.artifact import ModelMeta, atomic_write_bytes, file_sha256, save_artifact
 from popevit.config import ConfigError, ExperimentConfig, dump_config, load_config
 
 
@@ -162,10 +161,6 @@ def _wait_for(*paths: Path, timeout_s: float = 600.0) -> Path:
             )
         time.sleep(0.5)
     return paths[-1]
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def prepare_run_dir(cfg: ExperimentConfig, out_dir: Path, resume: bool) -> Path:
@@ -317,7 +312,7 @@ def provenance(
     return {
         "popevit_version": __version__,
         "git_commit": _git_commit(),
-        "manifest_sha256": None if manifest is None else _sha256(manifest),
+        "manifest_sha256": None if manifest is None else file_sha256(manifest),
         "wall_s": round(fit.wall_s, 2),
         "epochs": trainer.current_epoch,
         "best_epoch": fit.best.get("epoch") if fit.best else None,
