@@ -10,7 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from popevit.evaluation.compare import compare_runs, group_name, group_runs, match_pairs, split_seed, to_markdown
+from popevit.evaluation.compare import (
+    compare_runs,
+    group_name,
+    group_names,
+    group_runs,
+    match_pairs,
+    split_seed,
+    to_markdown,
+)
 from popevit.evaluation.evaluate import METRICS, format_metrics, summarize
 from popevit.evaluation.plots import plot_all
 from popevit.evaluation.predictions import PREDICTIONS, Predictions
@@ -39,7 +47,7 @@ def _fake_run(root: Path, name: str, skill: float, seed: int, plots: bool = Fals
     result = {
         "run": str(run),
         "classes": CLASSES,
-        "source": {"manifest": "m.csv", "split": "test"},
+        "source": {"manifest": str(run / "manifest.csv"), "split": "test"},
         "tta": False,
         "bootstrap": {"method": "percentile", "n_boot": 200, "seed": 0},
         **summarize(preds, 200, 0),
@@ -83,6 +91,8 @@ def test_group_runs_by_seed_suffix(tmp_path, monkeypatch):
     assert split_seed("pope-s3") == ("pope", 3) and split_seed("rope_seed12") == ("rope", 12)
     assert split_seed("pos_enc-pope_seed-2") == ("pos_enc-pope", 2)  # sweep trial folders
     assert split_seed("baseline") == ("baseline", None)
+    # a seed suffix needs its separator: these name a patch size and an image size, not seeds 16 and 224
+    assert split_seed("dino-vits16") == ("dino-vits16", None) and split_seed("rope-res224") == ("rope-res224", None)
     runs = [tmp_path / n for n in ("pope-s0", "pope-s1", "rope-s0", "rope-s1", "cnn")]
     assert group_runs(runs) == [runs[:2], runs[2:4], runs[4:]]
     # a run linked under another name is grouped (and paired by seed) by the link's name, not its target's
@@ -198,3 +208,47 @@ def test_compare_and_report_cli(tmp_path):
     res = CliRunner().invoke(app, ["report", *runs[:2], "--out", str(tmp_path / "r.html"), "--n-boot", "50"])
     assert res.exit_code == 0, res.output
     assert "On evaluation 'test'" in (tmp_path / "r.html").read_text()
+
+
+def test_groups_that_share_a_name_are_named_by_their_runs(tmp_path):
+    runs = [_fake_run(tmp_path, f"pope-s{s}", 2.0, seed=s) for s in range(2)]
+    assert group_names([[r] for r in runs]) == ["pope-s0", "pope-s1"]  # --no-group: not "pope" twice
+    assert group_names([runs]) == ["pope"]
+    result = compare_runs([[r] for r in runs], n_boot=50)
+    assert [g["name"] for g in result["groups"]] == ["pope-s0", "pope-s1"]
+    assert "| pope-s0 | pope-s1 | auroc_macro |" in to_markdown(result)
+
+
+def test_compare_warns_when_a_group_pools_different_models(tmp_path, caplog):
+    from popevit.artifact import ModelMeta, save_artifact
+    from popevit.config import PreprocessConfig
+    from popevit.models import create_model
+
+    runs = [_fake_run(tmp_path, name, 2.0, seed=i) for i, name in enumerate(["vit-s8", "vit-s16", "cnn-s8"])]
+    for run, patch in zip(runs, (8, 16, 8), strict=True):
+        kwargs = {"num_classes": 4, "in_chans": 1, "img_size": 32, "patch_size": patch}
+        meta = ModelMeta("vit_tiny", kwargs, CLASSES, PreprocessConfig())
+        save_artifact(create_model("vit_tiny", **kwargs), meta, run)
+        # the cached predictions stand for these weights: recorded after them, as `popevit evaluate` would
+        (run / "eval" / "test" / PREDICTIONS).touch()
+    with caplog.at_level("WARNING", logger="popevit.evaluation.compare"):
+        compare_runs(group_runs(runs), n_boot=20)
+    (warning,) = [r.getMessage() for r in caplog.records if "pools different models" in r.getMessage()]
+    assert "'vit'" in warning and "patch_size': 8" in warning and "patch_size': 16" in warning
+
+
+def test_compare_cli_reports_bad_input_in_one_line(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from popevit.cli.compare import compare
+
+    a, b = _fake_run(tmp_path, "a", 2.0, seed=0), _fake_run(tmp_path, "b", 2.0, seed=1)
+    preds = Predictions.load(b / "eval" / "test" / PREDICTIONS)
+    preds.subset(np.arange(N) > 0).save(b / "eval" / "test" / PREDICTIONS)
+    app = typer.Typer()
+    app.command()(compare)
+    cli = CliRunner().invoke(app, [str(a), str(b), "--out", str(tmp_path / "cmp"), "--n-boot", "20"])
+    assert cli.exit_code == 2
+    assert "error: runs were evaluated on different images: 1 only in" in cli.output
+    assert "Traceback" not in cli.output

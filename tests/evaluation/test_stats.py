@@ -73,6 +73,13 @@ def test_delong_identical_models():
     assert r["diff"] == 0 and r["p_value"] == 1.0
 
 
+def test_delong_without_variance_is_undefined_not_significant():
+    target = np.array([1, 1, 0, 0], bool)
+    perfect, constant = np.array([0.9, 0.8, 0.1, 0.2]), np.full(4, 0.5)  # AUROC 1 vs 0.5, zero variance estimate
+    r = delong_test(target, perfect, constant)
+    assert r["diff"] == 0.5 and np.isnan(r["z"]) and np.isnan(r["p_value"])  # not p = 0 from 4 images
+
+
 def test_paired_bootstrap():
     rng = np.random.default_rng(0)
     n, classes = 200, ["a", "b", "c"]
@@ -87,3 +94,13 @@ def test_paired_bootstrap():
         assert 0 < r[m]["lo"] <= r[m]["diff"] <= r[m]["hi"]
         assert r[m]["p_value"] < 0.01
     assert r == paired_bootstrap(y, [good, good * 1.01], [bad], classes, n_boot=300, seed=0)
+    assert r["accuracy"]["n_valid"] == 300 == r["auroc_macro"]["n_valid"]
+
+
+def test_paired_bootstrap_counts_the_resamples_where_macro_auroc_is_defined():
+    rng = np.random.default_rng(1)
+    y = np.r_[np.zeros(60, int), np.ones(57, int), np.full(3, 2)]  # class c: 3 of 120 images
+    a, b = rng.dirichlet(np.ones(3), 120), rng.dirichlet(np.ones(3), 120)
+    r = paired_bootstrap(y, [a], [b], ["a", "b", "c"], n_boot=400, seed=0)
+    assert r["accuracy"]["n_valid"] == 400
+    assert 300 < r["auroc_macro"]["n_valid"] < 400  # (1 - 3/120)^120 = 5% of resamples lack class c

@@ -155,3 +155,19 @@ def test_study_cli_table_extrapolation_and_tests(study_runs, tmp_path, monkeypat
 def _n_train(run: Path) -> int:
     with open(run / "manifest.csv", newline="") as fh:
         return sum(r["split"] == "train" for r in csv.DictReader(fh))
+
+
+def test_study_aligns_every_size_to_the_training_size_images(study_runs, tmp_path, monkeypatch):
+    from popevit.evaluation.study import run_study
+
+    cache, runs = study_runs
+    monkeypatch.setenv("POPEVIT_CACHE", str(cache))
+    kw = {"sizes": [40], "n_boot": 30, "device": "cpu", "paired_tests": False}
+    first = run_study([runs[:2]], out=tmp_path / "a", **kw)
+    for run in runs[:2]:  # the same predictions at 40 px, rows in another order
+        path = run / "eval" / "test-40px" / "predictions.csv"
+        preds = Predictions.load(path)
+        preds.reorder(preds.paths[::-1]).save(path)
+    second = run_study([runs[:2]], out=tmp_path / "b", **kw)
+    curve = [g["extrapolation"] for g in (first["groups"][0], second["groups"][0])]
+    assert curve[0] == curve[1] and curve[0][1]["size"] == 40

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from popevit.cli.errors import user_errors
+
 
 def bench(
     json_out: Annotated[Path | None, typer.Option("--json", help="write every figure to this JSON file")] = None,
@@ -45,16 +47,13 @@ def bench(
     )
     if pe:
         options["pes"] = list(pe)
-    try:
+    with user_errors(RuntimeError):
         if quick:
             cfg = quick_config(**options)
         else:
             cfg = BenchConfig(
                 sizes=[s.strip() for s in sizes.split(",") if s.strip()], epoch_max_steps=epoch_steps, **options
             )
-    except (ValueError, RuntimeError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
     res = run_bench(cfg, log=lambda s: typer.echo(f"[bench] {s}", err=True))
     text = to_markdown(res)
     typer.echo(text)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from popevit.cli.errors import user_errors
+
 
 def compare(
     runs: list[Path] = typer.Argument(
@@ -38,19 +40,20 @@ def compare(
             "or --no-group to compare the runs one by one",
             param_hint="RUNS",
         )
-    result = compare_runs(
-        groups,
-        data=data,
-        manifest=manifest,
-        split=split,
-        tta=tta,
-        calibrate=calibrate,
-        img_size=img_size,
-        n_boot=n_boot,
-        seed=seed,
-        out=out,
-        batch_size=batch_size,
-        device=device,
-    )
+    with user_errors():
+        result = compare_runs(
+            groups,
+            data=data,
+            manifest=manifest,
+            split=split,
+            tta=tta,
+            calibrate=calibrate,
+            img_size=img_size,
+            n_boot=n_boot,
+            seed=seed,
+            out=out,
+            batch_size=batch_size,
+            device=device,
+        )
     typer.echo(to_markdown(result))
     typer.echo(f"wrote {out}/compare.json and {out}/compare.md")

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from popevit.cli.errors import user_errors
+
 
 def evaluate(
     run: Path = typer.Argument(..., help="Run folder (holds model.safetensors + model.json)."),
@@ -31,21 +33,22 @@ def evaluate(
     """Evaluate a run: predictions.csv, metrics.json (95% bootstrap CIs) and PNG plots."""
     from popevit.evaluation.evaluate import evaluate_run, format_metrics
 
-    result = evaluate_run(
-        run,
-        data=data,
-        manifest=manifest,
-        split=split,
-        tta=tta,
-        out=out,
-        dedup_against=dedup_against,
-        n_boot=n_boot,
-        seed=seed,
-        batch_size=batch_size,
-        device=device,
-        img_size=img_size,
-        calibrate=calibrate,
-    )
+    with user_errors():
+        result = evaluate_run(
+            run,
+            data=data,
+            manifest=manifest,
+            split=split,
+            tta=tta,
+            out=out,
+            dedup_against=dedup_against,
+            n_boot=n_boot,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            img_size=img_size,
+            calibrate=calibrate,
+        )
     typer.echo(format_metrics(result))
     if calibrate:
         c = result["calibration"]

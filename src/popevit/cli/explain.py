@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from popevit.cli.errors import user_errors
+
 
 def explain(
     run: Annotated[Path, typer.Argument(help="run folder (holds model.safetensors + model.json)")],
@@ -31,15 +33,12 @@ def explain(
     """Explain a run's predictions: overlays beside the original, galleries of mistakes and confident hits."""
     from popevit.explain import explain_run
 
-    try:
+    with user_errors():
         result = explain_run(
             run, images=images or None, data=data, manifest=manifest, split=split, method=method, target=target,
             out=out, faithfulness=faithfulness, max_images=max_images, head_fusion=head_fusion,
             discard_ratio=discard_ratio, device=device, seed=seed,
         )  # fmt: skip
-    except (FileNotFoundError, ValueError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
     typer.echo(f"explained {len(result.paths)} images with {', '.join(result.methods)} -> {result.out}")
     if result.faithfulness is not None:
         f = result.faithfulness

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from popevit.cli.errors import user_errors
 from popevit.cli.train import source_overrides
 
 
@@ -29,12 +30,9 @@ def pretrain(
     from popevit.pretrain.run import pretrain as run_pretrain
     from popevit.training import RunDirError
 
-    try:
+    with user_errors(ConfigError, RunDirError, TypeError):
         cfg = load_config(config, source_overrides(set_, data, manifest))
         result = run_pretrain(cfg, Path(out) if out is not None else Path("runs") / cfg.name, resume=resume)
-    except (ConfigError, RunDirError, FileNotFoundError, ValueError, TypeError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
     typer.echo(
         f"done in {result.wall_s:.0f} s, {result.epochs} epochs; best validation reconstruction loss "
         f"{result.best_val_loss:.4f}"

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from popevit.cli.errors import user_errors
+
 
 def study(
     runs: list[Path] = typer.Argument(..., help="Run folders; seed suffixes (-s0, _seed-1) group them by model."),
@@ -36,19 +38,20 @@ def study(
         raise typer.BadParameter(
             f"--sizes must be comma-separated integers, got {sizes!r}", param_hint="--sizes"
         ) from err
-    result = run_study(
-        group_runs(runs),
-        sizes=size_list,
-        manifest=manifest,
-        split=split,
-        out=out,
-        n_boot=n_boot,
-        seed=seed,
-        batch_size=batch_size,
-        device=device,
-        paired_tests=not no_tests,
-        calibrate=calibrate,
-    )
+    with user_errors():
+        result = run_study(
+            group_runs(runs),
+            sizes=size_list,
+            manifest=manifest,
+            split=split,
+            out=out,
+            n_boot=n_boot,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            paired_tests=not no_tests,
+            calibrate=calibrate,
+        )
     typer.echo((out / "study.md").read_text())
     typer.echo(f"wrote {out}/study.md, study.csv, study.json" + (", extrapolation.png" if "plot" in result else ""))
     for path in [result["compare"], *result.get("compare_sizes", [])] if "compare" in result else []:

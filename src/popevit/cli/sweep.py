@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from popevit.cli.errors import user_errors
+
 STORAGE_HELP = (
     "Optuna RDB storage URL. Default sqlite:///OUT/sweep.db (one machine; several processes may share it). "
     "For several machines on one study, point every worker at one PostgreSQL database, e.g. "
@@ -62,7 +64,7 @@ def sweep(
     overrides = source_overrides(set_, data, manifest)
     if dataset is not None:
         overrides.append(f"data.dataset={dataset}")
-    try:
+    with user_errors(ConfigError, RunDirError, RuntimeError):
         base = load_config(config, overrides)
         seed_list = [int(s) for s in seeds.split(",")] if seeds else [base.train.seed]
         space = SearchSpace.from_specs(list(grid or []), list(range_ or []), seed_list)
@@ -70,9 +72,6 @@ def sweep(
             config, overrides, space, out or Path("sweeps") / base.name, storage, study_name, n_trials, sampler_seed
         )
         result = run_sweep(spec)
-    except (ConfigError, RunDirError, FileNotFoundError, ValueError, RuntimeError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
     typer.echo(
         f"study {result.study_name!r} ({result.storage}): {result.complete}/{result.expected} trials complete; "
         f"this run trained {result.trained}, reused {result.reused}, failed {result.failed}"

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from popevit.cli.errors import user_errors
+
 
 def source_overrides(set_: list[str] | None, data: Path | None, manifest: Path | None) -> list[str]:
     """``--set`` items plus the overrides that ``--data`` / ``--manifest`` stand for (one excludes the other)."""
@@ -44,11 +46,8 @@ def train(
         overrides.append(f"train.seed={seed}")
     if dataset is not None:
         overrides.append(f"data.dataset={dataset}")
-    try:
+    with user_errors(ConfigError, RunDirError):
         result = train_from_files(config, overrides, out, resume=resume, init=init)
-    except (ConfigError, RunDirError, FileNotFoundError, ValueError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
     if result.val_metrics:
         per_class = {f"val/auroc_{c}" for c in result.classes}
         shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.val_metrics.items()) if k not in per_class)

@@ -18,6 +18,8 @@ Runs are grouped by folder name with a trailing seed suffix removed (``-s0``, ``
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -27,12 +29,21 @@ from typing import Any
 
 import numpy as np
 
-from popevit.evaluation.evaluate import METRICS, default_eval_dir, evaluate_run, resolve_split, write_json
+from popevit.evaluation.evaluate import (
+    METRICS,
+    default_eval_dir,
+    evaluate_run,
+    resolve_split,
+    source_location,
+    write_json,
+)
 from popevit.evaluation.metrics import point_metrics
 from popevit.evaluation.predictions import PREDICTIONS, Predictions
 from popevit.evaluation.stats import delong_test, mcnemar_exact, paired_bootstrap
 
-SEED_SUFFIX = re.compile(r"^(?P<base>.+?)[-_.]?(?:s|seed)[-_]?(?P<seed>\d+)$")
+log = logging.getLogger(__name__)
+
+SEED_SUFFIX = re.compile(r"^(?P<base>.+?)[-_.](?:s|seed)[-_]?(?P<seed>\d+)$")
 SUMMARY_METRICS = ("auroc_macro", "accuracy", "balanced_accuracy", "f1_macro", "log_loss", "ece")
 TESTED_METRICS = ("auroc_macro", "accuracy")
 
@@ -70,6 +81,32 @@ def group_name(runs: Sequence[Path]) -> str:
     return bases.pop() if len(bases) == 1 else "+".join(run_name(r) for r in runs)
 
 
+def group_names(groups: Sequence[Sequence[Path]]) -> list[str]:
+    """One name per group (:func:`group_name`), made unique: groups that would share a name are named by their runs
+    (``compare --no-group pope-s0 pope-s1`` gives ``pope-s0`` and ``pope-s1``, not ``pope`` twice)."""
+    names = [group_name(g) for g in groups]
+    return ["+".join(run_name(r) for r in g) if names.count(n) > 1 else n for n, g in zip(names, groups, strict=True)]
+
+
+def warn_mixed_models(groups: Sequence[Sequence[Path]]) -> None:
+    """Log a warning for every group whose runs are different models (name or keyword arguments in ``model.json``).
+
+    Runs are grouped as seeds by folder name alone, so ``vit-s8`` and ``vit-s16`` (patch sizes, not seeds) would be
+    pooled as seeds 8 and 16 of ``vit``."""
+    from popevit.artifact import META, load_meta
+
+    for g in groups:
+        models = {run_name(r): load_meta(r) for r in g if (Path(r) / META).is_file()}
+        kinds = {(m.name, json.dumps(m.kwargs, sort_keys=True)) for m in models.values()}
+        if len(kinds) > 1:
+            log.warning(
+                "group %r pools different models as seeds: %s; name the runs <model>-s<seed> so that one group is "
+                "one model, or pass --no-group",
+                group_name(g),
+                {n: f"{m.name} {m.kwargs}" for n, m in models.items()},
+            )
+
+
 def run_predictions(
     run: Path,
     *,
@@ -85,7 +122,10 @@ def run_predictions(
     reused from ``RUN/eval/<tag>/`` when there, else evaluated now."""
     split = resolve_split(data, split)
     eval_dir = default_eval_dir(run, data, manifest, split, tta, img_size, calibrate)
-    if not ((eval_dir / PREDICTIONS).is_file() and (eval_dir / METRICS).is_file()):
+    stale = stale_predictions(eval_dir, run, data=data, manifest=manifest, split=split)
+    if stale is not None:
+        if (eval_dir / PREDICTIONS).is_file():
+            log.warning("re-evaluating %s: the predictions in %s cannot be reused (%s)", run, eval_dir, stale)
         evaluate_run(
             run,
             data=data,
@@ -98,6 +138,38 @@ def run_predictions(
             **eval_kwargs,
         )
     return Predictions.load(eval_dir / PREDICTIONS)
+
+
+def stale_predictions(
+    eval_dir: Path, run: Path, *, data: str | Path | None, manifest: str | Path | None, split: str | None
+) -> str | None:
+    """Why the predictions in ``eval_dir`` cannot stand for evaluating ``run`` on this source, or None when they can.
+
+    The folder's name (:func:`popevit.evaluation.evaluate.eval_tag`) keeps only the last part of a source's path, and
+    says nothing of the weights, so another source or a retrained run can map to the same folder: ``metrics.json``
+    decides. Records written before it held the weights' hash are checked by modification time instead.
+    """
+    from popevit.artifact import WEIGHTS, file_sha256
+
+    preds, metrics = eval_dir / PREDICTIONS, eval_dir / METRICS
+    if not (preds.is_file() and metrics.is_file()):
+        return "none there"
+    record = json.loads(metrics.read_text())
+    weights = Path(run) / WEIGHTS
+    if weights.is_file():
+        recorded = record.get("model", {}).get("weights_sha256")
+        if recorded is not None and recorded != file_sha256(weights):
+            return f"{weights} changed since they were made"
+        if recorded is None and weights.stat().st_mtime > preds.stat().st_mtime:
+            return f"{weights} is newer than they are"
+    source = record.get("source", {})
+    made_on = source.get("resolved") or str(Path(source.get("data") or source.get("manifest") or "").resolve())
+    wanted = source_location(run, data, manifest)
+    if made_on != wanted:
+        return f"they were made on {made_on}, not {wanted}"
+    if source.get("split") != split:
+        return f"they were made on split {source.get('split')!r}, not {split!r}"
+    return None
 
 
 def align(preds: Sequence[Predictions], names: Sequence[str]) -> list[Predictions]:
@@ -261,6 +333,7 @@ def compare_runs(
             f"compare needs at least two non-empty groups of runs, got {[len(g) for g in groups]}; "
             "pass two or more run folders"
         )
+    warn_mixed_models(groups)
     flat = [r for g in groups for r in g]
     preds = [
         run_predictions(
@@ -286,7 +359,7 @@ def compare_runs(
     pairs = {(i, j): match_pairs(groups[i], groups[j]) for i, j in combinations(range(len(groups)), 2)}
     result = compare_predictions(
         grouped,
-        [group_name(g) for g in groups],
+        group_names(groups),
         [[run_name(r) for r in g] for g in groups],
         n_boot=n_boot,
         seed=seed,
@@ -309,6 +382,8 @@ def compare_runs(
 
 
 def _fmt_p(p: float) -> str:
+    if not np.isfinite(p):
+        return "n/a"
     return f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
 
 
@@ -328,9 +403,11 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines.append("|---|---|---|---:|---:|---:|---|---:|")
     for c in result["comparisons"]:
         for m, r in c["paired_bootstrap"].items():
+            valid = r.get("n_valid", b["n_boot"])  # resamples where the metric is defined (every class drawn)
+            note = f" (on {valid} of {b['n_boot']} resamples)" if valid < b["n_boot"] else ""
             lines.append(
                 f"| {c['a']} | {c['b']} | {m} | {r['a']:.4f} | {r['b']:.4f} | {r['diff']:+.4f} | "
-                f"[{r['lo']:+.4f}, {r['hi']:+.4f}] | {_fmt_p(r['p_value'])} |"
+                f"[{r['lo']:+.4f}, {r['hi']:+.4f}]{note} | {_fmt_p(r['p_value'])} |"
             )
     lines += ["", "## McNemar (exact) and DeLong per matched pair of runs", ""]
     classes = result["classes"]

@@ -26,7 +26,7 @@ from popevit import __version__
 from popevit.evaluation.compare import (
     align,
     compare_predictions,
-    group_name,
+    group_names,
     group_runs,
     match_pairs,
     run_name,
@@ -239,7 +239,7 @@ def _comparison_section(runs: Sequence[Path], n_boot: int, seed: int) -> str:
             k += len(g)
         result = compare_predictions(
             grouped,
-            [group_name(g) for g in groups],
+            group_names(groups),
             [[run_name(r) for r in g] for g in groups],
             n_boot=n_boot,
             seed=seed,

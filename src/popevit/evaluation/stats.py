@@ -89,13 +89,15 @@ def delong_test(target: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) ->
         score_b: (n,) scores of model B, on the same samples.
 
     Returns:
-        ``auc_a``, ``auc_b``, ``diff`` (a - b), ``se`` of the difference, ``z`` and ``p_value``.
+        ``auc_a``, ``auc_b``, ``diff`` (a - b), ``se`` of the difference, ``z`` and ``p_value``. With a zero variance
+        estimate, equal AUROCs give ``z = 0, p = 1``; different ones give NaN (the test is not defined, e.g. one model
+        separates the classes perfectly and the other not at all), never a p of 0.
     """
     auc, cov = delong_covariance(target, np.stack([score_a, score_b]))
     diff = float(auc[0] - auc[1])
     var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
-    if var <= 1e-15:  # identical rankings: no evidence of a difference
-        z, p = 0.0, 1.0 if abs(diff) < 1e-12 else 0.0
+    if var <= 1e-15:  # no spread to test against: identical rankings, or degenerate (AUROC 0/1 vs constant) scores
+        z, p = (0.0, 1.0) if abs(diff) < 1e-12 else (float("nan"), float("nan"))
     else:
         z = diff / np.sqrt(var)
         p = float(2 * stats.norm.sf(abs(z)))
@@ -155,9 +157,10 @@ def paired_bootstrap(
         level: confidence level.
 
     Returns:
-        Metric -> ``{"a", "b", "diff", "lo", "hi", "p_value"}`` (``a``, ``b``: group point values). ``p_value`` is the
-        two-sided bootstrap p: twice the smaller tail of resampled differences at or beyond 0, as
-        ``(1 + count) / (1 + n_boot)``, so its resolution is ``2 / n_boot``.
+        Metric -> ``{"a", "b", "diff", "lo", "hi", "p_value", "n_valid"}`` (``a``, ``b``: group point values).
+        ``p_value`` is the two-sided bootstrap p: twice the smaller tail of resampled differences at or beyond 0, as
+        ``(1 + count) / (1 + n_valid)``, so its resolution is ``2 / n_valid``. ``n_valid`` counts the resamples on
+        which the metric is defined (macro AUROC is not when a resample lacks a class); the CI and p use only those.
     """
     if not probas_a or not probas_b:
         raise ValueError("paired_bootstrap needs at least one run in each group")
@@ -179,5 +182,13 @@ def paired_bootstrap(
         # Monte-Carlo p-value with the +1 correction (Davison & Hinkley 1997, eq. 4.11): never exactly 0.
         tail = min((d <= 0).sum(), (d >= 0).sum())
         p = min(1.0, 2 * (1 + tail) / (1 + d.size)) if d.size else float("nan")
-        out[m] = {"a": pa[m], "b": pb[m], "diff": pa[m] - pb[m], "lo": lo, "hi": hi, "p_value": float(p)}
+        out[m] = {
+            "a": pa[m],
+            "b": pb[m],
+            "diff": pa[m] - pb[m],
+            "lo": lo,
+            "hi": hi,
+            "p_value": float(p),
+            "n_valid": int(d.size),
+        }
     return out

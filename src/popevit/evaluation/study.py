@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from popevit.evaluation.compare import align, compare_runs, group_name, run_name, run_predictions
+from popevit.evaluation.compare import align, compare_runs, group_names, run_name, run_predictions
 from popevit.evaluation.evaluate import write_json
 from popevit.evaluation.metrics import normalize_proba, percentile_ci, weighted_metrics
 from popevit.evaluation.stats import bootstrap_seed_means
@@ -231,11 +231,13 @@ def run_study(
         calibrate=calibrate,
     )
 
-    per_size: dict[int, list[Any]] = {}
-    for size in all_sizes:
-        preds = [run_predictions(r, img_size=None if size == train_size else size, **kw) for r in flat]
-        per_size[size] = align(preds, [str(r) for r in flat])
+    names = [str(r) for r in flat]
+    per_size = {train_size: align([run_predictions(r, **kw) for r in flat], names)}
     ref = per_size[train_size][0]
+    for size in all_sizes:
+        if size != train_size:  # on the training size's images, in its order: every curve shares one y
+            preds = [run_predictions(r, img_size=size, **kw) for r in flat]
+            per_size[size] = align([ref, *preds], [f"{names[0]} at {train_size} px", *names])[1:]
     y, classes = ref.y, ref.classes
 
     result: dict[str, Any] = {
@@ -249,12 +251,12 @@ def run_study(
         "groups": [],
     }
     k = 0
-    for g in groups:
+    for g, name in zip(groups, group_names(groups), strict=True):
         idx = list(range(k, k + len(g)))
         k += len(g)
         costs = [run_cost(r) for r in g]
         entry: dict[str, Any] = {
-            "name": group_name(g),
+            "name": name,
             "runs": [run_name(r) for r in g],
             "metrics": seed_mean_with_ci(
                 y, [per_size[train_size][i].proba for i in idx], classes, n_boot=n_boot, seed=seed
