@@ -202,9 +202,10 @@ def test_cached_predictions_are_reused_only_for_their_source_and_weights(manifes
     """``RUN/eval/<tag>`` keeps only a source's last path part: another manifest of the same file name, or retrained
     weights, must be evaluated again, not served the old predictions."""
     import os
+    from functools import partial
 
     from popevit.artifact import ModelMeta, save_artifact
-    from popevit.evaluation.compare import run_predictions
+    from popevit.evaluation.compare import run_predictions, stale_predictions
     from popevit.models import create_model
 
     run = _make_run(tmp_path / "tiny-s0", CLASSES, manifest)
@@ -217,6 +218,11 @@ def test_cached_predictions_are_reused_only_for_their_source_and_weights(manifes
     pa = run_predictions(run, manifest=tmp_path / "a" / "split.csv", **kw)
     pb = run_predictions(run, manifest=tmp_path / "b" / "split.csv", **kw)  # same folder: eval/split-test
     assert len(pb.paths) == len(pa.paths) - 1
+    (tmp_path / "c").mkdir()  # a byte-identical copy of b (a run copied with its eval folder) is the same source
+    (tmp_path / "c" / "split.csv").write_bytes((tmp_path / "b" / "split.csv").read_bytes())
+    stale = partial(stale_predictions, run / "eval" / "split-test", run, data=None, split="test")
+    assert stale(manifest=tmp_path / "c" / "split.csv") is None
+    assert "they were made on" in stale(manifest=tmp_path / "a" / "split.csv")
     cached = run / "eval" / "split-test" / "predictions.csv"
     before = cached.stat().st_mtime_ns
     assert run_predictions(run, manifest=tmp_path / "b" / "split.csv", **kw).paths == pb.paths

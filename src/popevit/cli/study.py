@@ -52,7 +52,7 @@ def study(
             paired_tests=not no_tests,
             calibrate=calibrate,
         )
-    typer.echo((out / "study.md").read_text())
+    typer.echo((out / "study.md").read_text(encoding="utf-8"))
     typer.echo(f"wrote {out}/study.md, study.csv, study.json" + (", extrapolation.png" if "plot" in result else ""))
     for path in [result["compare"], *result.get("compare_sizes", [])] if "compare" in result else []:
         typer.echo(f"paired tests: {path}")

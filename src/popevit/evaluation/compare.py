@@ -147,7 +147,8 @@ def stale_predictions(
 
     The folder's name (:func:`popevit.evaluation.evaluate.eval_tag`) keeps only the last part of a source's path, and
     says nothing of the weights, so another source or a retrained run can map to the same folder: ``metrics.json``
-    decides. Records written before it held the weights' hash are checked by modification time instead.
+    decides. Two manifests with the same bytes are the same source. Records written before ``metrics.json`` held the
+    weights' hash are checked by modification time instead.
     """
     from popevit.artifact import WEIGHTS, file_sha256
 
@@ -165,7 +166,8 @@ def stale_predictions(
     source = record.get("source", {})
     made_on = source.get("resolved") or str(Path(source.get("data") or source.get("manifest") or "").resolve())
     wanted = source_location(run, data, manifest)
-    if made_on != wanted:
+    same_manifest = Path(made_on).is_file() and Path(wanted).is_file() and file_sha256(made_on) == file_sha256(wanted)
+    if made_on != wanted and not same_manifest:  # a run copied with its eval folder names its old manifest.csv
         return f"they were made on {made_on}, not {wanted}"
     if source.get("split") != split:
         return f"they were made on split {source.get('split')!r}, not {split!r}"
@@ -376,7 +378,7 @@ def compare_runs(
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "compare.json", result)
-        (out / "compare.md").write_text(to_markdown(result))
+        (out / "compare.md").write_text(to_markdown(result), encoding="utf-8")
         result["out"] = str(out)
     return result
 

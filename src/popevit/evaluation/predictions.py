@@ -64,7 +64,7 @@ class Predictions:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         pred = self.pred
-        with open(path, "w", newline="") as f:
+        with open(path, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(["path", "label", "predicted", *[f"p_{c}" for c in self.classes]])
             for i, p in enumerate(self.paths):
@@ -76,7 +76,7 @@ class Predictions:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{str(path)!r} not found; run `popevit evaluate RUN` first")
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             header = next(reader)
             rows = list(reader)

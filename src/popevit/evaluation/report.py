@@ -97,7 +97,7 @@ def _data_summary(run: Path) -> str:
     parts = []
     manifest = run / "manifest.csv"
     if manifest.is_file():
-        with open(manifest, newline="") as f:
+        with open(manifest, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
         cols = list(rows[0]) if rows else []
         label_col = next((c for c in ("label", "class") if c in cols), None)

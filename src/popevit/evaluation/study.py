@@ -84,7 +84,7 @@ def run_cost(run: Path) -> dict[str, Any]:
             params += int(np.prod(f.get_slice(k).get_shape()))
     n_train = 0
     if (run / "manifest.csv").is_file():
-        with open(run / "manifest.csv", newline="") as fh:
+        with open(run / "manifest.csv", newline="", encoding="utf-8-sig") as fh:
             n_train = sum(row["split"] == "train" for row in csv.DictReader(fh))
     wall, epochs = info.get("wall_s"), info.get("epochs")
     seen = info.get("images_seen")  # counted, partial epochs included; runs made before it was recorded: estimated
@@ -292,8 +292,8 @@ def run_study(
         result["groups"].append(entry)
 
     write_json(out / "study.json", result)
-    (out / "study.md").write_text(to_markdown(result))
-    with open(out / "study.csv", "w", newline="") as fh:
+    (out / "study.md").write_text(to_markdown(result), encoding="utf-8")
+    with open(out / "study.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["group", "seeds", "metric", "test_size", "value", "lo", "hi", "sd"])
         for g in result["groups"]:
