@@ -189,6 +189,16 @@ def test_epoch_order_is_reproducible_and_resumable():
     assert list(t) != first
 
 
+def test_neighbouring_seeds_do_not_replay_each_others_epochs():
+    def order(seed: int, epoch: int) -> list[int]:
+        s = EpochShuffleSampler(50, seed=seed)
+        s.set_epoch(epoch)
+        return list(s)
+
+    assert order(0, 1) != order(1, 0) and order(3, 7) != order(7, 3) and order(2, 5) != order(5, 2)
+    assert order(1, 0) == order(1, 0)
+
+
 @pytest.mark.parametrize("in_chans", [1, 3])
 def test_datamodule_channels(phantom_root, tmp_path, in_chans):
     manifest = make_split(phantom_root, tmp_path / "m.csv")
