@@ -86,6 +86,21 @@ def test_read_manifest_errors(tmp_path):
         man.select("trian")
 
 
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        ("a.png,x,train,g1\nb.png,x,test,g1\n", r"group 'g1' in \['train', 'test'\]"),
+        ("a.png,x,train,g1\nb.png,x,val,g2\na.png,x,train,g1\n", r"lists 1 path\(s\) more than once"),
+    ],
+    ids=["group-spans-splits", "path-twice"],
+)
+def test_read_manifest_refuses_leaking_rows(tmp_path, body, match):
+    bad = tmp_path / "m.csv"
+    bad.write_text("path,label,split,group\n" + body)
+    with pytest.raises(ValueError, match=match):
+        read_manifest(bad)
+
+
 def test_load_samples_folder_and_manifest(messy_root, phantom_root, tmp_path):
     s = load_samples(data=messy_root)
     assert {p.name for p, _ in s.skipped} == {"empty.jpg", "truncated.jpg", "corrupt.png", "bomb.png"}
