@@ -86,6 +86,13 @@ def test_read_manifest_errors(tmp_path):
         man.select("trian")
 
 
+def test_manifest_is_utf8_and_a_bom_is_ignored(tmp_path):
+    bom = tmp_path / "excel.csv"
+    bom.write_bytes("path,label,split\nimgs/tumör.png,glioma,train\n".encode("utf-8-sig"))  # Excel's "CSV UTF-8"
+    row = read_manifest(bom).rows[0]
+    assert row.path == tmp_path / "imgs" / "tumör.png" and row.label == "glioma"
+
+
 @pytest.mark.parametrize(
     ("body", "match"),
     [

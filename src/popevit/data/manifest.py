@@ -203,7 +203,7 @@ def check_rows(rows: Sequence[ManifestRow], where: Path | str) -> None:
 
 
 def write_manifest(rows: Sequence[ManifestRow], out: Path) -> Path:
-    """Write rows as CSV (``\\n`` line endings, fixed column order): byte-identical for identical rows.
+    """Write rows as UTF-8 CSV (``\\n`` line endings, fixed column order): byte-identical for identical rows.
 
     Raises:
         ValueError: the rows break the leakage invariant (see :func:`check_rows`); nothing is written.
@@ -217,7 +217,7 @@ def write_manifest(rows: Sequence[ManifestRow], out: Path) -> Path:
     for r in rows:
         writer.writerow([str(r.path), r.label, r.split, r.group, r.content_hash, r.width, r.height, r.mode,
                          r.format, r.note])  # fmt: skip
-    out.write_text(buf.getvalue())
+    out.write_text(buf.getvalue(), encoding="utf-8")
     return out
 
 
@@ -268,7 +268,7 @@ def read_manifest(path: Path | str) -> Manifest:
     if not path.is_file():
         raise ValueError(f"manifest {str(path)!r} not found; create one with `popevit data split DATA --out {path}`")
     raw = path.read_bytes()
-    reader = csv.DictReader(io.StringIO(raw.decode("utf-8")))
+    reader = csv.DictReader(io.StringIO(raw.decode("utf-8-sig")))  # -sig: a BOM (Excel's "CSV UTF-8") is dropped
     missing = {"path", "label", "split"} - set(reader.fieldnames or [])
     if missing:
         raise ValueError(f"manifest {str(path)!r} lacks columns {sorted(missing)} (has {reader.fieldnames})")
