@@ -120,7 +120,8 @@ def discover(
         A :class:`Discovery` with samples sorted by path and sorted class names.
 
     Raises:
-        ValueError: missing folder, no class folders, unmapped numeric folders, unknown ``classes``.
+        ValueError: missing folder, no class folders, split folders mixed with other folders, class names that
+            differ only in letter case, unmapped numeric folders, unknown ``classes``.
     """
     root = Path(root)
     if not root.is_dir():
@@ -139,6 +140,14 @@ def discover(
         else:
             ignored.append(p)  # files at the root have no class
     split_layout = bool(top) and all(p.name.lower() in SPLIT_DIRS for p in top)
+    named_splits = [p.name for p in top if p.name.lower() in SPLIT_DIRS]
+    if named_splits and not split_layout:
+        others = [p.name for p in top if p.name.lower() not in SPLIT_DIRS]
+        raise ValueError(
+            f"folders under {str(root)!r} mix split folders {named_splits} with other folders {others}, so neither "
+            f"layout fits (<root>/<class>/* or <root>/Training/<class>/*); move {others} out of {str(root)!r} or "
+            "into a split folder, or pass one split folder as the data folder"
+        )
     parts: list[tuple[str | None, Path]] = (
         [(SPLIT_DIRS[p.name.lower()], p) for p in top] if split_layout else [(None, root)]
     )
@@ -169,6 +178,17 @@ def discover(
         unused = [k for k in class_map if k not in folders]
         if unused:
             raise ValueError(f"class map keys {unused} match no folder under {str(root)!r} (folders: {folders})")
+
+    by_case: dict[str, set[str]] = {}
+    for _, d in class_dirs:
+        label = _map_label(d.name, class_map, binary)
+        by_case.setdefault(label.lower(), set()).add(label)
+    clash = [sorted(names) for names in by_case.values() if len(names) > 1]
+    if clash:
+        raise ValueError(
+            f"classes {clash[0]} under {str(root)!r} differ only in letter case, so they would be separate classes; "
+            "rename the folders to one spelling (in every split folder)"
+        )
 
     samples: list[Sample] = []
     for split, d in class_dirs:
