@@ -86,9 +86,14 @@ def _subdirs(d: Path) -> list[Path]:
     return sorted(p for p in d.iterdir() if p.is_dir())
 
 
-def _walk_files(d: Path) -> list[Path]:
+def _walk_files(d: Path, unreadable: list[tuple[Path, str]]) -> list[Path]:
+    """Files below ``d``, sorted; folders that cannot be listed are appended to ``unreadable`` with the reason."""
     out = []
-    for dirpath, dirnames, filenames in os.walk(d):
+
+    def failed(err: OSError) -> None:
+        unreadable.append((Path(err.filename or d), err.strerror or str(err)))
+
+    for dirpath, dirnames, filenames in os.walk(d, onerror=failed):
         dirnames[:] = sorted(n for n in dirnames if not _hidden(n))
         out.extend(Path(dirpath) / n for n in filenames)
     return sorted(out)
@@ -121,7 +126,7 @@ def discover(
 
     Raises:
         ValueError: missing folder, no class folders, split folders mixed with other folders, class names that
-            differ only in letter case, unmapped numeric folders, unknown ``classes``.
+            differ only in letter case, unreadable sub-folders, unmapped numeric folders, unknown ``classes``.
     """
     root = Path(root)
     if not root.is_dir():
@@ -191,13 +196,20 @@ def discover(
         )
 
     samples: list[Sample] = []
+    unreadable: list[tuple[Path, str]] = []
     for split, d in class_dirs:
         label = _map_label(d.name, class_map, binary)
-        for f in _walk_files(d):
+        for f in _walk_files(d, unreadable):
             if is_image_file(f):
                 samples.append(Sample(path=f, label=label, split=split, folder=d.name))
             else:
                 ignored.append(f)
+    if unreadable:
+        listed = "; ".join(f"{str(p)!r}: {why}" for p, why in unreadable[:5])
+        raise ValueError(
+            f"{len(unreadable)} folder(s) under {str(root)!r} cannot be listed ({listed}), so their images would be "
+            "missed; fix their permissions or move them out of the data folder"
+        )
 
     found = sorted({s.label for s in samples})
     if classes is not None:
