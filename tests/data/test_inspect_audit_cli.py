@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from popevit.cli.data import app
-from popevit.data.audit import audit
+from popevit.data.audit import audit, format_audit
 from popevit.data.download import reachable
 from popevit.data.inspection import inspect_data
 
@@ -52,6 +52,18 @@ def test_audit_leakage_and_probes(phantom_root, tmp_path):
     assert {(x["kind"], x["path_b"].split("/")[-1]) for x in rows} == {("exact", "leak.png"), ("near", "near.jpg")}
     assert r["num_images"] == 47 and r["majority"] == pytest.approx(12 / 47)
     assert 0 <= r["shortcut_raw"] <= 1 and 0 <= r["shortcut_preprocessed"] <= 1
+
+
+@pytest.mark.parametrize("threshold", [-1, None, 0, 28])
+def test_audit_finds_exact_copies_whatever_the_near_threshold(phantom_root, tmp_path, threshold):
+    for split, names in (("train", ["glioma_0000", "glioma_0001"]), ("test", ["glioma_0001", "glioma_0002"])):
+        (tmp_path / split / "glioma").mkdir(parents=True)
+        for n in names:
+            shutil.copy(phantom_root / "glioma" / f"{n}.png", tmp_path / split / "glioma")
+    r = audit(tmp_path / "train", tmp_path / "test", near_threshold=threshold, cache_dir=tmp_path / "c", probe=False)
+    assert r["cross_exact"] == 1 and r["comparisons"][0]["b_images_with_match"] == 1
+    assert r["near_threshold"] == (None if threshold in (-1, None) else threshold)
+    assert ("near duplicates not searched" in format_audit(r)) == (r["near_threshold"] is None)
 
 
 def test_cli_synth_inspect_split_audit(tmp_path):

@@ -110,7 +110,7 @@ def audit(
     json_out: Path | None = typer.Option(None, "--json", help="write the report as JSON"),
     pairs: Path | None = typer.Option(None, "--pairs", help="CSV of leaking pairs (default: next to --json)"),
     img_size: int = typer.Option(128, "--img-size", help="preprocessing size for the preprocessed probe"),
-    near_threshold: int = typer.Option(28, "--near-threshold"),
+    near_threshold: int = typer.Option(28, "--near-threshold", help="pHash-256 Hamming threshold; -1: exact only"),
     no_probe: bool = typer.Option(False, "--no-probe", help="skip the shortcut probes"),
     cache_dir: Path | None = typer.Option(None, "--cache-dir"),
     workers: int | None = typer.Option(None, "--workers"),
