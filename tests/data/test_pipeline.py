@@ -12,9 +12,9 @@ from PIL import Image
 
 from popevit.config import AugmentConfig, DataConfig, PreprocessConfig
 from popevit.data import make_split
-from popevit.data.cache import ArrayCache, default_cache_dir
+from popevit.data.cache import ArrayCache, CacheWriteError, default_cache_dir
 from popevit.data.datamodule import EpochShuffleSampler, MRIDataModule
-from popevit.data.dataset import ImageDataset
+from popevit.data.dataset import ImageDataset, _warm
 from popevit.data.decode import load_image
 from popevit.data.preprocess import background_level, crop_pad_square, foreground_box, preprocess_image, to_tensor
 from popevit.data.transforms import build_eval_transform, build_train_transform
@@ -111,6 +111,20 @@ def test_two_processes_fill_cache_at_once(phantom_root, tmp_path):
         assert pool.map(_fill, [(paths, tmp_path), (paths, tmp_path)]) == [0, 0]
     cache = ArrayCache(tmp_path, CFG)
     assert len(list(cache.dir.rglob("*.npy"))) == 12 and not list(cache.dir.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("where", ["prepare", "worker"])
+def test_cache_write_failure_is_raised_not_a_dropped_image(phantom_root, tmp_path, monkeypatch, where):
+    def disk_full(self, digest, arr):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ArrayCache, "put", disk_full)
+    paths = sorted((phantom_root / "glioma").glob("*.png"))[:2]
+    with pytest.raises(CacheWriteError, match=r"No space left on device.*\$POPEVIT_CACHE"):
+        if where == "prepare":
+            ImageDataset(paths, [0, 0], CFG, cache_dir=tmp_path).prepare(workers=1)
+        else:
+            _warm((str(paths[0]), None, tmp_path, CFG))  # what each process of prepare(workers>1) runs
 
 
 def test_default_cache_dir(monkeypatch, tmp_path):
