@@ -89,6 +89,25 @@ def test_cli_synth_inspect_split_audit(tmp_path):
     assert res.exit_code == 2 and "does not exist" in res.output
 
 
+@pytest.mark.parametrize("command", ["split", "inspect", "audit"])
+def test_cli_unwritable_output_is_a_clean_error(phantom_root, tmp_path, command):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")  # a file where the output folder should be: fails for root too
+    out = str(blocker / "out.csv")
+    args = {
+        "split": ["split", str(phantom_root), "--out", out],
+        "inspect": ["inspect", str(phantom_root), "--json", out],
+        "audit": ["audit", "--train", str(phantom_root), "--json", out, "--no-probe"],
+    }[command]
+    res = runner.invoke(app, [*args, "--cache-dir", str(tmp_path / "c")])
+    assert res.exit_code == 2 and "error: " in res.output and str(blocker) in res.output, res.output
+
+
+def test_cli_audit_missing_train_names_the_right_flag(tmp_path):
+    res = runner.invoke(app, ["audit", "--train", str(tmp_path / "missing.csv"), "--no-probe"])
+    assert res.exit_code == 2 and "--train" in res.output and "--data" not in res.output, res.output
+
+
 def test_download_fails_fast_offline(tmp_path):
     assert reachable("host.invalid", timeout=1.0) is False
     if reachable(timeout=2.0):

@@ -131,6 +131,9 @@ def audit(
     from popevit.data.cache import default_cache_dir
     from popevit.data.dataset import ImageDataset
 
+    for flag, src in (("--train", train), ("--test", test)):
+        if src is not None and not Path(src).exists():
+            raise ValueError(f"{flag} {str(src)!r} does not exist; pass a data folder or a manifest CSV")
     cache_root = default_cache_dir(cache_dir)
     sets = _load_sets(Path(train))
     comparisons: list[tuple[_Set, _Set]] = []
