@@ -51,6 +51,42 @@ def test_official_split_layout(phantom_root, tmp_path):
     assert {(s.split, s.label) for s in d.samples} == {(a, b) for a in ("train", "test") for b in ("glioma", "notumor")}
 
 
+@pytest.mark.parametrize(
+    ("folders", "match"),
+    [
+        (
+            ["Training/glioma", "Testing/glioma", "extra"],
+            r"mix split folders \['Testing', 'Training'\] with other folders \['extra'\]",
+        ),
+        (["Training/Glioma", "Testing/glioma"], r"classes \['Glioma', 'glioma'\] .* differ only in letter case"),
+        (["Glioma", "glioma"], r"classes \['Glioma', 'glioma'\] .* differ only in letter case"),
+    ],
+    ids=["split-and-class-folders", "case-across-splits", "case-in-one-folder"],
+)
+def test_ambiguous_layouts_are_errors(tmp_path, folders, match):
+    for f in folders:
+        (tmp_path / f).mkdir(parents=True)
+        Image.new("L", (8, 8)).save(tmp_path / f / "a.png")
+    with pytest.raises(ValueError, match=match):
+        discover(tmp_path)
+
+
+def test_unreadable_subfolder_is_an_error_not_a_silent_gap(tmp_path, monkeypatch):
+    (tmp_path / "glioma" / "series1").mkdir(parents=True)
+    Image.new("L", (8, 8)).save(tmp_path / "glioma" / "series1" / "a.png")
+    Image.new("L", (8, 8)).save(tmp_path / "glioma" / "b.png")
+    scandir = os.scandir
+
+    def denied(path="."):  # a folder without read permission; chmod would not stop root
+        if os.fspath(path).endswith("series1"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", denied)
+    with pytest.raises(ValueError, match=r"1 folder\(s\) .* cannot be listed .*series1'?: Permission denied"):
+        discover(tmp_path)
+
+
 def test_numeric_folders_class_map_binary_and_filters(phantom_root, tmp_path):
     for k, c in enumerate(("pituitary", "meningioma", "notumor")):
         shutil.copytree(phantom_root / c, tmp_path / str(k))

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from popevit.cli.data import app
-from popevit.data.audit import audit
+from popevit.data.audit import audit, format_audit
 from popevit.data.download import reachable
 from popevit.data.inspection import inspect_data
 
@@ -54,6 +54,18 @@ def test_audit_leakage_and_probes(phantom_root, tmp_path):
     assert 0 <= r["shortcut_raw"] <= 1 and 0 <= r["shortcut_preprocessed"] <= 1
 
 
+@pytest.mark.parametrize("threshold", [-1, None, 0, 28])
+def test_audit_finds_exact_copies_whatever_the_near_threshold(phantom_root, tmp_path, threshold):
+    for split, names in (("train", ["glioma_0000", "glioma_0001"]), ("test", ["glioma_0001", "glioma_0002"])):
+        (tmp_path / split / "glioma").mkdir(parents=True)
+        for n in names:
+            shutil.copy(phantom_root / "glioma" / f"{n}.png", tmp_path / split / "glioma")
+    r = audit(tmp_path / "train", tmp_path / "test", near_threshold=threshold, cache_dir=tmp_path / "c", probe=False)
+    assert r["cross_exact"] == 1 and r["comparisons"][0]["b_images_with_match"] == 1
+    assert r["near_threshold"] == (None if threshold in (-1, None) else threshold)
+    assert ("near duplicates not searched" in format_audit(r)) == (r["near_threshold"] is None)
+
+
 def test_cli_synth_inspect_split_audit(tmp_path):
     data = tmp_path / "ph"
     res = runner.invoke(app, ["synth", str(data), "--per-class", "3", "--size", "32", "--seed", "1"])
@@ -75,6 +87,25 @@ def test_cli_synth_inspect_split_audit(tmp_path):
     assert a["cross_exact"] == 0 and (tmp_path / "a_pairs.csv").is_file()
     res = runner.invoke(app, ["split", str(tmp_path / "missing"), "--out", str(tmp_path / "x.csv")])
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+@pytest.mark.parametrize("command", ["split", "inspect", "audit"])
+def test_cli_unwritable_output_is_a_clean_error(phantom_root, tmp_path, command):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")  # a file where the output folder should be: fails for root too
+    out = str(blocker / "out.csv")
+    args = {
+        "split": ["split", str(phantom_root), "--out", out],
+        "inspect": ["inspect", str(phantom_root), "--json", out],
+        "audit": ["audit", "--train", str(phantom_root), "--json", out, "--no-probe"],
+    }[command]
+    res = runner.invoke(app, [*args, "--cache-dir", str(tmp_path / "c")])
+    assert res.exit_code == 2 and "error: " in res.output and str(blocker) in res.output, res.output
+
+
+def test_cli_audit_missing_train_names_the_right_flag(tmp_path):
+    res = runner.invoke(app, ["audit", "--train", str(tmp_path / "missing.csv"), "--no-probe"])
+    assert res.exit_code == 2 and "--train" in res.output and "--data" not in res.output, res.output
 
 
 def test_download_fails_fast_offline(tmp_path):

@@ -12,11 +12,11 @@ from PIL import Image
 
 from popevit.config import AugmentConfig, DataConfig, PreprocessConfig
 from popevit.data import make_split
-from popevit.data.cache import ArrayCache, default_cache_dir
+from popevit.data.cache import ArrayCache, CacheWriteError, default_cache_dir
 from popevit.data.datamodule import EpochShuffleSampler, MRIDataModule
-from popevit.data.dataset import ImageDataset
+from popevit.data.dataset import ImageDataset, _warm
 from popevit.data.decode import load_image
-from popevit.data.preprocess import foreground_box, preprocess_image, to_tensor
+from popevit.data.preprocess import background_level, crop_pad_square, foreground_box, preprocess_image, to_tensor
 from popevit.data.transforms import build_eval_transform, build_train_transform
 
 CFG = PreprocessConfig(img_size=32)
@@ -37,6 +37,30 @@ def test_foreground_crop_on_black_and_white_backgrounds():
     assert foreground_box(black.astype(np.float32)) == foreground_box(white.astype(np.float32))
     t, l, b, r = foreground_box(black.astype(np.float32))
     assert 8 <= t <= 11 and 47 <= b <= 52 and 28 <= l <= 31 and 79 <= r <= 82
+
+
+def _noisy_head() -> np.ndarray:
+    """A 300x420 float image: an off-centre ellipse (rows 30-250, columns 120-380) on a dark noisy background."""
+    yy, xx = np.mgrid[:300, :420]
+    head = np.where(((yy - 140) / 110) ** 2 + ((xx - 250) / 130) ** 2 < 1, 150.0, 8.0)
+    return (head + np.random.default_rng(0).normal(0, 4, head.shape)).astype(np.float32)
+
+
+def test_foreground_box_honours_margin():
+    gray = _noisy_head()
+    t0, l0, b0, r0 = foreground_box(gray, margin=0.0)
+    t1, l1, b1, r1 = foreground_box(gray, margin=0.1)
+    m = round(0.1 * max(b0 - t0, r0 - l0))
+    assert (t1, l1, b1, r1) == (t0 - m, l0 - m, b0 + m, r0 + m) and m > 20
+
+
+def test_crop_pad_square_output_is_unchanged():
+    """Golden crop recorded before foreground_box honoured its margin: cached arrays and results depend on it."""
+    gray = _noisy_head()
+    crop = gray[21:260, 111:390]  # (239, 279): the head box plus 2%, plus 2% of that again
+    expected = np.full((279, 279), background_level(crop), np.float32)
+    expected[20:259] = crop
+    np.testing.assert_array_equal(crop_pad_square(gray), expected)
 
 
 def test_preprocess_removes_size_and_framing():
@@ -87,6 +111,20 @@ def test_two_processes_fill_cache_at_once(phantom_root, tmp_path):
         assert pool.map(_fill, [(paths, tmp_path), (paths, tmp_path)]) == [0, 0]
     cache = ArrayCache(tmp_path, CFG)
     assert len(list(cache.dir.rglob("*.npy"))) == 12 and not list(cache.dir.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("where", ["prepare", "worker"])
+def test_cache_write_failure_is_raised_not_a_dropped_image(phantom_root, tmp_path, monkeypatch, where):
+    def disk_full(self, digest, arr):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ArrayCache, "put", disk_full)
+    paths = sorted((phantom_root / "glioma").glob("*.png"))[:2]
+    with pytest.raises(CacheWriteError, match=r"No space left on device.*\$POPEVIT_CACHE"):
+        if where == "prepare":
+            ImageDataset(paths, [0, 0], CFG, cache_dir=tmp_path).prepare(workers=1)
+        else:
+            _warm((str(paths[0]), None, tmp_path, CFG))  # what each process of prepare(workers>1) runs
 
 
 def test_default_cache_dir(monkeypatch, tmp_path):
@@ -163,6 +201,16 @@ def test_epoch_order_is_reproducible_and_resumable():
     assert list(t) == first and sorted(first) == list(range(20))
     t.set_epoch(4)
     assert list(t) != first
+
+
+def test_neighbouring_seeds_do_not_replay_each_others_epochs():
+    def order(seed: int, epoch: int) -> list[int]:
+        s = EpochShuffleSampler(50, seed=seed)
+        s.set_epoch(epoch)
+        return list(s)
+
+    assert order(0, 1) != order(1, 0) and order(3, 7) != order(7, 3) and order(2, 5) != order(5, 2)
+    assert order(1, 0) == order(1, 0)
 
 
 @pytest.mark.parametrize("in_chans", [1, 3])

@@ -5,9 +5,10 @@ from __future__ import annotations
 import shutil
 from collections import defaultdict
 
+import imagehash
 import pytest
 
-from popevit.data import load_samples, make_split, read_manifest
+from popevit.data import dedup, load_samples, make_split, read_manifest
 from popevit.data.manifest import EXCLUDED
 
 
@@ -52,6 +53,35 @@ def test_split_is_deterministic_and_seeded(phantom_root, tmp_path):
     assert all(r.path.is_absolute() for r in man.rows)
 
 
+@pytest.mark.parametrize(
+    ("module", "name", "value"),
+    [(dedup, "PREPROCESS_VERSION", 99), (imagehash, "__version__", "0.0"), (dedup, "FINGERPRINT_VERSION", 99)],
+    ids=["preprocess-version", "imagehash-version", "fingerprint-version"],
+)
+def test_fingerprint_cache_is_keyed_by_what_fingerprints_depend_on(phantom_root, tmp_path, monkeypatch, module, name,
+                                                                   value):  # fmt: skip
+    paths = sorted((phantom_root / "glioma").glob("*.png"))[:2]
+    first = dedup.fingerprint_files(paths, cache_dir=tmp_path, workers=1)
+    computed, real = [], dedup._fingerprint_bytes
+
+    def counting(path, data, digest):
+        computed.append(path)
+        return real(path, data, digest)
+
+    monkeypatch.setattr(dedup, "_fingerprint_bytes", counting)
+    assert dedup.fingerprint_files(paths, cache_dir=tmp_path, workers=1) == first and computed == []  # cache hit
+    monkeypatch.setattr(module, name, value)
+    assert dedup.fingerprint_files(paths, cache_dir=tmp_path, workers=1) == first and computed == paths  # new key
+
+
+def test_unwritable_fingerprint_cache_warns_once_and_fingerprints_anyway(phantom_root, tmp_path):
+    (tmp_path / "fingerprints").write_text("a file where the cache folder should be")  # fails for root too
+    paths = sorted((phantom_root / "glioma").glob("*.png"))[:3]
+    with pytest.warns(UserWarning, match="cannot write the fingerprint cache") as caught:
+        fps = dedup.fingerprint_files(paths, cache_dir=tmp_path, workers=1)
+    assert len(caught) == 1 and fps == dedup.fingerprint_files(paths, workers=1) and all(fp.ok for fp in fps)
+
+
 def test_official_layout_keeps_test_and_excludes_leaks(phantom_root, tmp_path):
     root = tmp_path / "d"
     for c in ("glioma", "notumor"):
@@ -84,6 +114,28 @@ def test_read_manifest_errors(tmp_path):
     assert man.rows[0].path == tmp_path / "imgs" / "x.png"
     with pytest.raises(ValueError, match="did you mean 'train'"):
         man.select("trian")
+
+
+def test_manifest_is_utf8_and_a_bom_is_ignored(tmp_path):
+    bom = tmp_path / "excel.csv"
+    bom.write_bytes("path,label,split\nimgs/tumör.png,glioma,train\n".encode("utf-8-sig"))  # Excel's "CSV UTF-8"
+    row = read_manifest(bom).rows[0]
+    assert row.path == tmp_path / "imgs" / "tumör.png" and row.label == "glioma"
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        ("a.png,x,train,g1\nb.png,x,test,g1\n", r"group 'g1' in \['train', 'test'\]"),
+        ("a.png,x,train,g1\nb.png,x,val,g2\na.png,x,train,g1\n", r"lists 1 path\(s\) more than once"),
+    ],
+    ids=["group-spans-splits", "path-twice"],
+)
+def test_read_manifest_refuses_leaking_rows(tmp_path, body, match):
+    bad = tmp_path / "m.csv"
+    bad.write_text("path,label,split,group\n" + body)
+    with pytest.raises(ValueError, match=match):
+        read_manifest(bad)
 
 
 def test_load_samples_folder_and_manifest(messy_root, phantom_root, tmp_path):

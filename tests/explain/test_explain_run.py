@@ -12,10 +12,11 @@ from PIL import Image
 
 from popevit.artifact import ModelMeta, save_artifact
 from popevit.config import PreprocessConfig
+from popevit.data.dataset import ImageDataset
 from popevit.data.decode import load_image, to_gray
 from popevit.data.preprocess import preprocess_image, rescale_uint8
 from popevit.explain import explain_run
-from popevit.explain.explain import geometry, preprocess_mask
+from popevit.explain.explain import geometry, load_item, preprocess_mask
 from popevit.models import create_model
 
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
@@ -60,6 +61,26 @@ def test_mask_geometry_is_the_image_geometry(phantom_root, tmp_path, crop):
     # The lesion is the bright/abnormal blob: its pixels differ from the rest of the preprocessed head.
     pre = preprocess_image(img, cfg).astype(float)
     assert abs(pre[mask].mean() - pre[~mask & (pre > 20)].mean()) > 5
+
+
+def test_load_item_sees_the_pixels_training_sees(tmp_path):
+    """A 512 px JPEG is decoded at a draft scale by the training cache; explanations must use the same pixels."""
+    cfg = PreprocessConfig(img_size=64)
+    yy, xx = np.mgrid[:512, :512]
+    head = ((yy - 250) / 200) ** 2 + ((xx - 260) / 170) ** 2 < 1
+    lesion = (np.abs(yy - 200) < 30) & (np.abs(xx - 300) < 40)
+    texture = np.random.default_rng(0).normal(0, 25, (512, 512))
+    img = np.clip(np.where(head, 110 + texture, 5) + 90 * lesion, 0, 255).astype(np.uint8)
+    (tmp_path / "glioma").mkdir()
+    (tmp_path / "masks" / "glioma").mkdir(parents=True)
+    path = tmp_path / "glioma" / "scan.jpg"
+    Image.fromarray(img).save(path, quality=90)
+    Image.fromarray(lesion.astype(np.uint8) * 255).save(tmp_path / "masks" / "glioma" / "scan.jpg", format="PNG")
+    item = load_item(path, 0, cfg)
+    np.testing.assert_array_equal(item.pre, ImageDataset([path], [0], cfg, cache_dir=tmp_path / "c").array(0))
+    assert item.original.shape == (512, 512) and item.mask.shape == (64, 64)
+    pre = item.pre.astype(float)
+    assert 0.02 < item.mask.mean() < 0.1 and pre[item.mask].mean() > pre[~item.mask & (pre > 20)].mean() + 40
 
 
 def test_explain_run_writes_overlays_galleries_table_maps_and_faithfulness(vit_run, phantom_root, tmp_path):

@@ -21,8 +21,16 @@ def _task(class_map: str | None, keep: str | None) -> tuple[dict[str, str] | Non
     return parse_class_map(class_map), ([c.strip() for c in keep.split(",") if c.strip()] if keep else None)
 
 
+# Bad arguments (ValueError) and unusable paths (missing folder, no permission, disk full: OSError) end in one line
+# and exit code 2, never a traceback.
+_USER_ERRORS = (ValueError, OSError)
+
+
 def _fail(err: Exception) -> None:
-    typer.echo(f"error: {err}", err=True)
+    if isinstance(err, OSError) and err.filename is not None:
+        typer.echo(f"error: {err.filename}: {err.strerror or err}", err=True)
+    else:
+        typer.echo(f"error: {err}", err=True)
     raise typer.Exit(2)
 
 
@@ -38,7 +46,7 @@ def synth(
 
     try:
         synthesize(out, per_class=per_class, size=size, seed=seed)
-    except ValueError as err:
+    except _USER_ERRORS as err:
         _fail(err)
     typer.echo(f"wrote {4 * per_class} phantoms to {out} (masks in {out / 'masks'}, table in {out / 'metadata.csv'})")
 
@@ -63,13 +71,13 @@ def inspect(
         report = inspect_data(data, class_map=cm, classes=classes, binary=binary,
                               near_threshold=None if near_threshold < 0 else near_threshold,
                               cache_dir=default_cache_dir(cache_dir), workers=workers)  # fmt: skip
-    except ValueError as err:
+        typer.echo(format_report(report))
+        if json_out is not None:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(report, indent=1))
+            typer.echo(f"report: {json_out}")
+    except _USER_ERRORS as err:
         _fail(err)
-    typer.echo(format_report(report))
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report, indent=1))
-        typer.echo(f"report: {json_out}")
 
 
 @app.command()
@@ -95,9 +103,9 @@ def split(
         make_split(data, out, seed=seed, ratios=r, class_map=cm, classes=classes, binary=binary,
                    near_threshold=None if near_threshold < 0 else near_threshold,
                    cache_dir=default_cache_dir(cache_dir), workers=workers)  # fmt: skip
-    except ValueError as err:
+        man = read_manifest(out)
+    except _USER_ERRORS as err:
         _fail(err)
-    man = read_manifest(out)
     for s, counts in man.counts().items():
         typer.echo(f"{s:<9}" + "  ".join(f"{c}={n}" for c, n in counts.items()))
     typer.echo(f"manifest: {out} (sha256 {man.sha256[:12]})")
@@ -110,7 +118,7 @@ def audit(
     json_out: Path | None = typer.Option(None, "--json", help="write the report as JSON"),
     pairs: Path | None = typer.Option(None, "--pairs", help="CSV of leaking pairs (default: next to --json)"),
     img_size: int = typer.Option(128, "--img-size", help="preprocessing size for the preprocessed probe"),
-    near_threshold: int = typer.Option(28, "--near-threshold"),
+    near_threshold: int = typer.Option(28, "--near-threshold", help="pHash-256 Hamming threshold; -1: exact only"),
     no_probe: bool = typer.Option(False, "--no-probe", help="skip the shortcut probes"),
     cache_dir: Path | None = typer.Option(None, "--cache-dir"),
     workers: int | None = typer.Option(None, "--workers"),
@@ -127,13 +135,13 @@ def audit(
         report = run_audit(train, test, near_threshold=near_threshold, pairs_csv=pairs,
                            preprocess=PreprocessConfig(img_size=img_size), cache_dir=cache_dir, workers=workers,
                            seed=seed, probe=not no_probe)  # fmt: skip
-    except ValueError as err:
+        typer.echo(format_audit(report))
+        if json_out is not None:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(report, indent=1))
+            typer.echo(f"report: {json_out}")
+    except _USER_ERRORS as err:
         _fail(err)
-    typer.echo(format_audit(report))
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report, indent=1))
-        typer.echo(f"report: {json_out}")
 
 
 @app.command()
@@ -147,6 +155,6 @@ def download(
 
     try:
         path = fetch(name, out, timeout=timeout)
-    except (ValueError, RuntimeError) as err:
+    except (*_USER_ERRORS, RuntimeError) as err:
         _fail(err)
     typer.echo(f"downloaded to {path}")

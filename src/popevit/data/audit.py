@@ -1,7 +1,8 @@
 """``popevit data audit``: leakage between sets and shortcut probes.
 
-Leakage: exact (same SHA-256) and near (canonical pHash Hamming <= threshold, :mod:`popevit.data.dedup`) matches
-between a training set and a test set, or between the splits of a manifest. Every matching pair is listed.
+Leakage: exact (same SHA-256, always searched) and near (canonical pHash Hamming <= threshold,
+:mod:`popevit.data.dedup`; a negative threshold skips them) matches between a training set and a test set, or between
+the splits of a manifest. Every matching pair is listed.
 
 Shortcut probe: the cross-validated accuracy of a random forest on *metadata only* (width, height, aspect, colour
 mode, file size, global mean and std), next to the majority-class rate. On the Kaggle set the raw probe is far above
@@ -87,11 +88,22 @@ def shortcut_probe(x: np.ndarray, y: list[str], groups: list[int], seed: int = 0
     return float(cross_val_score(clf, x, np.asarray(y), groups=groups, cv=cv).mean())
 
 
+def _cross_pairs(a: list[Fingerprint], b: list[Fingerprint], threshold: int | None) -> list[tuple[int, int, int]]:
+    """``(i, j, hamming)`` for every exact (same content hash, whatever the threshold) and near pair of a x b."""
+    in_b: dict[str, list[int]] = {}
+    for j, fp in enumerate(b):
+        in_b.setdefault(fp.content_hash, []).append(j)
+    exact = {(i, j) for i, fp in enumerate(a) for j in in_b.get(fp.content_hash, [])}
+    near = [] if threshold is None else near_pairs(a, b, threshold=threshold)
+    dist = {(i, j): d for i, j, d in near}
+    return [(i, j, dist.get((i, j), 0)) for i, j in sorted(exact | set(dist))]
+
+
 def audit(
     train: Path,
     test: Path | None = None,
     *,
-    near_threshold: int = NEAR_THRESHOLD,
+    near_threshold: int | None = NEAR_THRESHOLD,
     pairs_csv: Path | None = None,
     preprocess: PreprocessConfig | None = None,
     cache_dir: Path | None = None,
@@ -104,7 +116,7 @@ def audit(
     Args:
         train: a data folder or a manifest CSV.
         test: optional external test folder; compared against every usable image of ``train``.
-        near_threshold: pHash Hamming threshold.
+        near_threshold: pHash Hamming threshold; ``None`` or negative: exact duplicates only (as ``data split``).
         pairs_csv: where to list every leaking pair (``None``: not written).
         preprocess: preprocessing for the preprocessed probe (default: :class:`PreprocessConfig`).
         cache_dir: cache root for fingerprints and preprocessed arrays (``None``: default cache dir).
@@ -119,6 +131,9 @@ def audit(
     from popevit.data.cache import default_cache_dir
     from popevit.data.dataset import ImageDataset
 
+    for flag, src in (("--train", train), ("--test", test)):
+        if src is not None and not Path(src).exists():
+            raise ValueError(f"{flag} {str(src)!r} does not exist; pass a data folder or a manifest CSV")
     cache_root = default_cache_dir(cache_dir)
     sets = _load_sets(Path(train))
     comparisons: list[tuple[_Set, _Set]] = []
@@ -134,6 +149,8 @@ def audit(
     for fp in fingerprint_files(every, cache_dir=cache_root, workers=workers):
         fp_of[fp.path] = fp
 
+    if near_threshold is not None and near_threshold < 0:
+        near_threshold = None
     report: dict[str, Any] = {"near_threshold": near_threshold, "comparisons": [], "cross_exact": 0, "cross_near": 0}
     all_pairs: list[list[Any]] = []
     for a, b in comparisons:
@@ -141,7 +158,7 @@ def audit(
         fb = [fp_of[p] for p in b.paths if fp_of[p].ok]
         exact = near = 0
         leaking: set[Path] = set()
-        for i, j, d in near_pairs(fa, fb, threshold=near_threshold):
+        for i, j, d in _cross_pairs(fa, fb, near_threshold):
             kind = "exact" if fa[i].content_hash == fb[j].content_hash else "near"
             exact += kind == "exact"
             near += kind == "near"
@@ -199,7 +216,9 @@ def audit(
 
 def format_audit(r: dict[str, Any]) -> str:
     """Readable summary of an :func:`audit` report."""
-    lines = [f"leakage (exact = same bytes, near = pHash-256 Hamming <= {r['near_threshold']}):"]
+    t = r["near_threshold"]
+    near = "near duplicates not searched" if t is None else f"near = pHash-256 Hamming <= {t}"
+    lines = [f"leakage (exact = same bytes, {near}):"]
     if not r["comparisons"]:
         lines.append("  only one set: nothing to compare (pass --test DIR or a manifest)")
     for c in r["comparisons"]:

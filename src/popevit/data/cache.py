@@ -4,7 +4,8 @@ Layout: ``<cache>/preprocessed/<settings id>/<hash[:2]>/<hash>.npy`` where ``set
 :func:`popevit.data.preprocess.settings_key` (image size, crop, percentiles, algorithm version), stored readable in
 ``settings.json`` next to the arrays. Changing any setting selects a new folder, so stale arrays are never read.
 Writes go to a per-process temporary file renamed over the target (``os.replace`` is atomic on POSIX and Windows),
-so two processes filling the cache at once never expose a partial file; both write the same bytes.
+so two processes filling the cache at once never expose a partial file; both write the same bytes. A write that
+fails (disk full, read-only folder) raises :class:`CacheWriteError`: a problem of the machine, never of the image.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from popevit.config import PreprocessConfig
 from popevit.data.decode import DecodeError, decode_bytes, read_bytes
 from popevit.data.dedup import content_hash
 from popevit.data.preprocess import draft_size, preprocess_image, settings_key
+
+
+class CacheWriteError(OSError):
+    """The decode-once cache could not be written (disk full, permissions): the image itself is fine."""
 
 
 def default_cache_dir(configured: Path | None = None) -> Path:
@@ -43,10 +48,19 @@ class ArrayCache:
         key = settings_key(cfg)
         self.cfg = cfg
         self.dir = Path(root) / "preprocessed" / hashlib.sha256(key.encode()).hexdigest()[:16]
-        self.dir.mkdir(parents=True, exist_ok=True)
         settings = self.dir / "settings.json"
-        if not settings.exists():
-            self._atomic_write(settings, key.encode())
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if not settings.exists():
+                self._atomic_write(settings, key.encode())
+        except OSError as err:
+            raise self._write_error(err) from err
+
+    def _write_error(self, err: OSError) -> CacheWriteError:
+        return CacheWriteError(
+            f"cannot write the decode-once cache in {str(self.dir)!r} ({err.strerror or err}); free disk space or fix "
+            "the folder's permissions, or point data.cache_dir / $POPEVIT_CACHE at a writable folder"
+        )
 
     def _file(self, digest: str) -> Path:
         return self.dir / digest[:2] / f"{digest}.npy"
@@ -88,6 +102,7 @@ class ArrayCache:
 
         Raises:
             popevit.data.decode.DecodeError: unreadable file, or content changed since the manifest.
+            CacheWriteError: the array could not be stored (disk full, permissions).
         """
         data = read_bytes(path)
         digest = content_hash(data)
@@ -99,5 +114,8 @@ class ArrayCache:
         if arr is None:
             img = decode_bytes(data, path, draft=draft_size(self.cfg))
             arr = preprocess_image(img, self.cfg)
-            self.put(digest, arr)
+            try:
+                self.put(digest, arr)
+            except OSError as err:
+                raise self._write_error(err) from err
         return arr, digest

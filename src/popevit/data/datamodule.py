@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -19,20 +20,24 @@ log = logging.getLogger(__name__)
 
 
 class EpochShuffleSampler(Sampler[int]):
-    """Random order drawn from ``torch.Generator().manual_seed(seed + epoch)``.
+    """Random order drawn from a generator seeded by ``numpy.random.SeedSequence([seed, epoch])``.
 
     Lightning calls ``set_epoch`` before every epoch, so the order of epoch e is a function of (seed, e) only:
-    reproducible, and identical after resuming from a checkpoint at epoch e.
+    reproducible, and identical after resuming from a checkpoint at epoch e. Hashing the pair (rather than seeding
+    with ``seed + epoch``) keeps runs of neighbouring seeds from replaying each other's epochs one epoch apart.
     """
 
     def __init__(self, n: int, seed: int = 0) -> None:
+        if seed < 0:
+            raise ValueError(f"shuffle seed must be >= 0 (numpy SeedSequence), got {seed}; pass a non-negative seed")
         self.n, self.seed, self.epoch = n, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        key = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)[0])
+        g = torch.Generator().manual_seed(key)
         return iter(torch.randperm(self.n, generator=g).tolist())
 
     def __len__(self) -> int:

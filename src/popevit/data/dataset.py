@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from popevit.config import PreprocessConfig
-from popevit.data.cache import ArrayCache, default_cache_dir
+from popevit.data.cache import ArrayCache, CacheWriteError, default_cache_dir
 from popevit.data.decode import DecodeError
 from popevit.data.preprocess import standardize
 
@@ -25,6 +25,8 @@ def _warm(args: tuple[str, str | None, Path, PreprocessConfig]) -> tuple[str, st
         return path, digest, None
     except DecodeError as err:
         return path, None, err.reason
+    except CacheWriteError:
+        raise  # the machine's problem, not the file's: dropping the image would lose it silently
     except Exception as err:  # a hostile file must never take the run down
         return path, None, f"preprocessing failed ({type(err).__name__}: {err})"
 
@@ -112,6 +114,9 @@ class ImageDataset(Dataset):
 
         Returns:
             ``(path, reason)`` for every file that cannot be used; the caller decides what to drop.
+
+        Raises:
+            popevit.data.cache.CacheWriteError: the cache cannot be written; no image is dropped for that.
         """
         bad: list[tuple[Path, str]] = []
         todo = [i for i, a in enumerate(self._arrays) if a is None]
@@ -131,6 +136,8 @@ class ImageDataset(Dataset):
                     self.array(i)
                 except DecodeError as err:
                     reason = err.reason
+                except CacheWriteError:
+                    raise
                 except Exception as err:
                     reason = f"preprocessing failed ({type(err).__name__}: {err})"
             if reason is not None:

@@ -27,10 +27,12 @@ anatomy, as SOURCE.txt warns.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -41,7 +43,7 @@ import numpy as np
 from PIL import Image
 
 from popevit.data.decode import DecodeError, decode_bytes, extension_format, read_bytes, sniff_format, to_gray
-from popevit.data.preprocess import crop_pad_square, rescale_uint8, resize
+from popevit.data.preprocess import PREPROCESS_VERSION, crop_pad_square, rescale_uint8, resize
 
 NEAR_THRESHOLD = 28  # Hamming distance on the 256-bit canonical pHash; see the module docstring
 HASH_SIZE = 16  # pHash side: 16x16 = 256 bits
@@ -116,11 +118,19 @@ def _fingerprint_bytes(path: Path, data: bytes, digest: str) -> Fingerprint:
     )
 
 
+_unwritable: set[Path] = set()  # fingerprint cache folders already warned about in this process
+
+
 class _FingerprintCache:
-    """One small JSON per content hash under ``<cache>/fingerprints/v<N>/``; atomic writes."""
+    """One small JSON per content hash under ``<cache>/fingerprints/<key>/``; atomic, best-effort writes.
+
+    The key names everything a fingerprint depends on: this module (``FINGERPRINT_VERSION``), the crop that
+    :func:`canonical_view` borrows from preprocessing (``PREPROCESS_VERSION``) and imagehash's version.
+    """
 
     def __init__(self, root: Path | None) -> None:
-        self.dir = None if root is None else Path(root) / "fingerprints" / f"v{FINGERPRINT_VERSION}"
+        key = f"v{FINGERPRINT_VERSION}-preprocess{PREPROCESS_VERSION}-imagehash{imagehash.__version__}"
+        self.dir = None if root is None else Path(root) / "fingerprints" / key
 
     def _file(self, digest: str) -> Path:
         assert self.dir is not None
@@ -141,13 +151,24 @@ class _FingerprintCache:
         if self.dir is None or not fp.content_hash:
             return
         target = self._file(fp.content_hash)
-        target.parent.mkdir(parents=True, exist_ok=True)
         raw = asdict(fp)
         raw.pop("path")
         raw.pop("extension_format")
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(raw))
-        os.replace(tmp, target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(raw))
+            os.replace(tmp, target)
+        except OSError as err:  # a cache is an optimisation: a read-only or full disk must not stop a split
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            if self.dir not in _unwritable:
+                _unwritable.add(self.dir)
+                warnings.warn(
+                    f"cannot write the fingerprint cache {str(self.dir)!r} ({err.strerror or err}); fingerprints "
+                    "are recomputed on every run. Fix its permissions or free space, or pass another --cache-dir",
+                    stacklevel=2,
+                )
 
 
 def _one(args: tuple[Path, Path | None]) -> Fingerprint:
@@ -173,7 +194,8 @@ def fingerprint_files(
 
     Args:
         paths: image files.
-        cache_dir: cache root (fingerprints are stored under ``fingerprints/``); ``None`` disables caching.
+        cache_dir: cache root (fingerprints are stored under ``fingerprints/``; a failed write warns once and is
+            skipped); ``None`` disables caching.
         workers: processes for large inputs; default: all cores for > 256 files, else in-process.
 
     Returns:

@@ -86,9 +86,14 @@ def _subdirs(d: Path) -> list[Path]:
     return sorted(p for p in d.iterdir() if p.is_dir())
 
 
-def _walk_files(d: Path) -> list[Path]:
+def _walk_files(d: Path, unreadable: list[tuple[Path, str]]) -> list[Path]:
+    """Files below ``d``, sorted; folders that cannot be listed are appended to ``unreadable`` with the reason."""
     out = []
-    for dirpath, dirnames, filenames in os.walk(d):
+
+    def failed(err: OSError) -> None:
+        unreadable.append((Path(err.filename or d), err.strerror or str(err)))
+
+    for dirpath, dirnames, filenames in os.walk(d, onerror=failed):
         dirnames[:] = sorted(n for n in dirnames if not _hidden(n))
         out.extend(Path(dirpath) / n for n in filenames)
     return sorted(out)
@@ -120,7 +125,8 @@ def discover(
         A :class:`Discovery` with samples sorted by path and sorted class names.
 
     Raises:
-        ValueError: missing folder, no class folders, unmapped numeric folders, unknown ``classes``.
+        ValueError: missing folder, no class folders, split folders mixed with other folders, class names that
+            differ only in letter case, unreadable sub-folders, unmapped numeric folders, unknown ``classes``.
     """
     root = Path(root)
     if not root.is_dir():
@@ -139,6 +145,14 @@ def discover(
         else:
             ignored.append(p)  # files at the root have no class
     split_layout = bool(top) and all(p.name.lower() in SPLIT_DIRS for p in top)
+    named_splits = [p.name for p in top if p.name.lower() in SPLIT_DIRS]
+    if named_splits and not split_layout:
+        others = [p.name for p in top if p.name.lower() not in SPLIT_DIRS]
+        raise ValueError(
+            f"folders under {str(root)!r} mix split folders {named_splits} with other folders {others}, so neither "
+            f"layout fits (<root>/<class>/* or <root>/Training/<class>/*); move {others} out of {str(root)!r} or "
+            "into a split folder, or pass one split folder as the data folder"
+        )
     parts: list[tuple[str | None, Path]] = (
         [(SPLIT_DIRS[p.name.lower()], p) for p in top] if split_layout else [(None, root)]
     )
@@ -170,14 +184,32 @@ def discover(
         if unused:
             raise ValueError(f"class map keys {unused} match no folder under {str(root)!r} (folders: {folders})")
 
+    by_case: dict[str, set[str]] = {}
+    for _, d in class_dirs:
+        label = _map_label(d.name, class_map, binary)
+        by_case.setdefault(label.lower(), set()).add(label)
+    clash = [sorted(names) for names in by_case.values() if len(names) > 1]
+    if clash:
+        raise ValueError(
+            f"classes {clash[0]} under {str(root)!r} differ only in letter case, so they would be separate classes; "
+            "rename the folders to one spelling (in every split folder)"
+        )
+
     samples: list[Sample] = []
+    unreadable: list[tuple[Path, str]] = []
     for split, d in class_dirs:
         label = _map_label(d.name, class_map, binary)
-        for f in _walk_files(d):
+        for f in _walk_files(d, unreadable):
             if is_image_file(f):
                 samples.append(Sample(path=f, label=label, split=split, folder=d.name))
             else:
                 ignored.append(f)
+    if unreadable:
+        listed = "; ".join(f"{str(p)!r}: {why}" for p, why in unreadable[:5])
+        raise ValueError(
+            f"{len(unreadable)} folder(s) under {str(root)!r} cannot be listed ({listed}), so their images would be "
+            "missed; fix their permissions or move them out of the data folder"
+        )
 
     found = sorted({s.label for s in samples})
     if classes is not None:

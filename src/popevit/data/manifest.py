@@ -176,9 +176,40 @@ def build_rows(
     return rows
 
 
+def check_rows(rows: Sequence[ManifestRow], where: Path | str) -> None:
+    """Raise ``ValueError`` when a path is listed twice or a duplicate group lies in more than one split.
+
+    Either breaks the leakage invariant: the same image, or copies of it, would sit in train and test. Rows marked
+    ``excluded`` do not count towards a group's splits (that is how official-test leaks are kept out of training).
+    """
+    twice = sorted(str(p) for p, n in Counter(r.path for r in rows).items() if n > 1)
+    if twice:
+        raise ValueError(
+            f"manifest {str(where)!r} lists {len(twice)} path(s) more than once (e.g. {twice[:3]}); each image must "
+            "appear once: delete the extra rows or re-run `popevit data split`"
+        )
+    splits: dict[str, set[str]] = {}
+    for r in rows:
+        if r.group and r.split != EXCLUDED:
+            splits.setdefault(r.group, set()).add(r.split)
+    spanning = {g: sorted(s, key=SPLITS.index) for g, s in sorted(splits.items()) if len(s) > 1}
+    if spanning:
+        examples = "; ".join(f"group {g!r} in {s}" for g, s in list(spanning.items())[:3])
+        raise ValueError(
+            f"manifest {str(where)!r} has {len(spanning)} duplicate group(s) in more than one split ({examples}): "
+            "copies of one image would leak across splits; put each group in one split (or mark extra rows "
+            "'excluded'), or re-run `popevit data split`"
+        )
+
+
 def write_manifest(rows: Sequence[ManifestRow], out: Path) -> Path:
-    """Write rows as CSV (``\\n`` line endings, fixed column order): byte-identical for identical rows."""
+    """Write rows as UTF-8 CSV (``\\n`` line endings, fixed column order): byte-identical for identical rows.
+
+    Raises:
+        ValueError: the rows break the leakage invariant (see :func:`check_rows`); nothing is written.
+    """
     out = Path(out)
+    check_rows(rows, out)
     out.parent.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -186,7 +217,7 @@ def write_manifest(rows: Sequence[ManifestRow], out: Path) -> Path:
     for r in rows:
         writer.writerow([str(r.path), r.label, r.split, r.group, r.content_hash, r.width, r.height, r.mode,
                          r.format, r.note])  # fmt: skip
-    out.write_text(buf.getvalue())
+    out.write_text(buf.getvalue(), encoding="utf-8")
     return out
 
 
@@ -230,13 +261,14 @@ def read_manifest(path: Path | str) -> Manifest:
     """Parse a manifest CSV written by :func:`make_split` (or by hand: only ``path,label,split`` are required).
 
     Raises:
-        ValueError: missing file or required columns, unknown split names.
+        ValueError: missing file or required columns, unknown split names, a path listed twice, or a duplicate group
+            in more than one split.
     """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"manifest {str(path)!r} not found; create one with `popevit data split DATA --out {path}`")
     raw = path.read_bytes()
-    reader = csv.DictReader(io.StringIO(raw.decode("utf-8")))
+    reader = csv.DictReader(io.StringIO(raw.decode("utf-8-sig")))  # -sig: a BOM (Excel's "CSV UTF-8") is dropped
     missing = {"path", "label", "split"} - set(reader.fieldnames or [])
     if missing:
         raise ValueError(f"manifest {str(path)!r} lacks columns {sorted(missing)} (has {reader.fieldnames})")
@@ -261,5 +293,6 @@ def read_manifest(path: Path | str) -> Manifest:
                 note=rec.get("note") or "",
             )
         )
+    check_rows(rows, path)
     classes = sorted({r.label for r in rows})
     return Manifest(path=path, rows=rows, classes=classes, sha256=hashlib.sha256(raw).hexdigest())

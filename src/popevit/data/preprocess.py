@@ -7,8 +7,10 @@ The Kaggle Brain Tumor MRI set gives its class away by image size and framing (t
 2. foreground crop: the background level is the median of the image border (works for black *and* white
    backgrounds); pixels of a lightly smoothed copy (<= 128 px, for speed) differing from it by more than 12% of the
    robust (p1-p99) range are foreground; the crop is the bounding box of the largest 8-connected foreground
-   component (text labels and specks are dropped), refined at full resolution, plus a 2% margin. A second pass
-   strips frames (some Kaggle no-tumour scans are a black field on a white page);
+   component (text labels and specks are dropped), refined at full resolution. The crop adds a margin twice: 2% of
+   the head box's longer side, then 2% of that enlarged box's longer side again (about 4% in all; kept as is because
+   every cached array and recorded result depends on it). A second pass strips frames (some Kaggle no-tumour scans
+   are a black field on a white page);
 3. pad to square with the background level (centred);
 4. resize to ``img_size`` (PIL bilinear, which low-pass filters when downscaling);
 5. percentile clip (``clip_percentiles``) and rescale to 0..255 (uint8): what the decode-once cache stores;
@@ -76,7 +78,7 @@ def foreground_box(gray: np.ndarray, margin: float = _MARGIN) -> tuple[int, int,
         fr, fc = np.flatnonzero(full.any(axis=1)), np.flatnonzero(full.any(axis=0))
         if len(fr) and len(fc):
             t, b, l, r = t + fr[0], t + fr[-1] + 1, l + fc[0], l + fc[-1] + 1
-    m = round(_MARGIN * max(b - t, r - l))
+    m = round(margin * max(b - t, r - l))
     return max(0, t - m), max(0, l - m), min(h, b + m), min(w, r + m)
 
 
@@ -94,7 +96,9 @@ def crop_pad_square(gray: np.ndarray, crop_foreground: bool = True) -> np.ndarra
             h, w = gray.shape
             lo, hi = np.percentile(gray[:: max(1, h // 128), :: max(1, w // 128)], (1, 99))
             tol = _FG_FRACTION * (hi - lo)
-            t, l, b, r = foreground_box(gray, margin=0.0)
+            # Margin twice (here and below): foreground_box ignored its margin argument and always added _MARGIN,
+            # and every cached array depends on that output, so the double margin is kept on purpose.
+            t, l, b, r = foreground_box(gray, margin=_MARGIN)
             if b - t >= 0.97 * h and r - l >= 0.97 * w:
                 # Foreground fills the image: either the head does, or a field touching the edges does.
                 dy, dx = max(1, int(0.06 * h)), max(1, int(0.06 * w))

@@ -163,16 +163,27 @@ class Item:
 
 
 def load_item(path: str | Path, label: int, cfg: PreprocessConfig) -> Item:
-    """Decode, preprocess and (for phantoms) attach the aligned lesion mask of one image."""
-    from popevit.data.decode import load_image, to_gray
-    from popevit.data.phantoms import mask_path
-    from popevit.data.preprocess import preprocess_image
+    """Decode, preprocess and (for phantoms) attach the aligned lesion mask of one image.
 
-    img = load_image(path)
+    The model input is decoded as the training cache decodes it (:class:`popevit.data.cache.ArrayCache`: JPEGs at
+    a DCT draft scale, ``draft_size(cfg)``), so explanations see the pixels that training and evaluation saw. The
+    original is shown at the file's own size; a mask drawn on it is resized (nearest) to the drafted image first.
+    """
+    from popevit.data.decode import decode_bytes, read_bytes, to_gray
+    from popevit.data.phantoms import mask_path
+    from popevit.data.preprocess import draft_size, preprocess_image
+
+    data = read_bytes(Path(path))
+    img = decode_bytes(data, path, draft=draft_size(cfg))
+    full = decode_bytes(data, path) if img.format == "JPEG" else img  # only JPEGs are drafted
     pre = preprocess_image(img, cfg)
-    mp = mask_path(Path(path))
-    mask = preprocess_mask(img, Image.open(mp), cfg) if mp is not None else None
-    return Item(str(path), label, to_gray(img), pre, mask)
+    mask = None
+    if (mp := mask_path(Path(path))) is not None:
+        m = Image.open(mp)
+        if m.size == full.size != img.size:
+            m = m.convert("L").resize(img.size, Image.Resampling.NEAREST)
+        mask = preprocess_mask(img, m, cfg)
+    return Item(str(path), label, to_gray(full), pre, mask)
 
 
 def _image_labels(images: Sequence[str | Path], classes: list[str]) -> tuple[list[str], np.ndarray]:
