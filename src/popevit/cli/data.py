@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from popevit.cli.errors import user_errors
+
 app = typer.Typer(
     help="Data: synthetic phantoms, inspection, duplicate-grouped splits, leakage audits.", no_args_is_help=True
 )
@@ -21,19 +23,6 @@ def _task(class_map: str | None, keep: str | None) -> tuple[dict[str, str] | Non
     return parse_class_map(class_map), ([c.strip() for c in keep.split(",") if c.strip()] if keep else None)
 
 
-# Bad arguments (ValueError) and unusable paths (missing folder, no permission, disk full: OSError) end in one line
-# and exit code 2, never a traceback.
-_USER_ERRORS = (ValueError, OSError)
-
-
-def _fail(err: Exception) -> None:
-    if isinstance(err, OSError) and err.filename is not None:
-        typer.echo(f"error: {err.filename}: {err.strerror or err}", err=True)
-    else:
-        typer.echo(f"error: {err}", err=True)
-    raise typer.Exit(2)
-
-
 @app.command()
 def synth(
     out: Path = typer.Argument(..., help="output folder"),
@@ -44,10 +33,8 @@ def synth(
     """Write synthetic axial brain-MRI phantoms (4 classes, lesion masks, metadata.csv)."""
     from popevit.data.phantoms import synthesize
 
-    try:
+    with user_errors(OSError):
         synthesize(out, per_class=per_class, size=size, seed=seed)
-    except _USER_ERRORS as err:
-        _fail(err)
     typer.echo(f"wrote {4 * per_class} phantoms to {out} (masks in {out / 'masks'}, table in {out / 'metadata.csv'})")
 
 
@@ -66,7 +53,7 @@ def inspect(
     from popevit.data.cache import default_cache_dir
     from popevit.data.inspection import format_report, inspect_data
 
-    try:
+    with user_errors(OSError):
         cm, classes = _task(class_map, keep)
         report = inspect_data(data, class_map=cm, classes=classes, binary=binary,
                               near_threshold=None if near_threshold < 0 else near_threshold,
@@ -76,8 +63,6 @@ def inspect(
             json_out.parent.mkdir(parents=True, exist_ok=True)
             json_out.write_text(json.dumps(report, indent=1))
             typer.echo(f"report: {json_out}")
-    except _USER_ERRORS as err:
-        _fail(err)
 
 
 @app.command()
@@ -97,15 +82,13 @@ def split(
     from popevit.data.cache import default_cache_dir
     from popevit.data.manifest import make_split, read_manifest
 
-    try:
+    with user_errors(OSError):
         r = tuple(float(x) for x in ratios.split(","))
         cm, classes = _task(class_map, keep)
         make_split(data, out, seed=seed, ratios=r, class_map=cm, classes=classes, binary=binary,
                    near_threshold=None if near_threshold < 0 else near_threshold,
                    cache_dir=default_cache_dir(cache_dir), workers=workers)  # fmt: skip
         man = read_manifest(out)
-    except _USER_ERRORS as err:
-        _fail(err)
     for s, counts in man.counts().items():
         typer.echo(f"{s:<9}" + "  ".join(f"{c}={n}" for c, n in counts.items()))
     typer.echo(f"manifest: {out} (sha256 {man.sha256[:12]})")
@@ -131,7 +114,7 @@ def audit(
 
     if pairs is None and json_out is not None:
         pairs = json_out.with_name(json_out.stem + "_pairs.csv")
-    try:
+    with user_errors(OSError):
         report = run_audit(train, test, near_threshold=near_threshold, pairs_csv=pairs,
                            preprocess=PreprocessConfig(img_size=img_size), cache_dir=cache_dir, workers=workers,
                            seed=seed, probe=not no_probe)  # fmt: skip
@@ -140,8 +123,6 @@ def audit(
             json_out.parent.mkdir(parents=True, exist_ok=True)
             json_out.write_text(json.dumps(report, indent=1))
             typer.echo(f"report: {json_out}")
-    except _USER_ERRORS as err:
-        _fail(err)
 
 
 @app.command()
@@ -153,8 +134,6 @@ def download(
     """Download a public dataset via kagglehub (needs network; may need Kaggle credentials)."""
     from popevit.data.download import download as fetch
 
-    try:
+    with user_errors(OSError, RuntimeError):
         path = fetch(name, out, timeout=timeout)
-    except (*_USER_ERRORS, RuntimeError) as err:
-        _fail(err)
     typer.echo(f"downloaded to {path}")
