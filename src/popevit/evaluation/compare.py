@@ -166,9 +166,10 @@ def stale_predictions(
     source = record.get("source", {})
     made_on = source.get("resolved") or str(Path(source.get("data") or source.get("manifest") or "").resolve())
     wanted = source_location(run, data, manifest)
-    same_manifest = Path(made_on).is_file() and Path(wanted).is_file() and file_sha256(made_on) == file_sha256(wanted)
-    if made_on != wanted and not same_manifest:  # a run copied with its eval folder names its old manifest.csv
-        return f"they were made on {made_on}, not {wanted}"
+    if made_on != wanted:
+        files = Path(made_on).is_file() and Path(wanted).is_file()
+        if not (files and file_sha256(made_on) == file_sha256(wanted)):  # a copied run names its old manifest.csv
+            return f"they were made on {made_on}, not {wanted}"
     if source.get("split") != split:
         return f"they were made on split {source.get('split')!r}, not {split!r}"
     return None
