@@ -10,7 +10,9 @@ def test_demo_runs_end_to_end_and_reuses_finished_runs(tmp_path):
     for r in rows:
         assert (r.run_dir / "model.safetensors").is_file() and (r.run_dir / "eval" / "metrics.json").is_file()
         for value, lo, hi in (r.accuracy, r.auroc_macro):
-            assert 0.0 <= lo <= value <= hi <= 1.0
+            # the resampled metric sums in another order than the point estimate: on 4 test images every valid
+            # resample has the point's value, up to one ulp (0.16666666666666666 vs ...69)
+            assert 0.0 <= lo <= value + 1e-12 and value - 1e-12 <= hi <= 1.0
     table = format_table(rows)
     assert table.count("\n") == 1 + len(DEMO_PES) and "vit_demo + pope" in table
     again = run_demo(tmp_path, per_class=10, epochs=1, echo=lines.append)
