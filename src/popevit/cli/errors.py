@@ -14,10 +14,9 @@ USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError)
 def user_errors(*extra: type[Exception]) -> Iterator[None]:
     """Turn ``ValueError``, ``FileNotFoundError`` and ``extra`` raised inside into ``error: ...`` and exit 2.
 
-    ``extra=(OSError,)`` also covers unusable paths (an unwritable ``--out``, a full disk), shown as ``path: reason``.
-
     The library raises these for bad input (a missing run, a wrong split name, runs evaluated on different images)
-    with a message that already says what to do; a traceback would only hide it.
+    with a message that already says what to do; a traceback would only hide it. ``extra=(OSError,)`` also covers
+    unusable paths (an unwritable ``--out``, a full disk), shown as ``path: reason``.
     """
     try:
         yield
