@@ -95,7 +95,9 @@ class ModelConfig(StrictModel):
     attn_dropout: float = Field(0.0, ge=0, lt=1)
     drop_path: float = Field(0.0, ge=0, lt=1, description="stochastic depth rate")
     pool: Literal["cls", "mean"] | None = Field(None, description="override the preset's pooling")
-    stem: Literal["patch", "conv"] | None = Field(None, description="ViT tokeniser: patchify conv or conv stem")
+    stem: Literal["patch", "conv", "res"] | None = Field(
+        None, description="ViT tokeniser: patchify conv, conv stem or residual conv stem (popevit.models.stem)"
+    )
     pretrained: Path | None = Field(None, description="local .safetensors/.pth weights")
     freeze_backbone: bool = Field(False, description="train the head only")
     distill: DistillConfig | None = Field(None, description="distillation token + teacher (popevit ViTs only)")

@@ -42,7 +42,9 @@ def test_patchify_follows_the_patch_embedding_token_order():
     assert torch.allclose(tokens[..., 0], patchify(x, model.patch_size).sum(-1), atol=1e-5)
 
 
-@pytest.mark.parametrize(("pe", "stem"), [*((pe, "patch") for pe in list_pos_encs()), ("pope", "conv")])
+@pytest.mark.parametrize(
+    ("pe", "stem"), [*((pe, "patch") for pe in list_pos_encs()), ("pope", "conv"), ("pope", "res")]
+)
 def test_hidden_patches_do_not_reach_the_encoder_and_only_they_are_scored(pe, stem):
     torch.manual_seed(0)
     net = SimMIM(_vit(pe, pool="cls", stem=stem)).eval()  # eval: the conv stem's BatchNorm uses running stats

@@ -122,8 +122,8 @@ def create_model(
         pool: ``"cls"`` or ``"mean"``; ``None`` = the model's default.
         pretrained: ``None``, a local weight file, or ``"hub"`` (see the module docstring).
         freeze_backbone: train the classifier only (every other parameter gets ``requires_grad=False``).
-        stem: ViT tokeniser, ``"patch"`` (one patchify convolution) or ``"conv"`` (convolutional stem, Xiao et al.
-            2021); ``None`` = the preset's. Baselines accept only ``None``.
+        stem: ViT tokeniser, ``"patch"`` (one patchify convolution), ``"conv"`` (convolutional stem, Xiao et al.
+            2021) or ``"res"`` (residual convolutional stem); ``None`` = the preset's. Baselines accept only ``None``.
         distill: add DeiT's distillation token and head (popevit ViT presets only); the model then returns
             ``(class_logits, distillation_logits)`` in training mode and their mean in eval mode.
 

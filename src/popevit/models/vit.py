@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from popevit.models.attention import Attention
 from popevit.models.pos_enc import PositionalEncoding, build_pos_enc
-from popevit.models.stem import ConvStem
+from popevit.models.stem import STEMS
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,8 @@ class ViTConfig:
         attn_dropout: dropout on attention probabilities.
         drop_path: maximum stochastic-depth rate (linearly increasing over the blocks).
         qkv_bias: bias on the q/k/v projection.
-        stem: ``"patch"`` (one patchify convolution) or ``"conv"`` (convolutional stem).
+        stem: tokeniser, a key of ``popevit.models.stem.STEMS``: ``"patch"`` (one patchify convolution), ``"conv"``
+            (convolutional stem) or ``"res"`` (residual convolutional stem).
         distill: add a distillation token and head (see the module docstring).
     """
 
@@ -68,7 +69,7 @@ class ViTConfig:
     attn_dropout: float = 0.0
     drop_path: float = 0.0
     qkv_bias: bool = True
-    stem: Literal["patch", "conv"] = "patch"
+    stem: Literal["patch", "conv", "res"] = "patch"
     distill: bool = False
 
     def __post_init__(self) -> None:
@@ -77,8 +78,8 @@ class ViTConfig:
                 f"img_size={self.img_size} is not divisible by patch_size={self.patch_size}; "
                 f"use e.g. img_size={self.img_size // self.patch_size * self.patch_size}"
             )
-        if self.stem not in ("patch", "conv"):
-            raise ValueError(f"stem must be 'patch' or 'conv', got {self.stem!r}")
+        if self.stem not in STEMS:
+            raise ValueError(f"stem must be one of {sorted(STEMS)}, got {self.stem!r}")
         if self.pool not in ("cls", "mean"):
             raise ValueError(f"pool must be 'cls' or 'mean', got {self.pool!r}")
         if self.embed_dim % self.num_heads:
@@ -134,10 +135,7 @@ class ViT(nn.Module):
         self.num_classes = cfg.num_classes
         self.embed_dim = cfg.embed_dim
 
-        if cfg.stem == "conv":
-            self.patch_embed: nn.Module = ConvStem(cfg.in_chans, cfg.embed_dim, cfg.patch_size)
-        else:
-            self.patch_embed = nn.Conv2d(cfg.in_chans, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.patch_embed: nn.Module = STEMS[cfg.stem](cfg.in_chans, cfg.embed_dim, cfg.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim)) if cfg.pool == "cls" else None
         self.dist_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim)) if cfg.distill else None
         self.pos_enc = build_pos_enc(
