@@ -119,3 +119,21 @@ def test_download_fails_fast_offline(tmp_path):
     assert "kaggle.com/datasets/masoudnickparvar/brain-tumor-mri-dataset" in res.output and "--data" in res.output
     res = runner.invoke(app, ["download", "kaggle-brain-tumour-mri", "--out", str(tmp_path / "d")])
     assert res.exit_code == 2 and "did you mean 'kaggle-brain-tumor-mri'" in res.output
+
+
+def test_split_moves_an_official_val_duplicate_to_train_and_says_so(phantom_root, tmp_path):
+    root = tmp_path / "d"
+    for split, first in (("train", 0), ("val", 8), ("test", 10)):
+        for c in ("glioma", "notumor"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(first, first + 2 if split != "train" else 8):
+                shutil.copy(phantom_root / c / f"{c}_{i:04d}.png", root / split / c)
+    shutil.copy(phantom_root / "glioma" / "glioma_0000.png", root / "val" / "glioma" / "copy.png")
+    res = runner.invoke(app, ["split", str(root), "--out", str(tmp_path / "m.csv"), "--cache-dir", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    with open(tmp_path / "m.csv", encoding="utf-8") as f:
+        rows = {r["path"].rsplit("/", 1)[-1]: r for r in csv.DictReader(f)}
+    assert rows["copy.png"]["split"] == "train" and "moved to train" in rows["copy.png"]["note"]
+    assert rows["copy.png"]["group"] == rows["glioma_0000.png"]["group"]
+    assert all(rows[f"{c}_{i:04d}.png"]["split"] == "val" for c in ("glioma", "notumor") for i in (8, 9))
+    assert "note     1 x official val image moved to train" in res.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import typer
@@ -91,6 +92,8 @@ def split(
         man = read_manifest(out)
     for s, counts in man.counts().items():
         typer.echo(f"{s:<9}" + "  ".join(f"{c}={n}" for c, n in counts.items()))
+    for note, n in sorted(Counter(r.note.split(":")[0] for r in man.rows if r.note).items()):
+        typer.echo(f"note     {n} x {note} (the manifest's note column has the details)")
     typer.echo(f"manifest: {out} (sha256 {man.sha256[:12]})")
 
 

@@ -12,9 +12,10 @@ groups are assigned to ``train``/``val``/``test``:
 This is deterministic: same files and seed -> byte-identical manifest. For official ``Training``/``Testing``
 layouts the official test set is kept; the training part is split into train/val by the same rule, and training
 images in a cluster that reaches into the official test set are written with split ``excluded`` (reason in
-``note``). Unreadable files are written with split ``excluded`` and their decode error: listed, never silently
-dropped. Paths are stored absolute; relative paths (hand-edited manifests) are resolved against the manifest's
-folder.
+``note``). A given ``val`` folder is kept too, except that a group reaching over official train and val goes to
+train, with a note on its val images. Unreadable files are written with split ``excluded`` and their decode error:
+listed, never silently dropped. Paths are stored absolute; relative paths (hand-edited manifests) are resolved
+against the manifest's folder.
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ def build_rows(
     for i, g in zip(ok, gids, strict=True):
         members.setdefault(g, []).append(i)
     split_of: dict[str, str] = {}
-    note_of: dict[int, str] = {}
+    note_of: dict[int, str] = {}  # these rows are excluded
+    moved_note: dict[int, str] = {}  # these rows keep their group's split
     rng = np.random.default_rng(seed)
     official = disc.layout == "official_split"
 
@@ -145,6 +147,9 @@ def build_rows(
             if given == {"val"}:
                 split_of[g] = "val"
                 continue
+            for i in idx:  # a group over official train and val goes to train: say so on its val images
+                if samples[i].split == "val":
+                    moved_note[i] = "official val image moved to train: duplicate of a training image"
         to_split[g] = idx
     if official:
         has_val = any(s.split == "val" for s in samples)
@@ -171,7 +176,7 @@ def build_rows(
             continue
         g = gid_of[i]
         split = EXCLUDED if i in note_of else split_of[g]
-        rows.append(ManifestRow(**common, split=split, group=g, note=note_of.get(i, "")))
+        rows.append(ManifestRow(**common, split=split, group=g, note=note_of.get(i, moved_note.get(i, ""))))
     rows.sort(key=lambda r: str(r.path))
     return rows
 
