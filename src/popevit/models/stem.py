@@ -10,8 +10,9 @@ unchanged; only the inductive bias in front of the transformer differs. ``STEMS`
 - ``res``: a residual convolutional stem, the hybrid input of Dosovitskiy et al. (section 3.1) at ResNet's stage
   widths: a 3x3 stride-2 convolution to 32 channels, then one torchvision ResNet ``BasicBlock`` per further halving
   of the resolution (widths 64, 128, ... capped at the token width, the last one the token width), then a 1x1
-  projection. At 128 px, patch 16 and width 192 it costs about as much as the six transformer blocks of ``vit_cpu``
-  (``popevit bench`` and RESULTS.md section 12 give the measured split).
+  projection. At 128 px, patch 16 and width 192 it costs a little more than the six transformer blocks of
+  ``vit_cpu`` behind it (158 M of 271 M multiply-accumulates per image; ``results/gap_s7/macs.py``, RESULTS.md
+  section 12).
 """
 
 from __future__ import annotations
