@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from popevit.config import PreprocessConfig
-from popevit.data.decode import DecodeError, decode_bytes, read_bytes
+from popevit.data.decode import DecodeError, read_bytes
 from popevit.data.dedup import content_hash
-from popevit.data.preprocess import draft_size, preprocess_image, settings_key
+from popevit.data.preprocess import decode_for_model, preprocess_image, settings_key
 
 
 class CacheWriteError(OSError):
@@ -112,8 +112,7 @@ class ArrayCache:
             )
         arr = self.get(digest)
         if arr is None:
-            img = decode_bytes(data, path, draft=draft_size(self.cfg))
-            arr = preprocess_image(img, self.cfg)
+            arr = preprocess_image(decode_for_model(data, path, self.cfg), self.cfg)
             try:
                 self.put(digest, arr)
             except OSError as err:

@@ -21,6 +21,7 @@ The Kaggle Brain Tumor MRI set gives its class away by image size and framing (t
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -28,7 +29,7 @@ from PIL import Image
 from scipy import ndimage
 
 from popevit.config import PreprocessConfig
-from popevit.data.decode import to_gray
+from popevit.data.decode import decode_bytes, to_gray
 
 if TYPE_CHECKING:
     import torch
@@ -160,6 +161,15 @@ def preprocess_image(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
 def draft_size(cfg: PreprocessConfig) -> tuple[int, int]:
     """JPEG draft bound: decode at >= 2x the model size so the crop still has enough resolution."""
     return 2 * cfg.img_size, 2 * cfg.img_size
+
+
+def decode_for_model(data: bytes, path: Path | str, cfg: PreprocessConfig) -> Image.Image:
+    """Decode a file's bytes as every model input is decoded (JPEGs at the DCT draft scale of :func:`draft_size`).
+
+    The decode-once cache and ``popevit explain`` both call this, so an explanation sees the pixels that training
+    and evaluation saw.
+    """
+    return decode_bytes(data, path, draft=draft_size(cfg))
 
 
 def to_tensor(arr: np.ndarray, cfg: PreprocessConfig) -> torch.Tensor:

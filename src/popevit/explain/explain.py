@@ -165,16 +165,16 @@ class Item:
 def load_item(path: str | Path, label: int, cfg: PreprocessConfig) -> Item:
     """Decode, preprocess and (for phantoms) attach the aligned lesion mask of one image.
 
-    The model input is decoded as the training cache decodes it (:class:`popevit.data.cache.ArrayCache`: JPEGs at
-    a DCT draft scale, ``draft_size(cfg)``), so explanations see the pixels that training and evaluation saw. The
-    original is shown at the file's own size; a mask drawn on it is resized (nearest) to the drafted image first.
+    The model input is decoded as the training cache decodes it (:func:`popevit.data.preprocess.decode_for_model`:
+    JPEGs at a DCT draft scale), so explanations see the pixels that training and evaluation saw. The original is
+    shown at the file's own size; a mask drawn on it is resized (nearest) to the drafted image first.
     """
     from popevit.data.decode import decode_bytes, read_bytes, to_gray
     from popevit.data.phantoms import mask_path
-    from popevit.data.preprocess import draft_size, preprocess_image
+    from popevit.data.preprocess import decode_for_model, preprocess_image
 
     data = read_bytes(Path(path))
-    img = decode_bytes(data, path, draft=draft_size(cfg))
+    img = decode_for_model(data, path, cfg)
     full = decode_bytes(data, path) if img.format == "JPEG" else img  # only JPEGs are drafted
     pre = preprocess_image(img, cfg)
     mask = None
