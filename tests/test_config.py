@@ -38,6 +38,13 @@ def test_ema_warmup_without_an_ema_is_explained():
     assert load_config(None, ["train.ema_warmup=true", "train.ema_decay=0.99"]).train.ema_warmup
 
 
+def test_a_time_clocked_schedule_without_a_budget_is_explained():
+    with pytest.raises(ConfigError, match=r"optim.schedule_clock=time .* train.max_minutes is null; set"):
+        load_config(None, ["optim.schedule_clock=time"])
+    cfg = load_config(None, ["optim.schedule_clock=time", "train.max_minutes=30"])
+    assert cfg.optim.schedule_clock == "time"
+
+
 def test_a_frozen_backbone_with_a_distillation_head_is_explained():
     with pytest.raises(ConfigError, match=r"distillation head would stay random"):
         load_config(None, ["model.freeze_backbone=true", "model.distill.teacher=runs/teacher"])

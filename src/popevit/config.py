@@ -120,6 +120,12 @@ class OptimConfig(StrictModel):
     momentum: float = 0.9
     warmup_epochs: float = Field(5.0, ge=0)
     schedule: Literal["cosine", "constant"] = "cosine"
+    schedule_clock: Literal["steps", "time"] = Field(
+        "steps",
+        description="what the decay after warm-up runs over: the steps of train.max_epochs, or, with time, whichever "
+        "is further along of those steps and the elapsed share of train.max_minutes, so that the schedule ends at the "
+        "wall-clock cap on a slower machine instead of being cut off mid-decay",
+    )
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="final lr as a fraction of lr")
     grad_clip: float | None = Field(1.0, description="max gradient norm; null disables clipping")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
@@ -138,8 +144,8 @@ class TrainConfig(StrictModel):
     max_minutes: float | None = Field(
         None,
         gt=0,
-        description="wall-clock cap on training (equal-budget comparisons). The lr schedule still spans max_epochs,"
-        " so choose max_epochs to fit the cap; a capped run cannot be extended with --resume",
+        description="wall-clock cap on training (equal-budget comparisons). The lr schedule spans max_epochs unless "
+        "optim.schedule_clock=time; a capped run cannot be extended with --resume",
     )
     patience: int | None = Field(8, description="early-stopping patience in epochs; null disables")
     monitor: Literal["val/auroc_macro", "val/loss", "val/acc"] = "val/auroc_macro"
@@ -199,6 +205,11 @@ class ExperimentConfig(StrictModel):
             raise ValueError("data.binary and data.classes cannot both be set; pick one task definition")
         if abs(sum(self.data.ratios) - 1.0) > 1e-6:
             raise ValueError(f"data.ratios must sum to 1, got {self.data.ratios}")
+        if self.optim.schedule_clock == "time" and self.train.max_minutes is None:
+            raise ValueError(
+                "optim.schedule_clock=time runs the lr schedule over the wall-clock budget, but train.max_minutes is "
+                "null; set train.max_minutes (e.g. 30) or use optim.schedule_clock=steps"
+            )
         return self
 
 

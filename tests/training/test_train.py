@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -200,9 +201,20 @@ def test_warmup_then_cosine_schedule():
     assert warmup_cosine(50, 100, 0, cosine=False) == 1.0
 
 
+def test_a_time_clocked_schedule_follows_whichever_of_steps_and_budget_is_further():
+    f = partial(warmup_cosine, total_steps=1000, warmup_steps=10, min_ratio=0.1)
+    assert f(5, elapsed=0.9) == f(5), "warm-up runs on steps only"
+    assert f(100, elapsed=0.0) == f(100) > 0.9
+    assert f(100, elapsed=0.5) == pytest.approx(0.55), "half the budget: half-way down the cosine, to min_ratio"
+    assert f(100, elapsed=1.0) == f(100, elapsed=3.0) == pytest.approx(0.1) == f(1000), "ends at min_ratio"
+    assert f(900, elapsed=0.1) == f(900), "steps further along than the clock win"
+
+
 def test_ddp_on_two_cpu_processes_synchronises_metrics(phantom_root, tmp_path):
+    # the time-clocked schedule broadcasts rank 0's clock at every step: a rank that skipped it would hang the run
+    clock = ["optim.schedule_clock=time", "train.max_minutes=10"]
     proc = _cli(
-        *_train_args(phantom_root, tmp_path / "ddp", 1),
+        *_train_args(phantom_root, tmp_path / "ddp", 1, *clock),
         "--devices",
         "2",
         "--strategy",

@@ -8,6 +8,7 @@ without Lightning.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -85,19 +86,51 @@ def reseed_epoch(seed: int, epoch: int, rank: int = 0) -> None:
 
 def configure_warmup_cosine(module: L.LightningModule, model: torch.nn.Module, cfg: OptimConfig) -> dict[str, Any]:
     """Lightning's ``configure_optimizers`` answer: ``cfg``'s optimizer over ``model`` and the per-batch linear
-    warm-up + cosine schedule, sized from the trainer's estimated number of steps."""
+    warm-up + cosine schedule, sized from the trainer's estimated number of steps, and with
+    ``cfg.schedule_clock == "time"`` also run by the share of the wall-clock budget used (:func:`budget_share`)."""
     optimizer = build_optimizer(model, cfg)
     total = max(1, int(module.trainer.estimated_stepping_batches))
     per_epoch = total / max(1, module.trainer.max_epochs)
-    fn = partial(
+    schedule = partial(
         warmup_cosine,
         total_steps=total,
         warmup_steps=round(cfg.warmup_epochs * per_epoch),
         min_ratio=cfg.min_lr_ratio,
         cosine=cfg.schedule == "cosine",
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+    if cfg.schedule_clock == "time":
+        share = budget_share(module.trainer)
+
+        def timed(step: int) -> float:  # a function, so LambdaLR keeps it (and the trainer) out of checkpoints
+            return schedule(step, elapsed=share())
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, timed)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def budget_share(trainer: L.Trainer) -> Callable[[], float]:
+    """A clock of the share of the ``max_time`` budget used, read from the Lightning ``Timer`` that enforces the cap
+    (so it counts validation, and a resumed run goes on from the time its checkpoint recorded). Under DDP every call
+    broadcasts rank 0's reading, so that all replicas step with the same learning rate.
+
+    Li et al. (2020, "Budgeted training", arXiv:1905.04753) found that under a fixed budget the schedule must decay
+    within the budget ("budgeted convergence"); their budget is counted in iterations, this one in seconds.
+    """
+    from lightning.pytorch.callbacks import Timer
+
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    remaining = None if timer is None else timer.time_remaining()
+    if remaining is None:
+        raise ValueError("optim.schedule_clock=time needs a wall-clock budget; set train.max_minutes")
+    duration = timer.time_elapsed() + remaining
+
+    def share() -> float:
+        used = timer.time_elapsed() / duration
+        return trainer.strategy.broadcast(used, src=0) if trainer.world_size > 1 else used
+
+    return share
 
 
 class NonFiniteLossError(RuntimeError):

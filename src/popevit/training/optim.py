@@ -70,11 +70,22 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
 
 
-def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0, cosine: bool = True) -> float:
-    """LR multiplier at ``step``: linear warm-up from ~0 to 1, then cosine decay to ``min_ratio`` (or constant)."""
+def warmup_cosine(
+    step: int,
+    total_steps: int,
+    warmup_steps: int,
+    min_ratio: float = 0.0,
+    cosine: bool = True,
+    elapsed: float = 0.0,
+) -> float:
+    """LR multiplier at ``step``: linear warm-up from ~0 to 1, then cosine decay to ``min_ratio`` (or constant).
+
+    ``elapsed`` is the share of a wall-clock budget already used (``optim.schedule_clock=time``). The decay then runs
+    over whichever is further along, the steps or the budget, so it reaches ``min_ratio`` by the end of either.
+    """
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     if not cosine:
         return 1.0
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    progress = min(1.0, max((step - warmup_steps) / max(1, total_steps - warmup_steps), elapsed))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
