@@ -202,11 +202,12 @@ def test_warmup_then_cosine_schedule():
 
 
 def test_a_time_clocked_schedule_follows_whichever_of_steps_and_budget_is_further():
-    f = partial(warmup_cosine, total_steps=1000, warmup_steps=10, min_ratio=0.1)
-    assert f(5, elapsed=0.9) == f(5), "warm-up runs on steps only"
-    assert f(100, elapsed=0.0) == f(100) > 0.9
-    assert f(100, elapsed=0.5) == pytest.approx(0.55), "half the budget: half-way down the cosine, to min_ratio"
-    assert f(100, elapsed=1.0) == f(100, elapsed=3.0) == pytest.approx(0.1) == f(1000), "ends at min_ratio"
+    f = partial(warmup_cosine, total_steps=1000, warmup_steps=10, min_ratio=0.1)  # warm-up: 1% of the schedule
+    assert [f(s, elapsed=0.0) for s in range(0, 1000, 7)] == [f(s) for s in range(0, 1000, 7)], "no clock, no change"
+    assert f(4, elapsed=0.008) == pytest.approx(0.8) and f(4) == pytest.approx(0.5), "warm-up ends by either"
+    assert f(4, elapsed=0.01) == f(10) == pytest.approx(1.0)
+    assert f(100, elapsed=0.505) == pytest.approx(0.55), "half-way through the decay: half-way to min_ratio"
+    assert f(100, elapsed=1.0) == f(3, elapsed=3.0) == pytest.approx(0.1) == f(1000), "ends at min_ratio by either"
     assert f(900, elapsed=0.1) == f(900), "steps further along than the clock win"
 
 

@@ -80,12 +80,16 @@ def warmup_cosine(
 ) -> float:
     """LR multiplier at ``step``: linear warm-up from ~0 to 1, then cosine decay to ``min_ratio`` (or constant).
 
-    ``elapsed`` is the share of a wall-clock budget already used (``optim.schedule_clock=time``). The decay then runs
-    over whichever is further along, the steps or the budget, so it reaches ``min_ratio`` by the end of either.
+    ``elapsed`` is the share of a wall-clock budget already used (``optim.schedule_clock=time``). The schedule then
+    runs on whichever is further along, the steps or the budget: warm-up takes the same share of either, and the decay
+    reaches ``min_ratio`` by the end of either.
     """
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
+    warm = warmup_steps / max(1, total_steps)  # warm-up's share of the schedule
+    if warmup_steps > 0 and step < warmup_steps and elapsed < warm:
+        return max((step + 1) / warmup_steps, elapsed / warm)
     if not cosine:
         return 1.0
-    progress = min(1.0, max((step - warmup_steps) / max(1, total_steps - warmup_steps), elapsed))
+    by_steps = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    by_time = (elapsed - warm) / (1.0 - warm) if warm < 1.0 else 0.0
+    progress = min(1.0, max(0.0, by_steps, by_time))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
