@@ -195,10 +195,9 @@ def test_a_wall_clock_cap_stops_training_and_still_exports_a_model(phantom_root,
 
 def test_a_time_clocked_schedule_has_decayed_when_the_cap_stops_the_run(phantom_root, tmp_path):
     """1000 planned epochs, a 3-second budget: with the steps clock the lr would still be at its peak when the cap
-    stops the run; with the time clock it has decayed to ~0 by then, so the last checkpoint's lr is near zero."""
+    stops the run; with the time clock it has decayed to ~0 by then, which run.json's final_lr records."""
     over = [*TINY, "train.max_epochs=1000", f"data.data={phantom_root}", "train.max_minutes=0.05"]
     result = train(load_config(None, [*over, "optim.schedule_clock=time", "optim.lr=1e-3"]), tmp_path / "run")
-    assert json.loads((result.out_dir / "run.json").read_text())["hit_time_cap"] is True and result.epochs < 500
-    last = torch.load(result.out_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    lrs = last["lr_schedulers"][0]["_last_lr"]  # one per parameter group
-    assert len(lrs) == 2 and all(0 <= lr < 0.05 * 1e-3 for lr in lrs), lrs
+    info = json.loads((result.out_dir / "run.json").read_text())
+    assert info["hit_time_cap"] is True and result.epochs < 500
+    assert 0 <= info["final_lr"] < 0.05 * 1e-3, info["final_lr"]

@@ -73,6 +73,7 @@ def test_run_folder_has_config_manifest_checkpoints_logs_and_portable_model(phan
     assert len(info["manifest_sha256"]) == 64 and info["epochs"] == 2
     n_train = (run / "manifest.csv").read_text().count(",train,")
     assert info["images_seen"] == 2 * n_train and info["hit_time_cap"] is False
+    assert info["final_lr"] == pytest.approx(0.0, abs=1e-12), "an uncapped run ends its cosine at min_lr_ratio = 0"
     model, meta = load_artifact(run)
     assert meta.classes == info["classes"] and meta.preprocess.img_size == 32
     x = torch.randn(2, 1, 32, 32)

@@ -5,7 +5,7 @@ A run directory holds everything needed to audit and reuse the run::
     runs/NAME/
       config.yaml            the resolved config (YAML + --set overrides)
       run.json               popevit version, git commit, classes, manifest sha256, wall time, epochs, images
-                             seen, whether train.max_minutes ended it, device
+                             seen, whether train.max_minutes ended it, the lr it ended at, device
       manifest.csv           the exact split used (copied, or made from --data with the duplicate-grouped splitter)
       checkpoints/last.ckpt  written atomically at every epoch end (resume point)
       checkpoints/best.ckpt  best validation checkpoint
@@ -319,6 +319,8 @@ def provenance(
         "best_checkpoint": Path(fit.best_path).name if fit.best_path else None,
         "images_seen": seen,
         "hit_time_cap": time_left is not None and time_left <= 0,
+        # the largest group lr at the end: ~0 when the schedule has decayed (optim.schedule_clock), high when cut off
+        "final_lr": max((g["lr"] for o in trainer.optimizers for g in o.param_groups), default=None),
         "device": torch.cuda.get_device_name() if on_gpu else _cpu_device(),
         "precision": precision,
         "resumed": resume,
