@@ -122,7 +122,7 @@ class OptimConfig(StrictModel):
     schedule: Literal["cosine", "constant"] = "cosine"
     schedule_clock: Literal["steps", "time"] = Field(
         "steps",
-        description="what the decay after warm-up runs over: the steps of train.max_epochs, or, with time, whichever "
+        description="what the warm-up and decay run over: the steps of train.max_epochs, or, with time, whichever "
         "is further along of those steps and the elapsed share of train.max_minutes, so that the schedule ends at the "
         "wall-clock cap on a slower machine instead of being cut off mid-decay",
     )
