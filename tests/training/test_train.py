@@ -84,6 +84,18 @@ def test_run_folder_has_config_manifest_checkpoints_logs_and_portable_model(phan
         train(cfg, run)
 
 
+def test_last_checkpoint_is_the_last_epoch_even_when_validation_stopped_improving(phantom_root, tmp_path):
+    # best.ckpt's save_last would leave last.ckpt at the best epoch (epoch 3 of 12 here), and --resume would replay
+    # every epoch since
+    cfg = load_config(None, [*TINY, "train.max_epochs=12", f"data.data={phantom_root}", "train.patience=null"])
+    run = train(cfg, tmp_path / "run").out_dir
+    last, best = (torch.load(run / "checkpoints" / n, weights_only=False) for n in ("last.ckpt", "best.ckpt"))
+    assert last["epoch"] == 11, f"last.ckpt holds epoch {last['epoch']}, not the final one"
+    assert best["epoch"] < 11, "the test needs a run whose best epoch is not its last"
+    n_train = (run / "manifest.csv").read_text().count(",train,")
+    assert last["global_step"] == 12 * -(-n_train // 8)  # every step of the 12 epochs, batch 8
+
+
 def test_sigkilled_run_resumes_to_identical_weights_and_metrics(phantom_root, tmp_path):
     epochs = 5
     ref = _cli(*_train_args(phantom_root, tmp_path / "ref", epochs))

@@ -7,7 +7,7 @@ A run directory holds everything needed to audit and reuse the run::
       run.json               popevit version, git commit, classes, manifest sha256, wall time, epochs, images
                              seen, whether train.max_minutes ended it, the lr it ended at, device
       manifest.csv           the exact split used (copied, or made from --data with the duplicate-grouped splitter)
-      checkpoints/last.ckpt  written atomically at every epoch end (resume point)
+      checkpoints/last.ckpt  written atomically at every validation, i.e. epoch end (resume point)
       checkpoints/best.ckpt  best validation checkpoint
       logs/csv/metrics.csv   epoch-level metrics (Lightning CSVLogger); logs/tb/ for TensorBoard
       model.safetensors      best weights, portable (with model.json: name, kwargs, classes, preprocessing)
@@ -202,7 +202,7 @@ def device_precision(cfg: ExperimentConfig) -> tuple[bool, str]:
 
 
 def best_checkpoint(out_dir: Path, monitor: str, mode: str) -> Any:
-    """``checkpoints/best.ckpt`` (by ``monitor``) plus ``checkpoints/last.ckpt`` for --resume."""
+    """``checkpoints/best.ckpt``, by ``monitor``. (``last.ckpt`` is :func:`make_trainer`'s.)"""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     return ModelCheckpoint(
@@ -211,14 +211,23 @@ def best_checkpoint(out_dir: Path, monitor: str, mode: str) -> Any:
         monitor=monitor,
         mode=mode,
         save_top_k=1,
-        save_last=True,
         enable_version_counter=False,
     )
 
 
+def latest_checkpoint(out_dir: Path) -> Any:
+    """``checkpoints/last.ckpt`` at every validation, the --resume point. Not the best checkpoint's ``save_last``:
+    Lightning rewrites that one only when the best improves, so --resume would replay every epoch since."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    return ModelCheckpoint(
+        dirpath=out_dir / "checkpoints", filename="last", monitor=None, save_top_k=1, enable_version_counter=False
+    )
+
+
 def make_trainer(cfg: ExperimentConfig, out_dir: Path, callbacks: list[Any], precision: str) -> Any:
-    """The Lightning ``Trainer`` of a run: CSV + TensorBoard logs under ``out_dir/logs``, atomic checkpoint writes,
-    the config's devices, strategy, clipping and batch limits."""
+    """The Lightning ``Trainer`` of a run: CSV + TensorBoard logs under ``out_dir/logs``, ``last.ckpt`` at every
+    validation, atomic checkpoint writes, the config's devices, strategy, clipping and batch limits."""
     import lightning as L
     from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -226,7 +235,7 @@ def make_trainer(cfg: ExperimentConfig, out_dir: Path, callbacks: list[Any], pre
     from popevit.training.callbacks import ImagesSeen
     from popevit.training.checkpoint import AtomicCheckpointIO
 
-    callbacks = [*callbacks, ImagesSeen()]
+    callbacks = [*callbacks, latest_checkpoint(out_dir), ImagesSeen()]
     if cfg.train.progress_bar:
         callbacks = [*callbacks, TQDMProgressBar(refresh_rate=10)]
     loggers = [
