@@ -8,7 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EMAWeightAveraging, WeightAveraging
+from lightning.pytorch.callbacks import EMAWeightAveraging, Timer, WeightAveraging
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 
@@ -42,6 +42,11 @@ class RankMetricsRecorder(L.Callback):
         path = self.out_dir / "logs" / f"rank{trainer.global_rank}_val.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=2))
+
+
+def max_time_timer(trainer: L.Trainer) -> Timer | None:
+    """The ``Timer`` that Lightning adds to enforce ``max_time`` (``train.max_minutes``), or None without a cap."""
+    return next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
 
 
 class ImagesSeen(L.Callback):

@@ -118,9 +118,9 @@ def budget_share(trainer: L.Trainer) -> Callable[[], float]:
     Li et al. (2020, "Budgeted training", arXiv:1905.04753) found that under a fixed budget the schedule must decay
     within the budget ("budgeted convergence"); their budget is counted in iterations, this one in seconds.
     """
-    from lightning.pytorch.callbacks import Timer
+    from popevit.training.callbacks import max_time_timer
 
-    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    timer = max_time_timer(trainer)
     remaining = None if timer is None else timer.time_remaining()
     if remaining is None:
         raise ValueError("optim.schedule_clock=time needs a wall-clock budget; set train.max_minutes")

@@ -311,12 +311,10 @@ def provenance(
 ) -> dict[str, Any]:
     """The record shared by run.json and pretrain.json: version, commit, data, time, epochs, images seen, whether the
     ``train.max_minutes`` cap ended the run, device."""
-    from lightning.pytorch.callbacks import Timer
-
-    from popevit.training.callbacks import ImagesSeen
+    from popevit.training.callbacks import ImagesSeen, max_time_timer
 
     seen = next((c.count for c in trainer.callbacks if isinstance(c, ImagesSeen)), None)
-    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    timer = max_time_timer(trainer)
     time_left = timer.time_remaining() if timer is not None else None
     return {
         "popevit_version": __version__,
