@@ -243,3 +243,28 @@ def test_cached_predictions_are_reused_only_for_their_source_and_weights(manifes
     os.utime(cached, (weights_time - 5, weights_time - 5))
     run_predictions(run, manifest=tmp_path / "b" / "split.csv", **kw)
     assert cached.stat().st_mtime > weights_time  # older than the weights: evaluated again
+
+
+def test_file_sha256_reads_a_file_once_and_again_after_any_rewrite(tmp_path, monkeypatch):
+    """A study checks each run's weights at every input size: the hash is remembered by the file's stat data, and a
+    rewrite of the same size, in place or by atomic replace, is hashed afresh."""
+    import hashlib
+    import os
+    from pathlib import Path
+
+    from popevit.artifact import atomic_write_bytes, file_sha256
+
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"a" * 1000)
+    reads = []
+    read_bytes = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self) or read_bytes(self))
+    assert file_sha256(path) == file_sha256(str(path)) == hashlib.sha256(b"a" * 1000).hexdigest()
+    assert len(reads) == 1
+    atomic_write_bytes(path, lambda tmp: Path(tmp).write_bytes(b"b" * 1000))
+    assert file_sha256(path) == hashlib.sha256(b"b" * 1000).hexdigest()
+    stamp = path.stat().st_mtime_ns
+    path.write_bytes(b"c" * 1000)  # same inode, same size: the modification time tells the rewrite
+    os.utime(path, ns=(stamp + 1, stamp + 1))
+    assert file_sha256(path) == hashlib.sha256(b"c" * 1000).hexdigest()
+    assert len(reads) == 3
