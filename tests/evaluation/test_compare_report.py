@@ -134,6 +134,31 @@ def test_compare_seed_groups(tmp_path):
     assert md == to_markdown(result) and "| good | weak | auroc_macro |" in md
 
 
+def test_compare_adjusts_p_values_for_the_false_discovery_rate_per_metric(tmp_path):
+    """Four groups make six pairs per metric: each p gets its Benjamini-Hochberg q over the six, checked here against
+    the step-up definition q_(i) = min over j >= i of m p_(j) / j; with two groups q equals p."""
+    skills = {"a": 2.5, "b": 2.4, "c": 1.0, "d": 0.4}
+    runs = [
+        _fake_run(tmp_path, f"{g}-s{s}", k, seed=10 * i + s) for i, (g, k) in enumerate(skills.items()) for s in (0, 1)
+    ]
+    result = compare_runs(group_runs(runs), n_boot=200, seed=0)
+    assert len(result["comparisons"]) == 6
+    for metric in ("auroc_macro", "accuracy"):
+        tests = [c["paired_bootstrap"][metric] for c in result["comparisons"]]
+        p = np.array([t["p_value"] for t in tests])
+        order = np.argsort(p)
+        ranked = p[order] * len(p) / np.arange(1, len(p) + 1)
+        expected = np.empty_like(p)
+        expected[order] = np.minimum(1, np.minimum.accumulate(ranked[::-1])[::-1])
+        assert [t["q_value"] for t in tests] == pytest.approx(expected)
+        assert all(t["q_value"] >= t["p_value"] for t in tests)
+        assert p.min() < 0.05 < p.max()  # a real mix of clear and unclear differences
+        assert any(t["q_value"] > t["p_value"] for t in tests)  # the adjustment bites
+    assert "| q (BH) |" in to_markdown(result)
+    two = compare_runs(group_runs(runs[:4]), n_boot=200, seed=0)["comparisons"][0]["paired_bootstrap"]
+    assert all(t["q_value"] == t["p_value"] for t in two.values())
+
+
 def test_compare_refuses_different_images(tmp_path):
     a = _fake_run(tmp_path, "a", 2.0, seed=0)
     b = _fake_run(tmp_path, "b", 2.0, seed=1)
