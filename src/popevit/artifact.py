@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from popevit import __version__
@@ -74,6 +76,12 @@ def file_sha256(path: str | Path) -> str:
 @functools.lru_cache(maxsize=256)
 def _sha256_of(path: Path, inode: int, size: int, mtime_ns: int) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def param_count(weights: str | Path) -> int:
+    """Number of parameters (and buffers) in a safetensors file, read from its header without loading tensors."""
+    with safe_open(str(weights), framework="pt") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118 (not iterable)
 
 
 def atomic_write_bytes(path: Path, write: Any) -> None:

@@ -171,3 +171,59 @@ def test_study_aligns_every_size_to_the_training_size_images(study_runs, tmp_pat
     second = run_study([runs[:2]], out=tmp_path / "b", **kw)
     curve = [g["extrapolation"] for g in (first["groups"][0], second["groups"][0])]
     assert curve[0] == curve[1] and curve[0][1]["size"] == 40
+
+
+def test_archived_runs_give_the_study_of_their_run_folders(study_runs, tmp_path, monkeypatch):
+    import typer
+    from typer.testing import CliRunner
+
+    from popevit.cli.archive import archive
+    from popevit.evaluation.study import run_study
+
+    cache, runs = study_runs
+    monkeypatch.setenv("POPEVIT_CACHE", str(cache))
+    kw = {"sizes": [40], "n_boot": 50, "device": "cpu"}
+    live = run_study([runs[:2], runs[2:]], out=tmp_path / "live", **kw)
+    app = typer.Typer()
+    app.command()(archive)
+    cli = CliRunner().invoke(app, [*map(str, runs[:2]), "--out", str(tmp_path / "archive")])
+    assert cli.exit_code == 0, cli.output
+    archived = [tmp_path / "archive" / r.name for r in runs[:2]]
+    assert sorted(p.name for p in (tmp_path / "archive").iterdir()) == [r.name for r in runs[:2]]  # no temp left
+    assert cli.output.count("archived ") == 2 and "test-40px" in cli.output
+    for a in archived:
+        assert not (a / "model.safetensors").exists() and not (a / "manifest.csv").exists()
+        assert (a / "eval" / "test-40px" / "predictions.csv").is_file()
+    # the archived pope group beside the live rope group: the same table, costs, curves and paired tests
+    mixed = run_study([archived, runs[2:]], out=tmp_path / "mixed", **kw)
+    assert mixed["groups"] == live["groups"]
+    for sub in ("compare", "compare-40px"):
+        got, want = (json.loads((tmp_path / d / sub / "compare.json").read_text()) for d in ("mixed", "live"))
+        assert got["comparisons"] == want["comparisons"] and got["groups"] == want["groups"]
+
+
+def test_archived_runs_refuse_what_needs_their_weights(study_runs, tmp_path, monkeypatch):
+    import shutil
+
+    from popevit.evaluation.archive import archive_run
+    from popevit.evaluation.study import run_study
+
+    cache, runs = study_runs
+    monkeypatch.setenv("POPEVIT_CACHE", str(cache))
+    run = _make_run(tmp_path / "runs" / "pope-s0", "pope", 0, runs[0] / "manifest.csv")
+    evaluate_run(run, n_boot=20, plots=False, cache_dir=cache, device="cpu")
+    a = archive_run(run, tmp_path / "archive")
+    with pytest.raises(ValueError, match=r"archived run .* no weights.*holds no evaluation 'test-56px'"):
+        run_study([[a]], sizes=[56], out=tmp_path / "s", n_boot=20, device="cpu", paired_tests=False)
+    with pytest.raises(FileNotFoundError, match="is an archived run already"):
+        archive_run(a, tmp_path / "again")
+    # predictions of other weights are not archived, and an archive of other weights is not overwritten
+    _make_run(tmp_path / "other", "pope", 1, run / "manifest.csv")
+    shutil.copy(tmp_path / "other" / "model.safetensors", run / "model.safetensors")
+    with pytest.raises(ValueError, match=r"other weights than .*re-run `popevit evaluate`"):
+        archive_run(run, tmp_path / "archive2")
+    assert not (tmp_path / "archive2").exists() or not any((tmp_path / "archive2").iterdir())
+    evaluate_run(run, n_boot=20, plots=False, cache_dir=cache, device="cpu")
+    with pytest.raises(FileExistsError, match="is not an archive of"):
+        archive_run(run, tmp_path / "archive")
+    assert archive_run(run, tmp_path / "archive3").name == "pope-s0"

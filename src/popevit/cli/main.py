@@ -5,7 +5,21 @@ from __future__ import annotations
 import typer
 
 from popevit import __version__
-from popevit.cli import bench, compare, data, demo, evaluate, explain, models, pretrain, report, study, sweep, train
+from popevit.cli import (
+    archive,
+    bench,
+    compare,
+    data,
+    demo,
+    evaluate,
+    explain,
+    models,
+    pretrain,
+    report,
+    study,
+    sweep,
+    train,
+)
 
 app = typer.Typer(
     name="popevit",
@@ -21,6 +35,7 @@ app.command("pretrain")(pretrain.pretrain)
 app.command("evaluate")(evaluate.evaluate)
 app.command("compare")(compare.compare)
 app.command("study")(study.study)
+app.command("archive")(archive.archive)
 app.command("report")(report.report)
 app.command("explain")(explain.explain)
 app.command("sweep")(sweep.sweep)

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import false_discovery_control
 
+from popevit.evaluation.archive import archived_stale, read_archive
 from popevit.evaluation.evaluate import (
     METRICS,
     default_eval_dir,
@@ -127,6 +128,12 @@ def run_predictions(
     split = resolve_split(data, split)
     eval_dir = default_eval_dir(run, data, manifest, split, tta, img_size, calibrate)
     stale = stale_predictions(eval_dir, run, data=data, manifest=manifest, split=split)
+    if stale is not None and read_archive(run) is not None:
+        raise ValueError(
+            f"{run} is an archived run (`popevit archive`: no weights), so it cannot be evaluated again, and its "
+            f"predictions cannot stand for this evaluation: {stale}; compare it on what it was evaluated on (the "
+            "default source, at a size it holds), or use the original run folder"
+        )
     if stale is not None:
         if (eval_dir / PREDICTIONS).is_file():
             log.warning("re-evaluating %s: the predictions in %s cannot be reused (%s)", run, eval_dir, stale)
@@ -152,11 +159,15 @@ def stale_predictions(
     The folder's name (:func:`popevit.evaluation.evaluate.eval_tag`) keeps only the last part of a source's path, and
     says nothing of the weights, so another source or a retrained run can map to the same folder: ``metrics.json``
     decides. Two manifests with the same bytes are the same source. Records written before ``metrics.json`` held the
-    weights' hash are checked by modification time instead.
+    weights' hash are checked by modification time instead. An archived run (:mod:`popevit.evaluation.archive`) is
+    judged by its ``archive.json``.
     """
     from popevit.artifact import WEIGHTS, file_sha256
 
     preds, metrics = eval_dir / PREDICTIONS, eval_dir / METRICS
+    archived = read_archive(run)
+    if archived is not None:
+        return archived_stale(archived, eval_dir, data=data, manifest=manifest, split=split)
     if not (preds.is_file() and metrics.is_file()):
         return "none there"
     record = json.loads(metrics.read_text())

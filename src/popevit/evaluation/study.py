@@ -75,17 +75,18 @@ def seed_mean_with_ci(
 
 def run_cost(run: Path) -> dict[str, Any]:
     """Parameters, wall time, epochs, training images seen and per wall-clock second of a run folder."""
-    from safetensors import safe_open
+    from popevit.artifact import WEIGHTS, param_count
+    from popevit.evaluation.archive import read_archive
 
     info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
-    params = 0
-    with safe_open(str(run / "model.safetensors"), framework="pt") as f:
-        for k in f.keys():  # noqa: SIM118 (safe_open is not iterable)
-            params += int(np.prod(f.get_slice(k).get_shape()))
+    archived = read_archive(run)
+    params = archived["params"] if archived is not None else param_count(run / WEIGHTS)
     n_train = 0
     if (run / "manifest.csv").is_file():
         with open(run / "manifest.csv", newline="", encoding="utf-8-sig") as fh:
             n_train = sum(row["split"] == "train" for row in csv.DictReader(fh))
+    elif archived is not None:
+        n_train = archived["train_images"] or 0
     wall, epochs = info.get("wall_s"), info.get("epochs")
     seen = info.get("images_seen")  # counted, partial epochs included; runs made before it was recorded: estimated
     if seen is None and epochs and n_train:

@@ -1,0 +1,151 @@
+"""``popevit archive``: keep what the paired tests need from a run, without its weights.
+
+A run folder's weights and checkpoints are too large to commit, and a fresh checkout has no ``runs/``; yet a paired
+test needs every run's per-image predictions on the same images, so an experiment series that spans several machines
+or sessions loses its comparisons with its run folders. An archived run is a small folder that ``popevit compare`` and
+``popevit study`` read like a run:
+
+    NAME/
+      archive.json        where it came from, the weights' sha256 and parameter count, the training images, the run
+                          manifest's sha256, and for each evaluation the sha256 of the manifest it was made on
+      model.json run.json config.yaml
+      eval/<tag>/predictions.csv, metrics.json   every evaluation of the run (no plots)
+
+Its predictions are used as they are: only for the evaluations it holds, and only on the manifest they were made on
+(checked by content). Anything that would need the model again, such as another input size or another source, is
+refused with the reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from popevit.artifact import META, WEIGHTS, file_sha256, param_count
+from popevit.evaluation.evaluate import EVAL_DIR, METRICS
+from popevit.evaluation.predictions import PREDICTIONS
+
+ARCHIVE = "archive.json"
+FORMAT = "popevit-archive/1"
+RECORDS = ("run.json", "config.yaml")  # copied when there; model.json is required
+
+
+def read_archive(run: str | Path) -> dict[str, Any] | None:
+    """The ``archive.json`` of an archived run, or None for a run folder that has its weights."""
+    path = Path(run) / ARCHIVE
+    if (Path(run) / WEIGHTS).is_file() or not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    if record.get("format") != FORMAT:
+        raise ValueError(f"{path} has format {record.get('format')!r}, not {FORMAT!r}; archive the run again")
+    return record
+
+
+def _evaluation(run: Path, eval_dir: Path, weights_sha: str) -> dict[str, Any]:
+    """The archive's record of one evaluation, after checking that its predictions are those of the current weights
+    and that the manifest they were made on is still there to be hashed."""
+    record = json.loads((eval_dir / METRICS).read_text())
+    recorded = record.get("model", {}).get("weights_sha256")
+    if recorded is None:
+        if (run / WEIGHTS).stat().st_mtime > (eval_dir / PREDICTIONS).stat().st_mtime:
+            raise ValueError(f"{eval_dir} is older than {run / WEIGHTS}: re-run `popevit evaluate` before archiving")
+    elif recorded != weights_sha:
+        raise ValueError(
+            f"{eval_dir} holds predictions of other weights than {run / WEIGHTS}: re-run `popevit evaluate` "
+            "before archiving"
+        )
+    source = record.get("source", {})
+    entry: dict[str, Any] = {"split": source.get("split"), "img_size": record.get("img_size")}
+    if "data" in source:  # an image folder has no single hash: kept, but never matched to a source again
+        entry["source_sha256"] = None
+        entry["source"] = f"image folder {source['data']}"
+        return entry
+    made_on = Path(source.get("resolved") or source.get("manifest") or "")
+    if not made_on.is_file():
+        raise FileNotFoundError(
+            f"{eval_dir} was made on {str(made_on)!r}, which is gone, so the archive could not say which images it "
+            f"covers: re-run `popevit evaluate {run}` on a manifest that exists, or delete {eval_dir}"
+        )
+    entry["source_sha256"] = file_sha256(made_on)
+    entry["source"] = f"manifest {made_on.name} (sha256 {entry['source_sha256'][:12]})"
+    return entry
+
+
+def archive_run(run: str | Path, out: str | Path) -> Path:
+    """Write the archived copy of ``run`` to ``out/<run name>``; returns that folder.
+
+    Refuses a run with no weights or no evaluation, and predictions that are not those of the current weights. An
+    existing archive of the same weights is replaced (to add evaluations made since); one of other weights is not.
+    The copy is written beside its destination and renamed into place, so an interrupted archive leaves nothing.
+    """
+    run, out = Path(run), Path(out)
+    weights = run / WEIGHTS
+    if not weights.is_file() or not (run / META).is_file():
+        what = "an archived run already" if (run / ARCHIVE).is_file() else "not a finished popevit run"
+        raise FileNotFoundError(f"{str(weights)!r} not found: {str(run)!r} is {what}")
+    evals = sorted(d for d in (run / EVAL_DIR).glob("*") if (d / PREDICTIONS).is_file() and (d / METRICS).is_file())
+    if not evals:
+        raise ValueError(f"{run} has no evaluation to archive: run `popevit evaluate {run}` first")
+    weights_sha = file_sha256(weights)
+    manifest = run / "manifest.csv"
+    train_images = None
+    if manifest.is_file():
+        with open(manifest, newline="", encoding="utf-8-sig") as fh:
+            train_images = sum(row["split"] == "train" for row in csv.DictReader(fh))
+    record = {
+        "format": FORMAT,
+        "archived_from": str(run.resolve()),
+        "weights_sha256": weights_sha,
+        "params": param_count(weights),
+        "train_images": train_images,
+        "manifest_sha256": file_sha256(manifest) if manifest.is_file() else None,
+        "evaluations": {d.name: _evaluation(run, d, weights_sha) for d in evals},
+    }
+    dest = out / run.name
+    old = read_archive(dest) if dest.is_dir() else None
+    if dest.exists() and (old is None or old["weights_sha256"] != weights_sha):
+        raise FileExistsError(
+            f"{dest} exists and is not an archive of {weights}: choose another --out, or delete it if it is stale"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{run.name}.", dir=out))
+    try:
+        for name in (META, *RECORDS):
+            if (run / name).is_file():
+                shutil.copy2(run / name, tmp / name)
+        for d in evals:
+            (tmp / EVAL_DIR / d.name).mkdir(parents=True)
+            for name in (PREDICTIONS, METRICS):
+                shutil.copy2(d / name, tmp / EVAL_DIR / d.name / name)
+        (tmp / ARCHIVE).write_text(json.dumps(record, indent=2) + "\n")
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return dest
+
+
+def archived_stale(
+    record: dict[str, Any], eval_dir: Path, *, data: str | Path | None, manifest: str | Path | None, split: str | None
+) -> str | None:
+    """Why an archived run's predictions in ``eval_dir`` cannot stand for this source, or None when they can."""
+    held = record["evaluations"]
+    entry = held.get(eval_dir.name)
+    if entry is None:
+        return f"it holds no evaluation {eval_dir.name!r}, only {sorted(held)}"
+    if data is not None:
+        return f"an image folder ({data}) cannot be matched to archived predictions by content"
+    want = file_sha256(manifest) if manifest is not None else record["manifest_sha256"]
+    if entry["source_sha256"] is None or entry["source_sha256"] != want:
+        what = f"manifest {manifest}" if manifest is not None else "the run's own manifest"
+        return f"{eval_dir.name!r} was made on {entry.get('source', 'another manifest')}, not on {what}"
+    if entry["split"] != split:
+        return f"{eval_dir.name!r} was made on split {entry['split']!r}, not {split!r}"
+    return None
