@@ -136,7 +136,7 @@ def test_resume_with_a_changed_config_is_refused_with_the_diff(phantom_root, tmp
         train(cfg, tmp_path / "fresh", resume=True)
 
 
-def test_run_json_names_the_commit_the_run_started_with_and_its_threads(phantom_root, tmp_path, monkeypatch):
+def test_run_json_names_the_commit_the_run_started_with_its_threads_and_cpu(phantom_root, tmp_path, monkeypatch):
     from functools import lru_cache
 
     from popevit.training import run as run_mod
@@ -148,6 +148,7 @@ def test_run_json_names_the_commit_the_run_started_with_and_its_threads(phantom_
     info = json.loads((run / "run.json").read_text())
     assert info["git_commit"] == "a" * 40
     assert info["device"] == f"cpu (1 thread of {os.cpu_count()} cores)"  # TINY trains with train.threads=1
+    assert info["cpu"]["model"] and info["cpu"]["capability"] == torch.backends.cpu.get_cpu_capability()
 
 
 def test_resume_accepts_a_run_saved_before_a_config_key_existed(tmp_path):

@@ -5,7 +5,7 @@ A run directory holds everything needed to audit and reuse the run::
     runs/NAME/
       config.yaml            the resolved config (YAML + --set overrides)
       run.json               popevit version, git commit, classes, manifest sha256, wall time, epochs, images
-                             seen, whether train.max_minutes ended it, the lr it ended at, device
+                             seen, whether train.max_minutes ended it, the lr it ended at, device and CPU model
       manifest.csv           the exact split used (copied, or made from --data with the duplicate-grouped splitter)
       checkpoints/last.ckpt  written atomically at every validation, i.e. epoch end (resume point)
       checkpoints/best.ckpt  best validation checkpoint
@@ -306,6 +306,21 @@ def _cpu_device() -> str:
     return f"cpu ({n} thread{'s' if n > 1 else ''} of {os.cpu_count()} cores)"
 
 
+def cpu_model() -> dict[str, str]:
+    """The CPU behind a wall-clock budget: its model name (``/proc/cpuinfo``, else ``platform.processor()``) and the
+    vector instruction set torch's kernels use on it. Two 2-core machines can differ by 1.5x in a run's wall time, and
+    runs with the same seed differ between them by about a seed's spread (RESULTS.md section 15)."""
+    import platform
+
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            name = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), name)
+    except OSError:
+        pass
+    return {"model": name, "capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def provenance(
     fit: FitOutcome, trainer: Any, manifest: Path | None, on_gpu: bool, precision: str, resume: bool
 ) -> dict[str, Any]:
@@ -329,6 +344,7 @@ def provenance(
         # the largest group lr at the end: ~0 when the schedule has decayed (optim.schedule_clock), high when cut off
         "final_lr": max((g["lr"] for o in trainer.optimizers for g in o.param_groups), default=None),
         "device": torch.cuda.get_device_name() if on_gpu else _cpu_device(),
+        "cpu": cpu_model(),
         "precision": precision,
         "resumed": resume,
     }
