@@ -26,6 +26,7 @@ from popevit.config import PreprocessConfig
 FORMAT = "popevit-model/1"
 WEIGHTS = "model.safetensors"
 META = "model.json"
+ARCHIVE = "archive.json"  # marks an archived run: records and predictions, no weights (popevit.evaluation.archive)
 
 
 @dataclass
@@ -145,6 +146,12 @@ def load_artifact(run_dir: str | Path, map_location: str | torch.device = "cpu")
 
     run_dir = Path(run_dir)
     meta = load_meta(run_dir)
+    if not (run_dir / WEIGHTS).is_file() and (run_dir / ARCHIVE).is_file():
+        origin = json.loads((run_dir / ARCHIVE).read_text()).get("archived_from", "its original run folder")
+        raise FileNotFoundError(
+            f"{str(run_dir)!r} is an archived run (`popevit archive`): it keeps predictions, not weights, so only "
+            f"`popevit compare`, `study` and `report` can read it; use the run it was archived from ({origin})"
+        )
     model = create_model(meta.name, **meta.kwargs)
     state = load_file(str(run_dir / WEIGHTS), device=str(map_location))
     missing, unexpected = model.load_state_dict(state, strict=False)

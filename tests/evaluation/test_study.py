@@ -174,6 +174,8 @@ def test_study_aligns_every_size_to_the_training_size_images(study_runs, tmp_pat
 
 
 def test_archived_runs_give_the_study_of_their_run_folders(study_runs, tmp_path, monkeypatch):
+    import shutil
+
     import typer
     from typer.testing import CliRunner
 
@@ -184,10 +186,12 @@ def test_archived_runs_give_the_study_of_their_run_folders(study_runs, tmp_path,
     monkeypatch.setenv("POPEVIT_CACHE", str(cache))
     kw = {"sizes": [40], "n_boot": 50, "device": "cpu"}
     live = run_study([runs[:2], runs[2:]], out=tmp_path / "live", **kw)
+    copies = [shutil.copytree(r, tmp_path / "gone" / r.name) for r in runs[:2]]
     app = typer.Typer()
     app.command()(archive)
-    cli = CliRunner().invoke(app, [*map(str, runs[:2]), "--out", str(tmp_path / "archive")])
+    cli = CliRunner().invoke(app, [*map(str, copies), "--out", str(tmp_path / "archive")])
     assert cli.exit_code == 0, cli.output
+    shutil.rmtree(tmp_path / "gone")  # the run folders are gone; the archives stand for them
     archived = [tmp_path / "archive" / r.name for r in runs[:2]]
     assert sorted(p.name for p in (tmp_path / "archive").iterdir()) == [r.name for r in runs[:2]]  # no temp left
     assert cli.output.count("archived ") == 2 and "test-40px" in cli.output
@@ -200,9 +204,11 @@ def test_archived_runs_give_the_study_of_their_run_folders(study_runs, tmp_path,
     for sub in ("compare", "compare-40px"):
         got, want = (json.loads((tmp_path / d / sub / "compare.json").read_text()) for d in ("mixed", "live"))
         assert got["comparisons"] == want["comparisons"] and got["groups"] == want["groups"]
+    with pytest.raises(FileNotFoundError, match=r"is an archived run .*use the run it was archived from"):
+        evaluate_run(archived[0], n_boot=20, plots=False, cache_dir=cache, device="cpu")
 
 
-def test_archived_runs_refuse_what_needs_their_weights(study_runs, tmp_path, monkeypatch):
+def test_archived_runs_refuse_predictions_they_cannot_vouch_for(study_runs, tmp_path, monkeypatch):
     import shutil
 
     from popevit.evaluation.archive import archive_run
@@ -210,20 +216,49 @@ def test_archived_runs_refuse_what_needs_their_weights(study_runs, tmp_path, mon
 
     cache, runs = study_runs
     monkeypatch.setenv("POPEVIT_CACHE", str(cache))
+    kw = {"n_boot": 20, "device": "cpu", "paired_tests": False}
     run = _make_run(tmp_path / "runs" / "pope-s0", "pope", 0, runs[0] / "manifest.csv")
+    live = _make_run(tmp_path / "runs" / "rope_axial-s0", "rope_axial", 0, runs[0] / "manifest.csv")
     evaluate_run(run, n_boot=20, plots=False, cache_dir=cache, device="cpu")
     a = archive_run(run, tmp_path / "archive")
+    # a size it does not hold is refused before the live run is evaluated at that size
     with pytest.raises(ValueError, match=r"archived run .* no weights.*holds no evaluation 'test-56px'"):
-        run_study([[a]], sizes=[56], out=tmp_path / "s", n_boot=20, device="cpu", paired_tests=False)
+        run_study([[live], [a]], sizes=[56], out=tmp_path / "s", **kw)
+    assert not (live / "eval" / "test-56px").exists()
     with pytest.raises(FileNotFoundError, match="is an archived run already"):
         archive_run(a, tmp_path / "again")
+    # re-archiving the same weights adds the evaluations made since
+    evaluate_run(run, n_boot=20, plots=False, cache_dir=cache, device="cpu", img_size=40)
+    assert sorted(json.loads((archive_run(run, a.parent) / "archive.json").read_text())["evaluations"]) == [
+        "test",
+        "test-40px",
+    ]
+    assert sorted(p.name for p in a.parent.iterdir()) == ["pope-s0"]  # no temp or backup left
+    # but does not drop one the run no longer holds
+    shutil.rmtree(run / "eval" / "test-40px")
+    with pytest.raises(ValueError, match=r"holds evaluations that .* no longer has \(test-40px\)"):
+        archive_run(run, a.parent)
+    assert (a / "eval" / "test-40px" / "predictions.csv").is_file()
+    # predictions "test" made on another manifest (one test image fewer) are archived, never passed off as the run's
+    rows = (runs[0] / "manifest.csv").read_text().splitlines(keepends=True)
+    other = tmp_path / "other.csv"
+    other.write_text(
+        "".join(rows[:1] + [r for r in rows[1:] if ",test," in r][1:] + [r for r in rows[1:] if ",test," not in r])
+    )
+    evaluate_run(run, manifest=other, out=run / "eval" / "test", n_boot=20, plots=False, cache_dir=cache, device="cpu")
+    b = archive_run(run, tmp_path / "archive_b")
+    with pytest.raises(ValueError, match=r"'test' was made on manifest other.csv .*not on the run's own manifest"):
+        run_study([[b]], out=tmp_path / "s2", **kw)
+    (b / "eval" / "test" / "predictions.csv").unlink()
+    with pytest.raises(ValueError, match=r"the archive is incomplete \(test/predictions.csv missing\)"):
+        run_study([[b]], out=tmp_path / "s3", **kw)
     # predictions of other weights are not archived, and an archive of other weights is not overwritten
-    _make_run(tmp_path / "other", "pope", 1, run / "manifest.csv")
+    _make_run(tmp_path / "other", "pope", 1, runs[0] / "manifest.csv")
     shutil.copy(tmp_path / "other" / "model.safetensors", run / "model.safetensors")
     with pytest.raises(ValueError, match=r"other weights than .*re-run `popevit evaluate`"):
         archive_run(run, tmp_path / "archive2")
     assert not (tmp_path / "archive2").exists() or not any((tmp_path / "archive2").iterdir())
+    shutil.rmtree(run / "eval")
     evaluate_run(run, n_boot=20, plots=False, cache_dir=cache, device="cpu")
     with pytest.raises(FileExistsError, match="is not an archive of"):
         archive_run(run, tmp_path / "archive")
-    assert archive_run(run, tmp_path / "archive3").name == "pope-s0"

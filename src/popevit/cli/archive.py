@@ -11,7 +11,7 @@ from popevit.cli.errors import user_errors
 
 def archive(
     runs: list[Path] = typer.Argument(..., help="Finished, evaluated run folders."),
-    out: Path = typer.Option(..., "--out", help="Folder that gets one archived run per run (e.g. results/NAME/archived)."),
+    out: Path = typer.Option(..., "--out", help="Folder for one archived run per run, e.g. results/NAME/archived."),
 ) -> None:
     """Keep each run's records and evaluations without its weights, so that `popevit compare` and `popevit study` can
     pair it with other runs after the run folder is gone."""

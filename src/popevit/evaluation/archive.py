@@ -8,12 +8,13 @@ or sessions loses its comparisons with its run folders. An archived run is a sma
     NAME/
       archive.json        where it came from, the weights' sha256 and parameter count, the training images, the run
                           manifest's sha256, and for each evaluation the sha256 of the manifest it was made on
-      model.json run.json config.yaml
+      model.json run.json config.yaml val_metrics.json logs/csv/metrics.csv
       eval/<tag>/predictions.csv, metrics.json   every evaluation of the run (no plots)
 
-Its predictions are used as they are: only for the evaluations it holds, and only on the manifest they were made on
-(checked by content). Anything that would need the model again, such as another input size or another source, is
-refused with the reason.
+Its predictions are used as they are: only for the evaluations it holds (by tag: ``test``, ``test-192px``), and only
+when the manifest they were made on has the content of the one asked for. Anything that would need the model again,
+such as another input size or another source, is refused with the reason. Predictions name images by path, so an
+archive pairs only with runs that read the images from the same place.
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from popevit.artifact import META, WEIGHTS, file_sha256, param_count
+from popevit.artifact import ARCHIVE, META, WEIGHTS, file_sha256, param_count
 from popevit.evaluation.evaluate import EVAL_DIR, METRICS
 from popevit.evaluation.predictions import PREDICTIONS
 
-ARCHIVE = "archive.json"
 FORMAT = "popevit-archive/1"
-RECORDS = ("run.json", "config.yaml")  # copied when there; model.json is required
+# copied when there (model.json is required): the run's facts and config, and what `popevit report` shows of training
+RECORDS = ("run.json", "config.yaml", "val_metrics.json", "logs/csv/metrics.csv")
 
 
 def read_archive(run: str | Path) -> dict[str, Any] | None:
@@ -40,9 +41,15 @@ def read_archive(run: str | Path) -> dict[str, Any] | None:
     path = Path(run) / ARCHIVE
     if (Path(run) / WEIGHTS).is_file() or not path.is_file():
         return None
-    record = json.loads(path.read_text())
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}): delete {run} and archive the original run again") from None
     if record.get("format") != FORMAT:
-        raise ValueError(f"{path} has format {record.get('format')!r}, not {FORMAT!r}; archive the run again")
+        raise ValueError(
+            f"{path} has format {record.get('format')!r}, not {FORMAT!r}: delete {run} and archive the original run "
+            "again"
+        )
     return record
 
 
@@ -112,23 +119,36 @@ def archive_run(run: str | Path, out: str | Path) -> Path:
         raise FileExistsError(
             f"{dest} exists and is not an archive of {weights}: choose another --out, or delete it if it is stale"
         )
+    dropped = sorted(set(old["evaluations"]) - set(record["evaluations"])) if old is not None else []
+    if dropped:
+        raise ValueError(
+            f"{dest} holds evaluations that {run} no longer has ({', '.join(dropped)}); evaluate them again in the "
+            "run, or delete the archive to archive only what the run holds now"
+        )
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{run.name}.", dir=out))
+    backup = out / f".{run.name}.replaced"
     try:
         for name in (META, *RECORDS):
             if (run / name).is_file():
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(run / name, tmp / name)
         for d in evals:
             (tmp / EVAL_DIR / d.name).mkdir(parents=True)
             for name in (PREDICTIONS, METRICS):
                 shutil.copy2(d / name, tmp / EVAL_DIR / d.name / name)
         (tmp / ARCHIVE).write_text(json.dumps(record, indent=2) + "\n")
-        if dest.exists():
-            shutil.rmtree(dest)
+        tmp.chmod(0o755)  # mkdtemp's 0700 would keep the archive from other readers of a shared folder
+        if dest.exists():  # the old archive stays whole until the new one is in place
+            if backup.exists():
+                shutil.rmtree(backup)
+            os.replace(dest, backup)
         os.replace(tmp, dest)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+        if backup.exists() and dest.exists():
+            shutil.rmtree(backup)
     return dest
 
 
@@ -140,6 +160,12 @@ def archived_stale(
     entry = held.get(eval_dir.name)
     if entry is None:
         return f"it holds no evaluation {eval_dir.name!r}, only {sorted(held)}"
+    missing = [name for name in (PREDICTIONS, METRICS) if not (eval_dir / name).is_file()]
+    if missing:
+        return (
+            f"the archive is incomplete ({eval_dir.name}/{' and '.join(missing)} missing): archive the original run "
+            "again"
+        )
     if data is not None:
         return f"an image folder ({data}) cannot be matched to archived predictions by content"
     want = file_sha256(manifest) if manifest is not None else record["manifest_sha256"]

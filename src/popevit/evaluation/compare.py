@@ -129,11 +129,7 @@ def run_predictions(
     eval_dir = default_eval_dir(run, data, manifest, split, tta, img_size, calibrate)
     stale = stale_predictions(eval_dir, run, data=data, manifest=manifest, split=split)
     if stale is not None and read_archive(run) is not None:
-        raise ValueError(
-            f"{run} is an archived run (`popevit archive`: no weights), so it cannot be evaluated again, and its "
-            f"predictions cannot stand for this evaluation: {stale}; compare it on what it was evaluated on (the "
-            "default source, at a size it holds), or use the original run folder"
-        )
+        raise ValueError(_archived_refusal(run, stale))
     if stale is not None:
         if (eval_dir / PREDICTIONS).is_file():
             log.warning("re-evaluating %s: the predictions in %s cannot be reused (%s)", run, eval_dir, stale)
@@ -149,6 +145,36 @@ def run_predictions(
             **eval_kwargs,
         )
     return Predictions.load(eval_dir / PREDICTIONS)
+
+
+def _archived_refusal(run: Path, why: str) -> str:
+    return (
+        f"{run} is an archived run (`popevit archive`: no weights), so it cannot be evaluated again, and its "
+        f"predictions cannot stand for this evaluation: {why}; compare it on what it was evaluated on (its own "
+        "manifest, at a size it holds, with the same --tta and --calibrate), or use the original run folder"
+    )
+
+
+def check_archived_runs(
+    runs: Sequence[Path],
+    *,
+    data: str | Path | None = None,
+    manifest: str | Path | None = None,
+    split: str | None = "test",
+    tta: bool = False,
+    img_sizes: Sequence[int | None] = (None,),
+    calibrate: bool = False,
+) -> None:
+    """Refuse an archived run that holds no usable predictions for one of these evaluations, before any run is
+    evaluated (minutes on a CPU) only for the comparison to stop at the archived one."""
+    split = resolve_split(data, split)
+    for run in runs:
+        record = read_archive(run)
+        for size in img_sizes if record is not None else ():
+            eval_dir = default_eval_dir(run, data, manifest, split, tta, size, calibrate)
+            why = archived_stale(record, eval_dir, data=data, manifest=manifest, split=split)
+            if why is not None:
+                raise ValueError(_archived_refusal(Path(run), why))
 
 
 def stale_predictions(
@@ -367,6 +393,9 @@ def compare_runs(
         )
     warn_mixed_models(groups)
     flat = [r for g in groups for r in g]
+    check_archived_runs(
+        flat, data=data, manifest=manifest, split=split, tta=tta, img_sizes=[img_size], calibrate=calibrate
+    )
     preds = [
         run_predictions(
             r,

@@ -26,7 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from popevit.evaluation.compare import align, compare_runs, group_names, run_name, run_predictions
+from popevit.evaluation.compare import (
+    align,
+    check_archived_runs,
+    compare_runs,
+    group_names,
+    run_name,
+    run_predictions,
+)
 from popevit.evaluation.evaluate import write_json
 from popevit.evaluation.metrics import normalize_proba, percentile_ci, weighted_metrics
 from popevit.evaluation.stats import bootstrap_seed_means
@@ -232,6 +239,13 @@ def run_study(
         calibrate=calibrate,
     )
 
+    check_archived_runs(
+        flat,
+        manifest=manifest,
+        split=split,
+        img_sizes=[None, *(s for s in all_sizes if s != train_size)],
+        calibrate=calibrate,
+    )
     names = [str(r) for r in flat]
     per_size = {train_size: align([run_predictions(r, **kw) for r in flat], names)}
     ref = per_size[train_size][0]
