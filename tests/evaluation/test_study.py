@@ -30,8 +30,9 @@ def _make_run(run: Path, pos_enc: str, seed: int, manifest: Path) -> Path:
     )
     (run / "manifest.csv").write_bytes(manifest.read_bytes())
     info = {"wall_s": 60.0, "epochs": 2, "device": "cpu (test)"}
-    if pos_enc == "pope":  # the other runs stand for ones recorded before hit_time_cap existed
+    if pos_enc == "pope":  # the other runs stand for ones recorded before hit_time_cap and cpu existed
         info["hit_time_cap"] = seed == 0
+        info["cpu"] = {"model": "Test CPU", "capability": "AVX2"}
     (run / "run.json").write_text(json.dumps(info))
     return run
 
@@ -124,7 +125,8 @@ def test_study_cli_table_extrapolation_and_tests(study_runs, tmp_path, monkeypat
     for g, pe in zip(res["groups"], ("pope", "rope_axial"), strict=True):
         model, _ = load_artifact(runs[0 if pe == "pope" else 2])
         assert g["cost"]["params"] == sum(p.numel() for p in model.state_dict().values())
-        assert g["cost"]["device"] == "cpu (test)" and g["cost"]["capped"] == (1 if pe == "pope" else None)
+        device = "cpu (test), Test CPU [AVX2]" if pe == "pope" else "cpu (test)"
+        assert g["cost"]["device"] == device and g["cost"]["capped"] == (1 if pe == "pope" else None)
         assert g["cost"]["train_img_per_s"] == pytest.approx(g["cost"]["epochs"] * _n_train(runs[0]) / 60.0)
         assert [e["size"] for e in g["extrapolation"]] == [32, 40, 48]
         # the training-size point of the curve is the table's value
@@ -139,7 +141,8 @@ def test_study_cli_table_extrapolation_and_tests(study_runs, tmp_path, monkeypat
     assert (out / "extrapolation.png").read_bytes()[:4] == b"\x89PNG"
     md = (out / "study.md").read_text()
     assert "| pope vs" not in md and "48 px" in md
-    assert "| 1/2 | cpu (test) |" in md and "| ?/2 | cpu (test) |" in md  # unknown is not shown as "not capped"
+    # unknown is not shown as "not capped"; the CPU where run.json names it
+    assert "| 1/2 | cpu (test), Test CPU [AVX2] |" in md and "| ?/2 | cpu (test) |" in md
     compare = json.loads((out / "compare" / "compare.json").read_text())
     assert [c["a"] for c in compare["comparisons"]] == ["pope"] and len(compare["comparisons"][0]["pairs"]) == 2
     # the paired tests again at each extra size, on the predictions behind the extrapolation curve

@@ -80,6 +80,15 @@ def seed_mean_with_ci(
     return out
 
 
+def _device(info: dict[str, Any]) -> str | None:
+    """run.json's device, with the CPU model and its vector capability where recorded: a wall-clock budget on "2
+    cores" means little without them (RESULTS.md section 15)."""
+    device, cpu = info.get("device"), info.get("cpu")
+    if device and cpu and device.startswith("cpu"):
+        return f"{device}, {cpu.get('model')} [{cpu.get('capability')}]"
+    return device
+
+
 def run_cost(run: Path) -> dict[str, Any]:
     """Parameters, wall time, epochs, training images seen and per wall-clock second of a run folder."""
     from popevit.artifact import WEIGHTS, param_count
@@ -106,7 +115,7 @@ def run_cost(run: Path) -> dict[str, Any]:
         "images_seen": seen,
         "train_images": n_train,
         "train_img_per_s": ips,
-        "device": info.get("device"),
+        "device": _device(info),
         "hit_time_cap": info.get("hit_time_cap"),
     }
 
