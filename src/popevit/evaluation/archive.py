@@ -36,6 +36,12 @@ FORMAT = "popevit-archive/1"
 RECORDS = ("run.json", "config.yaml", "val_metrics.json", "logs/csv/metrics.csv")
 
 
+def train_images(manifest: Path) -> int:
+    """Rows of a manifest CSV in its ``train`` split."""
+    with open(manifest, newline="", encoding="utf-8-sig") as fh:
+        return sum(row["split"] == "train" for row in csv.DictReader(fh))
+
+
 def read_archive(run: str | Path) -> dict[str, Any] | None:
     """The ``archive.json`` of an archived run, or None for a run folder that has its weights."""
     path = Path(run) / ARCHIVE
@@ -100,16 +106,12 @@ def archive_run(run: str | Path, out: str | Path) -> Path:
         raise ValueError(f"{run} has no evaluation to archive: run `popevit evaluate {run}` first")
     weights_sha = file_sha256(weights)
     manifest = run / "manifest.csv"
-    train_images = None
-    if manifest.is_file():
-        with open(manifest, newline="", encoding="utf-8-sig") as fh:
-            train_images = sum(row["split"] == "train" for row in csv.DictReader(fh))
     record = {
         "format": FORMAT,
         "archived_from": str(run.resolve()),
         "weights_sha256": weights_sha,
         "params": param_count(weights),
-        "train_images": train_images,
+        "train_images": train_images(manifest) if manifest.is_file() else None,
         "manifest_sha256": file_sha256(manifest) if manifest.is_file() else None,
         "evaluations": {d.name: _evaluation(run, d, weights_sha) for d in evals},
     }

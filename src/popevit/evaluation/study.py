@@ -92,15 +92,14 @@ def _device(info: dict[str, Any]) -> str | None:
 def run_cost(run: Path) -> dict[str, Any]:
     """Parameters, wall time, epochs, training images seen and per wall-clock second of a run folder."""
     from popevit.artifact import WEIGHTS, param_count
-    from popevit.evaluation.archive import read_archive
+    from popevit.evaluation.archive import read_archive, train_images
 
     info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
     archived = read_archive(run)
     params = archived["params"] if archived is not None else param_count(run / WEIGHTS)
     n_train = 0
     if (run / "manifest.csv").is_file():
-        with open(run / "manifest.csv", newline="", encoding="utf-8-sig") as fh:
-            n_train = sum(row["split"] == "train" for row in csv.DictReader(fh))
+        n_train = train_images(run / "manifest.csv")
     elif archived is not None:
         n_train = archived["train_images"] or 0
     wall, epochs = info.get("wall_s"), info.get("epochs")
