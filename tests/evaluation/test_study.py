@@ -265,3 +265,51 @@ def test_archived_runs_refuse_predictions_they_cannot_vouch_for(study_runs, tmp_
     evaluate_run(run, n_boot=20, plots=False, cache_dir=cache, device="cpu")
     with pytest.raises(FileExistsError, match="is not an archive of"):
         archive_run(run, tmp_path / "archive")
+
+
+def test_archives_pair_with_runs_on_a_copy_of_the_data_in_another_folder(
+    study_runs, phantom_root, tmp_path, monkeypatch
+):
+    """Another machine keeps the data elsewhere: its split has other paths, so other bytes, but the same images."""
+    import shutil
+
+    from popevit.data import make_split, read_manifest
+    from popevit.data.manifest import same_images
+    from popevit.evaluation.archive import archive_run
+    from popevit.evaluation.study import run_study
+
+    cache, runs = study_runs
+    monkeypatch.setenv("POPEVIT_CACHE", str(cache))
+    here = runs[0] / "manifest.csv"
+    moved = shutil.copytree(phantom_root, tmp_path / "elsewhere" / "phantoms")
+    there = make_split(moved, tmp_path / "there.csv", seed=0, ratios=(0.5, 0.25, 0.25), cache_dir=cache)
+    assert here.read_bytes() != there.read_bytes() and str(moved) in there.read_text()
+    assert read_manifest(here).fingerprint() == read_manifest(there).fingerprint() is not None
+    assert same_images(here, there)
+
+    kw = {"n_boot": 50, "device": "cpu"}
+    run = _make_run(tmp_path / "runs" / "pope-s0", "pope", 0, here)
+    evaluate_run(run, n_boot=20, plots=False, cache_dir=cache, device="cpu")
+    archived = archive_run(run, tmp_path / "archive")
+    shutil.rmtree(run)
+    # the same weights evaluated here and there: the archive pairs with both alike
+    rope_here = _make_run(tmp_path / "here" / "rope_axial-s0", "rope_axial", 0, here)
+    rope_there = _make_run(tmp_path / "there" / "rope_axial-s0", "rope_axial", 0, there)
+    want = run_study([[archived], [rope_here]], out=tmp_path / "s_here", **kw)
+    got = run_study([[archived], [rope_there]], out=tmp_path / "s_there", **kw)
+    assert got["groups"] == want["groups"]
+    cmp = [json.loads((tmp_path / d / "compare" / "compare.json").read_text()) for d in ("s_there", "s_here")]
+    assert cmp[0]["comparisons"] == cmp[1]["comparisons"]
+    # the archive vouches for its predictions by content: the other machine's manifest has it, a changed split not
+    from popevit.evaluation.archive import archived_stale, read_archive
+
+    record, held = read_archive(archived), archived / "eval" / "test"
+    assert archived_stale(record, held, data=None, manifest=there, split="test") is None
+    rows = there.read_text().splitlines(keepends=True)
+    i = next(n for n, r in enumerate(rows) if ",test," in r)
+    rows[i] = rows[i].replace(",test,", ",train,")  # one test image moved into train
+    changed = tmp_path / "changed.csv"
+    changed.write_text("".join(rows))
+    assert not same_images(here, changed)
+    why = archived_stale(record, held, data=None, manifest=changed, split="test")
+    assert why is not None and why.startswith("'test' was made on manifest manifest.csv") and "changed.csv" in why

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -70,6 +71,23 @@ class Manifest:
         if split not in known:
             raise ValueError(f"unknown split {split!r}{did_you_mean(split, known)} (manifest splits: {known})")
         return [r for r in self.rows if r.split == split]
+
+    def fingerprint(self) -> str | None:
+        """What the manifest says of its images, blind to where they are stored; None without content hashes.
+
+        The sha256 of the sorted rows' path relative to the folder that holds every image, label, split, group and
+        content hash. The same split made of a copy of the data in another folder (another machine) has another
+        file hash but this fingerprint. A hand-written manifest without content hashes has none: its images are
+        known only by their paths.
+        """
+        if not self.rows or any(not r.content_hash for r in self.rows):
+            return None
+        root = os.path.commonpath([r.path.parent for r in self.rows])
+        lines = sorted(
+            "\t".join((r.path.relative_to(root).as_posix(), r.label, r.split, r.group, r.content_hash))
+            for r in self.rows
+        )
+        return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
     def counts(self) -> dict[str, dict[str, int]]:
         """split -> class -> count."""
@@ -260,6 +278,15 @@ def make_split(
     fps = fingerprint_files([s.path for s in disc.samples], cache_dir=cache_dir, workers=workers)
     rows = build_rows(disc, fps, seed=seed, ratios=ratios, near_threshold=near_threshold)
     return write_manifest(rows, out)
+
+
+def same_images(a: Path | str, b: Path | str) -> bool:
+    """Whether two manifest files list the same images in the same splits: the same bytes, or the same
+    :meth:`Manifest.fingerprint` (the same split of a copy of the data stored elsewhere)."""
+    if Path(a).read_bytes() == Path(b).read_bytes():
+        return True
+    fingerprint = read_manifest(a).fingerprint()
+    return fingerprint is not None and fingerprint == read_manifest(b).fingerprint()
 
 
 def read_manifest(path: Path | str) -> Manifest:

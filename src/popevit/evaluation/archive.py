@@ -7,14 +7,16 @@ or sessions loses its comparisons with its run folders. An archived run is a sma
 
     NAME/
       archive.json        where it came from, the weights' sha256 and parameter count, the training images, the run
-                          manifest's sha256, and for each evaluation the sha256 of the manifest it was made on
+                          manifest's sha256 and fingerprint, and the same two of the manifest each evaluation was
+                          made on
       model.json run.json config.yaml val_metrics.json logs/csv/metrics.csv
       eval/<tag>/predictions.csv, metrics.json   every evaluation of the run (no plots)
 
 Its predictions are used as they are: only for the evaluations it holds (by tag: ``test``, ``test-192px``), and only
-when the manifest they were made on has the content of the one asked for. Anything that would need the model again,
-such as another input size or another source, is refused with the reason. Predictions name images by path, so an
-archive pairs only with runs that read the images from the same place.
+when the manifest they were made on has the content of the one asked for: the same bytes, or the same images, labels
+and splits stored under another folder (:meth:`popevit.data.manifest.Manifest.fingerprint`), so that archives
+committed on one machine pair with runs made on another. Anything that would need the model again, such as another
+input size or another source, is refused with the reason.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from popevit.artifact import ARCHIVE, META, WEIGHTS, file_sha256, param_count
+from popevit.data.manifest import read_manifest
 from popevit.evaluation.evaluate import EVAL_DIR, METRICS
 from popevit.evaluation.predictions import PREDICTIONS
 
@@ -85,6 +88,7 @@ def _evaluation(run: Path, eval_dir: Path, weights_sha: str) -> dict[str, Any]:
             f"covers: re-run `popevit evaluate {run}` on a manifest that exists, or delete {eval_dir}"
         )
     entry["source_sha256"] = file_sha256(made_on)
+    entry["source_fingerprint"] = read_manifest(made_on).fingerprint()
     entry["source"] = f"manifest {made_on.name} (sha256 {entry['source_sha256'][:12]})"
     return entry
 
@@ -113,6 +117,7 @@ def archive_run(run: str | Path, out: str | Path) -> Path:
         "params": param_count(weights),
         "train_images": train_images(manifest) if manifest.is_file() else None,
         "manifest_sha256": file_sha256(manifest) if manifest.is_file() else None,
+        "manifest_fingerprint": read_manifest(manifest).fingerprint() if manifest.is_file() else None,
         "evaluations": {d.name: _evaluation(run, d, weights_sha) for d in evals},
     }
     dest = out / run.name
@@ -170,8 +175,13 @@ def archived_stale(
         )
     if data is not None:
         return f"an image folder ({data}) cannot be matched to archived predictions by content"
-    want = file_sha256(manifest) if manifest is not None else record["manifest_sha256"]
-    if entry["source_sha256"] is None or entry["source_sha256"] != want:
+    if manifest is not None:
+        want_sha, want_fingerprint = file_sha256(manifest), read_manifest(manifest).fingerprint()
+    else:
+        want_sha, want_fingerprint = record["manifest_sha256"], record.get("manifest_fingerprint")
+    same_bytes = entry["source_sha256"] is not None and entry["source_sha256"] == want_sha
+    same_images = want_fingerprint is not None and entry.get("source_fingerprint") == want_fingerprint
+    if not (same_bytes or same_images):
         what = f"manifest {manifest}" if manifest is not None else "the run's own manifest"
         return f"{eval_dir.name!r} was made on {entry.get('source', 'another manifest')}, not on {what}"
     if entry["split"] != split:

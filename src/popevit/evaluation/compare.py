@@ -1,6 +1,6 @@
 """``popevit compare``: paired comparisons of runs (or seed groups of runs) on the same images.
 
-For every pair of groups A, B (all runs evaluated on one image set, aligned by image path):
+For every pair of groups A, B (all runs evaluated on one image set, aligned by image path, :func:`align`):
 
 - **mean +- sd across seeds** of each group's point metrics (sd with ``ddof=1``; 0 runs of spread for one run);
 - **pooled paired bootstrap** (the headline test): on each resample of the images, the seed-mean metric of A minus
@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import false_discovery_control
 
+from popevit.data.manifest import same_images
 from popevit.evaluation.archive import archived_stale, read_archive
 from popevit.evaluation.evaluate import (
     METRICS,
@@ -207,24 +208,41 @@ def stale_predictions(
     source = record.get("source", {})
     made_on = source.get("resolved") or str(Path(source.get("data") or source.get("manifest") or "").resolve())
     wanted = source_location(run, data, manifest)
-    if made_on != wanted:
-        files = Path(made_on).is_file() and Path(wanted).is_file()
-        if not (files and file_sha256(made_on) == file_sha256(wanted)):  # a copied run names its old manifest.csv
-            return f"they were made on {made_on}, not {wanted}"
+    files = Path(made_on).is_file() and Path(wanted).is_file()
+    if made_on != wanted and not (files and same_images(made_on, wanted)):  # a copied run, a moved dataset
+        return f"they were made on {made_on}, not {wanted}"
     if source.get("split") != split:
         return f"they were made on split {source.get('split')!r}, not {split!r}"
     return None
 
 
+def stored_under(paths: Sequence[str]) -> list[str]:
+    """Each image path relative to the folder that holds them all (``glioma/Tr-gl_0013.jpg``), in POSIX form."""
+    if not paths:
+        return []
+    root = os.path.commonpath([os.path.dirname(p) for p in paths])
+    return [Path(os.path.relpath(p, root)).as_posix() for p in paths]
+
+
 def align(preds: Sequence[Predictions], names: Sequence[str]) -> list[Predictions]:
-    """Put every run's predictions on the same image order and class order; error if images or labels differ."""
+    """Put every run's predictions on the same image order and class order; error if images or labels differ.
+
+    Images are matched by path, or, when the paths differ only in the folder that holds them all (predictions
+    archived on another machine, :mod:`popevit.evaluation.archive`), by the path below it; the labels must agree.
+    """
     ref, ref_name = preds[0], names[0]
     ref_set = set(ref.paths)
     if len(ref_set) != len(ref.paths):
         raise ValueError(f"{ref_name}: predictions list some images twice; re-run `popevit evaluate`")
+    ref_of = dict(zip(stored_under(ref.paths), ref.paths, strict=True))
     out = [ref]
     for p, name in zip(preds[1:], names[1:], strict=True):
         other = set(p.paths)
+        if other != ref_set and len(other) == len(p.paths):
+            keys = stored_under(p.paths)
+            if set(keys) == set(ref_of):  # the same images under another folder
+                p = Predictions([ref_of[k] for k in keys], p.y, p.proba, p.classes)
+                other = ref_set
         if other != ref_set:
             only_ref, only_other = sorted(ref_set - other), sorted(other - ref_set)
             raise ValueError(
