@@ -143,6 +143,9 @@ def test_study_cli_table_extrapolation_and_tests(study_runs, tmp_path, monkeypat
     assert "| pope vs" not in md and "48 px" in md
     # unknown is not shown as "not capped"; the CPU where run.json names it
     assert "| 1/2 | cpu (test), Test CPU [AVX2] |" in md and "| ?/2 | cpu (test) |" in md
+    # which here are two devices: the difference between the groups is partly one between machines
+    assert len(res["warnings"]) == 1
+    assert "**Warning:** the groups ran on different devices (pope: cpu (test), Test CPU [AVX2]; rope_axial: cpu" in md
     compare = json.loads((out / "compare" / "compare.json").read_text())
     assert [c["a"] for c in compare["comparisons"]] == ["pope"] and len(compare["comparisons"][0]["pairs"]) == 2
     # the paired tests again at each extra size, on the predictions behind the extrapolation curve
@@ -153,6 +156,16 @@ def test_study_cli_table_extrapolation_and_tests(study_runs, tmp_path, monkeypat
             curve = next(e for e in g["extrapolation"] if e["size"] == size)["metrics"]["auroc_macro"]["value"]
             assert cg["metrics"]["auroc_macro"]["mean"] == pytest.approx(curve)
         assert f"at {size} px" in (out / f"compare-{size}px" / "compare.md").read_text()
+
+
+def test_machine_warning_only_when_groups_ran_on_different_devices():
+    from popevit.evaluation.study import machine_warning
+
+    x, y = "cpu, Intel(R) Xeon(R) Processor [AVX512]", "cpu, AMD EPYC [AVX2]"
+    assert machine_warning({"pope": {x}, "rope": {x}}) is None
+    assert machine_warning({"pope": {x, y}, "rope": {y, x}}) is None  # every group has seeds on both
+    warning = machine_warning({"pope": {x}, "rope": {y}, "none": set()})
+    assert warning is not None and f"pope: {x}; rope: {y}; none: not recorded" in warning
 
 
 def _n_train(run: Path) -> int:

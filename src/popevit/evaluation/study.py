@@ -119,6 +119,23 @@ def run_cost(run: Path) -> dict[str, Any]:
     }
 
 
+def machine_warning(devices: dict[str, set[str]]) -> str | None:
+    """A warning when the groups (name -> the devices their runs recorded) did not run on the same devices.
+
+    A seed rerun on another CPU is another model, not a replica (RESULTS.md section 15.2: up to 2.3 points of accuracy
+    on one seed, 1.1 on a 3-seed mean), so a difference between groups that ran on different machines mixes the model
+    with the machine. A group none of whose runs recorded a device counts as one more device ("not recorded").
+    """
+    if len({frozenset(d) for d in devices.values()}) <= 1:
+        return None
+    where = "; ".join(f"{name}: {' / '.join(sorted(d)) or 'not recorded'}" for name, d in devices.items())
+    return (
+        f"the groups ran on different devices ({where}). A run repeated on another machine is a different model, "
+        "so a difference between these groups is partly one between machines: compare groups run on one machine, "
+        "or give every group seeds on each."
+    )
+
+
 def _fmt_ci(e: dict[str, float], digits: int = 3) -> str:
     return f"{e['value']:.{digits}f} [{e['lo']:.{digits}f}, {e['hi']:.{digits}f}] ± {e['sd']:.{digits}f}"
 
@@ -147,6 +164,7 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"{c['epochs']:.0f} | {c['images_seen']:,.0f} | {c['train_img_per_s']:.1f} | "
             f"{'?' if c['capped'] is None else c['capped']}/{len(g['runs'])} | {c['device']} |"
         )
+    lines += [f"\n**Warning:** {w}" for w in result.get("warnings", [])]
     if len(sizes) > 1:
         lines += ["", f"## Resolution extrapolation: macro AUROC by test size (trained at {result['train_size']})", ""]
         lines.append("| group | " + " | ".join(f"{s} px" for s in sizes) + " |")
@@ -274,10 +292,12 @@ def run_study(
         "groups": [],
     }
     k = 0
+    devices: dict[str, set[str]] = {}
     for g, name in zip(groups, group_names(groups), strict=True):
         idx = list(range(k, k + len(g)))
         k += len(g)
         costs = [run_cost(r) for r in g]
+        devices[name] = {c["device"] for c in costs if c["device"]}
         entry: dict[str, Any] = {
             "name": name,
             "runs": [run_name(r) for r in g],
@@ -314,6 +334,9 @@ def run_study(
             entry["extrapolation"].append({"size": size, "metrics": m})
         result["groups"].append(entry)
 
+    warning = machine_warning(devices)
+    if warning is not None:
+        result["warnings"] = [warning]
     write_json(out / "study.json", result)
     (out / "study.md").write_text(to_markdown(result), encoding="utf-8")
     with open(out / "study.csv", "w", newline="", encoding="utf-8") as fh:
