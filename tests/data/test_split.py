@@ -153,3 +153,43 @@ def test_load_samples_folder_and_manifest(messy_root, phantom_root, tmp_path):
         load_samples()
     with pytest.raises(ValueError, match="does not exist"):
         load_samples(data=tmp_path / "nope")
+
+
+def test_fingerprint_is_the_split_of_the_images_wherever_they_are_stored(messy_root, tmp_path):
+    from popevit.data.manifest import same_images
+
+    cache = tmp_path / "cache"
+    here = make_split(messy_root, tmp_path / "here.csv", seed=0, cache_dir=cache)
+    moved = shutil.copytree(messy_root, tmp_path / "elsewhere" / "data")
+    there = make_split(moved, tmp_path / "there.csv", seed=0, cache_dir=cache)
+    other_seed = make_split(moved, tmp_path / "seed1.csv", seed=1, cache_dir=cache)
+    fingerprint = read_manifest(here).fingerprint()
+    # unreadable files are listed without a content hash, and do not turn the fingerprint off
+    assert any(not r.content_hash for r in read_manifest(here).select(EXCLUDED)) and fingerprint is not None
+    assert here.read_bytes() != there.read_bytes() and read_manifest(there).fingerprint() == fingerprint
+    assert same_images(here, there) and not same_images(here, other_seed)
+    # one image's bytes changed under the same name: other images
+    changed = next(p for p in sorted(moved.rglob("*.png")) if p.stat().st_size > 1000)
+    changed.write_bytes(changed.read_bytes()[:-1] + b"\0")
+    rehashed = make_split(moved, tmp_path / "changed.csv", seed=0, cache_dir=cache)
+    assert read_manifest(rehashed).fingerprint() != fingerprint
+    # a hand-written manifest without content hashes has none: its images are known only by path
+    (tmp_path / "hand.csv").write_text(f"path,label,split\n{changed},glioma,train\n")
+    assert read_manifest(tmp_path / "hand.csv").fingerprint() is None
+    (tmp_path / "broken.csv").write_text("not,a,manifest\n")
+    assert not same_images(here, tmp_path / "broken.csv")
+
+
+def test_below_common_folder():
+    from popevit.data.manifest import below_common_folder
+
+    assert below_common_folder(["/d/T/glioma/1.jpg", "/d/T/notumor/2.jpg"]) == ["glioma/1.jpg", "notumor/2.jpg"]
+    assert below_common_folder(["/d/T/glioma/1.jpg"]) == ["1.jpg"]
+    assert below_common_folder(["/x.jpg", "/y/z.jpg"]) == ["x.jpg", "y/z.jpg"]
+    assert below_common_folder(["a/./b.jpg", "a/c/d.jpg"]) == ["b.jpg", "c/d.jpg"]
+    # written on Windows, read anywhere
+    assert below_common_folder([r"C:\d\T\glioma\1.jpg", "C:/d/T/notumor/2.jpg"]) == ["glioma/1.jpg", "notumor/2.jpg"]
+    assert (
+        below_common_folder(["/a/b.jpg", "c/d.jpg"]) is None and below_common_folder([r"C:\a.jpg", r"D:\b.jpg"]) is None
+    )
+    assert below_common_folder([]) == []

@@ -277,3 +277,26 @@ def test_compare_cli_reports_bad_input_in_one_line(tmp_path):
     assert cli.exit_code == 2
     assert "error: runs were evaluated on different images: 1 only in" in cli.output
     assert "Traceback" not in cli.output
+
+
+def test_align_matches_images_stored_in_another_folder_only_when_their_manifests_agree():
+    from popevit.evaluation.compare import align
+
+    rng = np.random.default_rng(0)
+    names = [f"{c}/{i}.jpg" for c in ("glioma", "notumor") for i in range(3)]
+    y = np.array([0, 0, 0, 1, 1, 1])
+    here = Predictions([f"/work/data/T/{n}" for n in names], y, rng.dirichlet([1, 1], 6), ["glioma", "notumor"])
+    order = [4, 0, 5, 2, 1, 3]  # another machine: another folder, rows in another order
+    there = Predictions(
+        [rf"D:\mri\T\{names[i]}".replace("/", "\\") for i in order], y[order], here.proba[order], here.classes
+    )
+    for a, b in ((None, None), ("f1", None), ("f1", "f2")):  # unknown or other images: names do not pair them
+        here.source_fingerprint, there.source_fingerprint = a, b
+        with pytest.raises(ValueError, match="runs were evaluated on different images: 6 only in here"):
+            align([here, there], ["here", "there"])
+    here.source_fingerprint = there.source_fingerprint = "f1"
+    moved = align([here, there], ["here", "there"])[1]
+    assert moved.paths == here.paths and np.array_equal(moved.proba, here.proba) and np.array_equal(moved.y, y)
+    there.y = there.y[::-1].copy()  # the same names with other labels are still refused
+    with pytest.raises(ValueError, match="images have different labels"):
+        align([here, there], ["here", "there"])

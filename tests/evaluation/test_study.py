@@ -143,9 +143,7 @@ def test_study_cli_table_extrapolation_and_tests(study_runs, tmp_path, monkeypat
     assert "| pope vs" not in md and "48 px" in md
     # unknown is not shown as "not capped"; the CPU where run.json names it
     assert "| 1/2 | cpu (test), Test CPU [AVX2] |" in md and "| ?/2 | cpu (test) |" in md
-    # which here are two devices: the difference between the groups is partly one between machines
-    assert len(res["warnings"]) == 1
-    assert "**Warning:** the groups ran on different devices (pope: cpu (test), Test CPU [AVX2]; rope_axial: cpu" in md
+    assert "warnings" not in res and "Warning" not in md  # rope_axial's CPU is not recorded: nothing to warn of
     compare = json.loads((out / "compare" / "compare.json").read_text())
     assert [c["a"] for c in compare["comparisons"]] == ["pope"] and len(compare["comparisons"][0]["pairs"]) == 2
     # the paired tests again at each extra size, on the predictions behind the extrapolation curve
@@ -158,14 +156,25 @@ def test_study_cli_table_extrapolation_and_tests(study_runs, tmp_path, monkeypat
         assert f"at {size} px" in (out / f"compare-{size}px" / "compare.md").read_text()
 
 
-def test_machine_warning_only_when_groups_ran_on_different_devices():
-    from popevit.evaluation.study import machine_warning
+def test_study_warns_when_groups_ran_on_different_machines(study_runs, tmp_path, monkeypatch):
+    from popevit.evaluation.study import machine_warning, run_study
 
     x, y = "cpu, Intel(R) Xeon(R) Processor [AVX512]", "cpu, AMD EPYC [AVX2]"
     assert machine_warning({"pope": {x}, "rope": {x}}) is None
     assert machine_warning({"pope": {x, y}, "rope": {y, x}}) is None  # every group has seeds on both
+    assert machine_warning({"pope": {x}, "none": set()}) is None  # nothing recorded: nothing to say
     warning = machine_warning({"pope": {x}, "rope": {y}, "none": set()})
-    assert warning is not None and f"pope: {x}; rope: {y}; none: not recorded" in warning
+    assert warning is not None and f"(pope: {x}; rope: {y})" in warning
+
+    cache, runs = study_runs
+    monkeypatch.setenv("POPEVIT_CACHE", str(cache))
+    pope = _make_run(tmp_path / "pope-s0", "pope", 0, runs[0] / "manifest.csv")
+    rope = _make_run(tmp_path / "rope_axial-s0", "rope_axial", 0, runs[0] / "manifest.csv")
+    info = json.loads((rope / "run.json").read_text())
+    (rope / "run.json").write_text(json.dumps({**info, "device": "cuda", "cpu": {"model": "Other CPU"}}))
+    res = run_study([[pope], [rope]], out=tmp_path / "s", n_boot=20, device="cpu", paired_tests=False)
+    assert res["warnings"] == [machine_warning({"pope": {"cpu (test), Test CPU [AVX2]"}, "rope_axial": {"cuda"}})]
+    assert f"**Warning:** {res['warnings'][0]}" in (tmp_path / "s" / "study.md").read_text()
 
 
 def _n_train(run: Path) -> int:

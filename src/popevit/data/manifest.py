@@ -23,7 +23,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import os
+import ntpath
+import posixpath
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +40,29 @@ from popevit.registry import did_you_mean
 SPLITS = ("train", "val", "test")
 EXCLUDED = "excluded"
 COLUMNS = ("path", "label", "split", "group", "content_hash", "width", "height", "mode", "format", "note")
+
+
+_WINDOWS_PATH = re.compile(r"^([A-Za-z]:[\\/]|\\\\)")  # C:\ or C:/, or \\server
+
+
+def below_common_folder(paths: Sequence[str]) -> list[str] | None:
+    """Each path below the deepest folder that holds them all, ``/``-separated (``glioma/Tr-gl_0013.jpg``).
+
+    Paths written on Windows (a drive letter, or a UNC share) are read as Windows paths on any system. None when the
+    paths share no folder: absolute and relative ones mixed, or two drives.
+    """
+    if not paths:
+        return []
+    windows = all(_WINDOWS_PATH.match(p) for p in paths)
+    mod = ntpath if windows else posixpath
+    paths = [mod.normpath(p) for p in paths]
+    try:
+        root = mod.commonpath([mod.dirname(p) for p in paths])
+    except ValueError:
+        return None
+    prefix = root if root.endswith(mod.sep) or not root else root + mod.sep
+    out = [p[len(prefix) :] if p.startswith(prefix) else mod.relpath(p, root) for p in paths]  # relpath: slow
+    return [k.replace("\\", "/") for k in out] if windows else out
 
 
 @dataclass(frozen=True)
@@ -75,17 +100,19 @@ class Manifest:
     def fingerprint(self) -> str | None:
         """What the manifest says of its images, blind to where they are stored; None without content hashes.
 
-        The sha256 of the sorted rows' path relative to the folder that holds every image, label, split, group and
-        content hash. The same split made of a copy of the data in another folder (another machine) has another
-        file hash but this fingerprint. A hand-written manifest without content hashes has none: its images are
-        known only by their paths.
+        The sha256 of the sorted rows' path below the folder that holds every image (:func:`below_common_folder`),
+        label, split, group and content hash. The same split made of a copy of the data in another folder (another
+        machine) has another file hash but this fingerprint. Excluded rows count with whatever hash they have (an
+        unreadable file has none); a manifest whose usable rows lack content hashes (written by hand) has no
+        fingerprint: its images are known only by their paths.
         """
-        if not self.rows or any(not r.content_hash for r in self.rows):
+        if not self.rows or any(not r.content_hash for r in self.rows if r.split != EXCLUDED):
             return None
-        root = os.path.commonpath([r.path.parent for r in self.rows])
+        keys = below_common_folder([str(r.path) for r in self.rows])
+        if keys is None:
+            return None
         lines = sorted(
-            "\t".join((r.path.relative_to(root).as_posix(), r.label, r.split, r.group, r.content_hash))
-            for r in self.rows
+            "\t".join((k, r.label, r.split, r.group, r.content_hash)) for k, r in zip(keys, self.rows, strict=True)
         )
         return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
@@ -285,8 +312,11 @@ def same_images(a: Path | str, b: Path | str) -> bool:
     :meth:`Manifest.fingerprint` (the same split of a copy of the data stored elsewhere)."""
     if Path(a).read_bytes() == Path(b).read_bytes():
         return True
-    fingerprint = read_manifest(a).fingerprint()
-    return fingerprint is not None and fingerprint == read_manifest(b).fingerprint()
+    try:
+        fingerprint = read_manifest(a).fingerprint()
+        return fingerprint is not None and fingerprint == read_manifest(b).fingerprint()
+    except ValueError:  # not a valid manifest (any more): nothing to vouch for its images
+        return False
 
 
 def read_manifest(path: Path | str) -> Manifest:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import false_discovery_control
 
-from popevit.data.manifest import same_images
+from popevit.data.manifest import below_common_folder, read_manifest, same_images
 from popevit.evaluation.archive import archived_stale, read_archive
 from popevit.evaluation.evaluate import (
     METRICS,
@@ -145,7 +145,26 @@ def run_predictions(
             calibrate=calibrate,
             **eval_kwargs,
         )
-    return Predictions.load(eval_dir / PREDICTIONS)
+    preds = Predictions.load(eval_dir / PREDICTIONS)
+    preds.source_fingerprint = made_on_fingerprint(run, eval_dir)
+    return preds
+
+
+def made_on_fingerprint(run: Path, eval_dir: Path) -> str | None:
+    """The :meth:`~popevit.data.manifest.Manifest.fingerprint` of the manifest that the predictions in ``eval_dir``
+    were made on: as an archive recorded it, else read from the manifest their ``metrics.json`` names; None for an
+    image folder, or a manifest that is gone or has no fingerprint."""
+    archived = read_archive(run)
+    if archived is not None:
+        return archived["evaluations"].get(eval_dir.name, {}).get("source_fingerprint")
+    source = json.loads((eval_dir / METRICS).read_text()).get("source", {})
+    made_on = Path(source.get("resolved") or source.get("manifest") or "")
+    if "data" in source or not made_on.is_file():
+        return None
+    try:
+        return read_manifest(made_on).fingerprint()
+    except ValueError:
+        return None
 
 
 def _archived_refusal(run: Path, why: str) -> str:
@@ -185,9 +204,10 @@ def stale_predictions(
 
     The folder's name (:func:`popevit.evaluation.evaluate.eval_tag`) keeps only the last part of a source's path, and
     says nothing of the weights, so another source or a retrained run can map to the same folder: ``metrics.json``
-    decides. Two manifests with the same bytes are the same source. Records written before ``metrics.json`` held the
-    weights' hash are checked by modification time instead. An archived run (:mod:`popevit.evaluation.archive`) is
-    judged by its ``archive.json``.
+    decides. Two manifests with the same bytes, or the same fingerprint (the same split of the data stored in
+    another folder, :func:`popevit.data.manifest.same_images`), are the same source. Records written before
+    ``metrics.json`` held the weights' hash are checked by modification time instead. An archived run
+    (:mod:`popevit.evaluation.archive`) is judged by its ``archive.json``.
     """
     from popevit.artifact import WEIGHTS, file_sha256
 
@@ -216,33 +236,27 @@ def stale_predictions(
     return None
 
 
-def stored_under(paths: Sequence[str]) -> list[str]:
-    """Each image path relative to the folder that holds them all (``glioma/Tr-gl_0013.jpg``), in POSIX form."""
-    if not paths:
-        return []
-    root = os.path.commonpath([os.path.dirname(p) for p in paths])
-    return [Path(os.path.relpath(p, root)).as_posix() for p in paths]
-
-
 def align(preds: Sequence[Predictions], names: Sequence[str]) -> list[Predictions]:
     """Put every run's predictions on the same image order and class order; error if images or labels differ.
 
-    Images are matched by path, or, when the paths differ only in the folder that holds them all (predictions
-    archived on another machine, :mod:`popevit.evaluation.archive`), by the path below it; the labels must agree.
+    Images are matched by path. Predictions made on manifests with the same fingerprint (the same images, labels,
+    splits and groups; ``Predictions.source_fingerprint``) are matched by the path below the folder that holds them
+    all when their folders differ: runs made, or archived, on another machine. Either way the labels must agree.
     """
     ref, ref_name = preds[0], names[0]
     ref_set = set(ref.paths)
     if len(ref_set) != len(ref.paths):
         raise ValueError(f"{ref_name}: predictions list some images twice; re-run `popevit evaluate`")
-    ref_of = dict(zip(stored_under(ref.paths), ref.paths, strict=True))
     out = [ref]
     for p, name in zip(preds[1:], names[1:], strict=True):
         other = set(p.paths)
-        if other != ref_set and len(other) == len(p.paths):
-            keys = stored_under(p.paths)
-            if set(keys) == set(ref_of):  # the same images under another folder
-                p = Predictions([ref_of[k] for k in keys], p.y, p.proba, p.classes)
-                other = ref_set
+        moved = p.source_fingerprint is not None and p.source_fingerprint == ref.source_fingerprint
+        if other != ref_set and moved:  # the same images, stored under another folder
+            keys, ref_keys = below_common_folder(p.paths), below_common_folder(ref.paths)
+            if keys is not None and ref_keys is not None and len(set(keys)) == len(keys) and set(keys) == set(ref_keys):
+                ref_of = dict(zip(ref_keys, ref.paths, strict=True))
+                p = Predictions([ref_of[k] for k in keys], p.y, p.proba, p.classes, p.source_fingerprint)
+                other = set(p.paths)
         if other != ref_set:
             only_ref, only_other = sorted(ref_set - other), sorted(other - ref_set)
             raise ValueError(

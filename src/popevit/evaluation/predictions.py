@@ -26,12 +26,16 @@ class Predictions:
         y: (n,) true class indices into ``classes``.
         proba: (n, K) class probabilities.
         classes: K class names, in column order.
+        source_fingerprint: :meth:`popevit.data.manifest.Manifest.fingerprint` of the manifest they were made on,
+            where known: what lets :func:`popevit.evaluation.compare.align` pair them with predictions on the same
+            images stored in another folder. Not saved in ``predictions.csv``.
     """
 
     paths: list[str]
     y: np.ndarray
     proba: np.ndarray
     classes: list[str]
+    source_fingerprint: str | None = None
 
     @property
     def pred(self) -> np.ndarray:
@@ -43,14 +47,18 @@ class Predictions:
 
     def subset(self, mask: np.ndarray) -> Predictions:
         return Predictions(
-            [p for p, m in zip(self.paths, mask, strict=True) if m], self.y[mask], self.proba[mask], self.classes
+            [p for p, m in zip(self.paths, mask, strict=True) if m],
+            self.y[mask],
+            self.proba[mask],
+            self.classes,
+            self.source_fingerprint,
         )
 
     def reorder(self, paths: Sequence[str]) -> Predictions:
         """Rows reordered to ``paths`` (which must be exactly this set of paths)."""
         index = {p: i for i, p in enumerate(self.paths)}
         rows = np.array([index[p] for p in paths], dtype=np.int64)
-        return Predictions(list(paths), self.y[rows], self.proba[rows], self.classes)
+        return Predictions(list(paths), self.y[rows], self.proba[rows], self.classes, self.source_fingerprint)
 
     def with_class_order(self, classes: Sequence[str]) -> Predictions:
         """Columns permuted to ``classes`` (the same names in another order)."""
@@ -58,7 +66,7 @@ class Predictions:
             raise ValueError(f"cannot reorder classes {self.classes} to {list(classes)}: the names differ")
         perm = [self.classes.index(c) for c in classes]
         inv = np.argsort(perm)
-        return Predictions(self.paths, inv[self.y], self.proba[:, perm], list(classes))
+        return Predictions(self.paths, inv[self.y], self.proba[:, perm], list(classes), self.source_fingerprint)
 
     def save(self, path: Path) -> Path:
         path = Path(path)

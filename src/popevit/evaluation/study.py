@@ -115,22 +115,25 @@ def run_cost(run: Path) -> dict[str, Any]:
         "train_images": n_train,
         "train_img_per_s": ips,
         "device": _device(info),
+        # what a same-seed rerun would need to be the same model: a GPU, or a CPU whose model run.json names
+        "machine": _device(info) if info.get("cpu") or not str(info.get("device", "cpu")).startswith("cpu") else None,
         "hit_time_cap": info.get("hit_time_cap"),
     }
 
 
-def machine_warning(devices: dict[str, set[str]]) -> str | None:
-    """A warning when the groups (name -> the devices their runs recorded) did not run on the same devices.
+def machine_warning(machines: dict[str, set[str]]) -> str | None:
+    """A warning when groups (name -> the machines their runs recorded) did not run on the same machines.
 
     A seed rerun on another CPU is another model, not a replica (RESULTS.md section 15.2: up to 2.3 points of accuracy
     on one seed, 1.1 on a 3-seed mean), so a difference between groups that ran on different machines mixes the model
-    with the machine. A group none of whose runs recorded a device counts as one more device ("not recorded").
+    with the machine. Groups with no machine recorded (runs older than the record) are left out: nothing can be said.
     """
-    if len({frozenset(d) for d in devices.values()}) <= 1:
+    known = {name: m for name, m in machines.items() if m}
+    if len({frozenset(m) for m in known.values()}) <= 1:
         return None
-    where = "; ".join(f"{name}: {' / '.join(sorted(d)) or 'not recorded'}" for name, d in devices.items())
+    where = "; ".join(f"{name}: {' / '.join(sorted(m))}" for name, m in known.items())
     return (
-        f"the groups ran on different devices ({where}). A run repeated on another machine is a different model, "
+        f"the groups ran on different machines ({where}). A run repeated on another machine is a different model, "
         "so a difference between these groups is partly one between machines: compare groups run on one machine, "
         "or give every group seeds on each."
     )
@@ -292,12 +295,12 @@ def run_study(
         "groups": [],
     }
     k = 0
-    devices: dict[str, set[str]] = {}
+    machines: dict[str, set[str]] = {}
     for g, name in zip(groups, group_names(groups), strict=True):
         idx = list(range(k, k + len(g)))
         k += len(g)
         costs = [run_cost(r) for r in g]
-        devices[name] = {c["device"] for c in costs if c["device"]}
+        machines[name] = {c["machine"] for c in costs if c["machine"]}
         entry: dict[str, Any] = {
             "name": name,
             "runs": [run_name(r) for r in g],
@@ -334,7 +337,7 @@ def run_study(
             entry["extrapolation"].append({"size": size, "metrics": m})
         result["groups"].append(entry)
 
-    warning = machine_warning(devices)
+    warning = machine_warning(machines)
     if warning is not None:
         result["warnings"] = [warning]
     write_json(out / "study.json", result)
