@@ -259,10 +259,18 @@ def align(preds: Sequence[Predictions], names: Sequence[str]) -> list[Prediction
                 other = set(p.paths)
         if other != ref_set:
             only_ref, only_other = sorted(ref_set - other), sorted(other - ref_set)
+            same_names = not moved and below_common_folder(sorted(other)) == below_common_folder(sorted(ref_set))
             raise ValueError(
                 f"runs were evaluated on different images: {len(only_ref)} only in {ref_name} (e.g. {only_ref[:2]}), "
                 f"{len(only_other)} only in {name} (e.g. {only_other[:2]}); compare on one data source, e.g. "
                 "--manifest FILE --split test or --data DIR"
+                + (
+                    ". The names below their folders agree, but nothing shows that they are the same images: pairing "
+                    "data stored in two places needs each run evaluated on a manifest with content hashes (`popevit "
+                    "data split`), both of the same split"
+                    if same_names
+                    else ""
+                )
             )
         q = p.with_class_order(ref.classes).reorder(ref.paths)
         if not np.array_equal(q.y, ref.y):
