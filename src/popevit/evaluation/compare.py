@@ -21,6 +21,7 @@ Runs are grouped by folder name with a trailing seed suffix removed (``-s0``, ``
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -161,8 +162,15 @@ def made_on_fingerprint(run: Path, eval_dir: Path) -> str | None:
     made_on = Path(source.get("resolved") or source.get("manifest") or "")
     if "data" in source or not made_on.is_file():
         return None
+    stat = made_on.stat()
+    return _manifest_fingerprint(str(made_on.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _manifest_fingerprint(path: str, mtime_ns: int, size: int) -> str | None:
+    """A manifest's fingerprint, read once per version of the file (a study asks for it per run and per size)."""
     try:
-        return read_manifest(made_on).fingerprint()
+        return read_manifest(path).fingerprint()
     except ValueError:
         return None
 

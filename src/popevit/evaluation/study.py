@@ -89,6 +89,15 @@ def _device(info: dict[str, Any]) -> str | None:
     return device
 
 
+def _machine(info: dict[str, Any]) -> str | None:
+    """What a same-seed rerun would need to be the same model: the CPU model and its vector capability, or the GPU
+    device; None for a CPU run recorded before ``run.json`` named its CPU."""
+    device, cpu = info.get("device"), info.get("cpu")
+    if not device or (device.startswith("cpu") and not cpu):
+        return None
+    return f"{cpu.get('model')} [{cpu.get('capability')}]" if device.startswith("cpu") else device
+
+
 def run_cost(run: Path) -> dict[str, Any]:
     """Parameters, wall time, epochs, training images seen and per wall-clock second of a run folder."""
     from popevit.artifact import WEIGHTS, param_count
@@ -115,8 +124,7 @@ def run_cost(run: Path) -> dict[str, Any]:
         "train_images": n_train,
         "train_img_per_s": ips,
         "device": _device(info),
-        # what a same-seed rerun would need to be the same model: a GPU, or a CPU whose model run.json names
-        "machine": _device(info) if info.get("cpu") or not str(info.get("device", "cpu")).startswith("cpu") else None,
+        "machine": _machine(info),
         "hit_time_cap": info.get("hit_time_cap"),
     }
 
