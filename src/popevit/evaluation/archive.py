@@ -87,8 +87,9 @@ def _evaluation(run: Path, eval_dir: Path, weights_sha: str) -> dict[str, Any]:
             f"{eval_dir} was made on {str(made_on)!r}, which is gone, so the archive could not say which images it "
             f"covers: re-run `popevit evaluate {run}` on a manifest that exists, or delete {eval_dir}"
         )
-    entry["source_sha256"] = file_sha256(made_on)
-    entry["source_fingerprint"] = read_manifest(made_on).fingerprint()
+    manifest = read_manifest(made_on)
+    entry["source_sha256"] = manifest.sha256
+    entry["source_fingerprint"] = manifest.fingerprint()
     entry["source"] = f"manifest {made_on.name} (sha256 {entry['source_sha256'][:12]})"
     return entry
 
@@ -109,15 +110,15 @@ def archive_run(run: str | Path, out: str | Path) -> Path:
     if not evals:
         raise ValueError(f"{run} has no evaluation to archive: run `popevit evaluate {run}` first")
     weights_sha = file_sha256(weights)
-    manifest = run / "manifest.csv"
+    manifest = read_manifest(run / "manifest.csv") if (run / "manifest.csv").is_file() else None
     record = {
         "format": FORMAT,
         "archived_from": str(run.resolve()),
         "weights_sha256": weights_sha,
         "params": param_count(weights),
-        "train_images": train_images(manifest) if manifest.is_file() else None,
-        "manifest_sha256": file_sha256(manifest) if manifest.is_file() else None,
-        "manifest_fingerprint": read_manifest(manifest).fingerprint() if manifest.is_file() else None,
+        "train_images": len(manifest.select("train")) if manifest is not None else None,
+        "manifest_sha256": manifest.sha256 if manifest is not None else None,
+        "manifest_fingerprint": manifest.fingerprint() if manifest is not None else None,
         "evaluations": {d.name: _evaluation(run, d, weights_sha) for d in evals},
     }
     dest = out / run.name

@@ -83,10 +83,8 @@ def seed_mean_with_ci(
 def _device(info: dict[str, Any]) -> str | None:
     """run.json's device, with the CPU model and its vector capability where recorded: a wall-clock budget on "2
     cores" means little without them (RESULTS.md section 15)."""
-    device, cpu = info.get("device"), info.get("cpu")
-    if device and cpu and device.startswith("cpu"):
-        return f"{device}, {cpu.get('model')} [{cpu.get('capability')}]"
-    return device
+    device, machine = info.get("device"), _machine(info)
+    return f"{device}, {machine}" if machine and device.startswith("cpu") else device
 
 
 def _machine(info: dict[str, Any]) -> str | None:
