@@ -322,6 +322,10 @@ def test_archives_pair_with_runs_on_a_copy_of_the_data_in_another_folder(
     assert got["groups"] == want["groups"]
     cmp = [json.loads((tmp_path / d / "compare" / "compare.json").read_text()) for d in ("s_there", "s_here")]
     assert cmp[0]["comparisons"] == cmp[1]["comparisons"]
+    # named with --manifest, the other machine's split stands for the archive's own: the same study again
+    named = run_study([[archived], [rope_there]], manifest=there, out=tmp_path / "s_named", **kw)
+    assert named["groups"] == want["groups"] and (rope_there / "eval" / "there-test" / "predictions.csv").is_file()
+    assert not (archived / "eval" / "there-test").exists()
     # the archive vouches for its predictions by content: the other machine's manifest has it, a changed split not
     from popevit.evaluation.archive import archived_stale, read_archive
 
@@ -335,3 +339,8 @@ def test_archives_pair_with_runs_on_a_copy_of_the_data_in_another_folder(
     assert not same_images(here, changed)
     why = archived_stale(record, held, data=None, manifest=changed, split="test")
     assert why is not None and why.startswith("'test' was made on manifest manifest.csv") and "changed.csv" in why
+    with pytest.raises(
+        ValueError, match=r"archived run .*'test' was made on manifest manifest.csv .*, not on manifest .*changed.csv"
+    ):
+        run_study([[archived], [rope_there]], manifest=changed, out=tmp_path / "s_changed", **kw)
+    assert not (rope_there / "eval" / "changed-test").exists()  # refused before the live run was evaluated
