@@ -128,9 +128,10 @@ def run_predictions(
     """A run's predictions on a data source (optionally at another input size, optionally temperature-scaled):
     reused from ``RUN/eval/<tag>/`` when there, else evaluated now."""
     split = resolve_split(data, split)
-    eval_dir = predictions_dir(run, data, manifest, split, tta, img_size, calibrate)
+    archived = read_archive(run)
+    eval_dir = predictions_dir(run, archived, data, manifest, split, tta, img_size, calibrate)
     stale = stale_predictions(eval_dir, run, data=data, manifest=manifest, split=split)
-    if stale is not None and read_archive(run) is not None:
+    if stale is not None and archived is not None:
         raise ValueError(_archived_refusal(run, stale))
     if stale is not None:
         if (eval_dir / PREDICTIONS).is_file():
@@ -153,6 +154,7 @@ def run_predictions(
 
 def predictions_dir(
     run: Path,
+    archived: dict[str, Any] | None,
     data: str | Path | None,
     manifest: str | Path | None,
     split: str | None,
@@ -162,14 +164,15 @@ def predictions_dir(
 ) -> Path:
     """Where a run's predictions on this source are, or go: ``RUN/eval/<tag>/``.
 
-    An archived run evaluated on its own manifest holds them under the own-manifest tag (``test``), not under the tag
-    that ``--manifest FILE`` gives (``FILE-test``). Asked for a manifest it holds no evaluation under, it is pointed
-    at its own manifest's, which :func:`popevit.evaluation.archive.archived_stale` then accepts only when that
-    manifest holds the same images (same bytes or the same fingerprint) as ``FILE``, and refuses with the reason
-    otherwise."""
+    ``archived`` is the run's ``archive.json`` record (:func:`popevit.evaluation.archive.read_archive`), None for a run
+    folder with its weights. An archived run evaluated on its own manifest holds them under the own-manifest tag
+    (``test``), not under the tag that ``--manifest FILE`` gives (``FILE-test``). Asked for a manifest it holds no
+    evaluation under, it is pointed at its own manifest's, which :func:`popevit.evaluation.archive.archived_stale` then
+    accepts only when that manifest holds the same images (same bytes or the same fingerprint) as ``FILE``, and
+    refuses with the reason otherwise."""
     eval_dir = default_eval_dir(run, data, manifest, split, tta, img_size, calibrate)
-    archived = read_archive(run) if manifest is not None and data is None else None
-    if archived is not None and eval_dir.name not in archived["evaluations"]:
+    named_manifest = manifest is not None and data is None
+    if archived is not None and named_manifest and eval_dir.name not in archived["evaluations"]:
         return default_eval_dir(run, None, None, split, tta, img_size, calibrate)
     return eval_dir
 
@@ -222,7 +225,7 @@ def check_archived_runs(
     for run in runs:
         record = read_archive(run)
         for size in img_sizes if record is not None else ():
-            eval_dir = predictions_dir(run, data, manifest, split, tta, size, calibrate)
+            eval_dir = predictions_dir(run, record, data, manifest, split, tta, size, calibrate)
             why = archived_stale(record, eval_dir, data=data, manifest=manifest, split=split)
             if why is not None:
                 raise ValueError(_archived_refusal(Path(run), why))
