@@ -344,3 +344,30 @@ def test_archives_pair_with_runs_on_a_copy_of_the_data_in_another_folder(
     ):
         run_study([[archived], [rope_there]], manifest=changed, out=tmp_path / "s_changed", **kw)
     assert not (rope_there / "eval" / "changed-test").exists()  # refused before the live run was evaluated
+
+
+def test_a_two_stage_recipe_is_charged_its_teacher_or_pretraining(study_runs, tmp_path, monkeypatch):
+    from popevit.evaluation.study import run_study
+
+    cache, runs = study_runs
+    monkeypatch.setenv("POPEVIT_CACHE", str(cache))
+    groups = []
+    for name, stages in (
+        ("distilled", [{"role": "teacher", "wall_s": 600.0}, {"role": "init", "wall_s": 300.0}]),
+        ("external", [{"role": "init", "wall_s": None}]),
+        ("plain", []),
+    ):
+        run = _make_run(tmp_path / f"{name}-s0", "pope", 0, runs[0] / "manifest.csv")
+        info = json.loads((run / "run.json").read_text())
+        (run / "run.json").write_text(json.dumps({**info, "upstream": stages}))
+        groups.append([run])
+    res = run_study(groups, out=tmp_path / "s", n_boot=20, device="cpu", paired_tests=False)
+    distilled, external, plain = (g["cost"] for g in res["groups"])
+    assert distilled["wall_min"] == 1.0 and distilled["upstream_wall_min"] == 15.0  # run.json: 60 s of its own
+    assert distilled["upstream"] == ["init", "teacher"] and plain["upstream"] == []
+    assert np.isnan(external["upstream_wall_min"])
+    md = (tmp_path / "s" / "study.md").read_text()
+    assert "| 16.0 (init + teacher 15.0) |" in md and "| 1.0 + ? (init: compute not recorded) |" in md
+    assert "| 1.0 |" in md
+    # img/s stays the stage's own speed
+    assert distilled["train_img_per_s"] == plain["train_img_per_s"]

@@ -103,3 +103,10 @@ def test_pretrain_learns_and_its_encoder_initialises_every_backbone_weight_of_tr
     # one fine-tuning step moved the weights only a little from the pretrained ones (they were loaded)
     w = model.state_dict()["blocks.0.attn.qkv.weight"]
     assert (w - enc["blocks.0.attn.qkv.weight"]).abs().max() < 0.1 * enc["blocks.0.attn.qkv.weight"].abs().max()
+    # the fine-tune states its whole budget: the pretraining's compute beside its own
+    ft_info = json.loads((run.out_dir / "run.json").read_text())
+    assert ft_info["upstream"] == [
+        {"role": "init", "path": str(tmp_path / "mim"), "record": "pretrain.json"}
+        | {k: info[k] for k in ("wall_s", "epochs", "images_seen", "device")}
+    ]
+    assert ft_info["budget_wall_s"] == pytest.approx(ft_info["wall_s"] + info["wall_s"], abs=0.02)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -93,6 +95,9 @@ def test_a_teacher_preprocessed_differently_is_refused_before_the_run_folder(tmp
 
 def test_distilled_run_trains_and_saves_a_student_that_averages_its_heads(phantom_root, tmp_path):
     teacher = _teacher_run(tmp_path / "teacher")
+    # the teacher was itself fine-tuned from pretrained weights: both stages count in the student's budget
+    pre = {"role": "init", "path": "runs/mim", "record": "pretrain.json", "wall_s": 40.0, "epochs": 3}
+    (teacher / "run.json").write_text(json.dumps({"wall_s": 30.5, "epochs": 2, "images_seen": 64, "upstream": [pre]}))
     cfg = load_config(
         None,
         [
@@ -107,6 +112,13 @@ def test_distilled_run_trains_and_saves_a_student_that_averages_its_heads(phanto
     result = train(cfg, tmp_path / "run")
     model, meta = load_artifact(result.out_dir)
     assert meta.kwargs["distill"] is True and model.head_dist is not None
+    info = json.loads((result.out_dir / "run.json").read_text())
+    assert info["upstream"] == [
+        {"role": "teacher", "path": str(teacher), "record": "run.json", "wall_s": 30.5, "epochs": 2, "images_seen": 64}
+        | {"device": None},
+        pre,
+    ]
+    assert info["budget_wall_s"] == pytest.approx(info["wall_s"] + 70.5, abs=0.02)
     ckpt = torch.load(next((result.out_dir / "checkpoints").glob("last*.ckpt")), weights_only=False)
     assert not any("teacher" in k for k in ckpt["state_dict"])
     out = model.eval()(torch.randn(2, 1, 32, 32))

@@ -100,6 +100,7 @@ def run_cost(run: Path) -> dict[str, Any]:
     """Parameters, wall time, epochs, training images seen and per wall-clock second of a run folder."""
     from popevit.artifact import WEIGHTS, param_count
     from popevit.evaluation.archive import read_archive, train_images
+    from popevit.training.run import stages_wall_s
 
     info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
     archived = read_archive(run)
@@ -114,9 +115,13 @@ def run_cost(run: Path) -> dict[str, Any]:
     if seen is None and epochs and n_train:
         seen = n_train * epochs
     ips = seen / wall if wall and seen else float("nan")
+    stages = info.get("upstream", [])
     return {
         "params": params,
         "wall_s": wall,
+        # the stages it was built on (teacher, pretraining): their wall time, None when one of them is unknown
+        "upstream_wall_s": stages_wall_s(stages),
+        "upstream": [s["role"] for s in stages],
         "epochs": epochs,
         "images_seen": seen,
         "train_images": n_train,
@@ -149,6 +154,17 @@ def _fmt_ci(e: dict[str, float], digits: int = 3) -> str:
     return f"{e['value']:.{digits}f} [{e['lo']:.{digits}f}, {e['hi']:.{digits}f}] ± {e['sd']:.{digits}f}"
 
 
+def _fmt_wall(cost: dict[str, Any]) -> str:
+    """Wall minutes of a group's runs: the whole budget, and for a two-stage recipe what its earlier stages took."""
+    if not cost.get("upstream"):
+        return f"{cost['wall_min']:.1f}"
+    roles = " + ".join(cost["upstream"])
+    up = cost["upstream_wall_min"]
+    if np.isnan(up):
+        return f"{cost['wall_min']:.1f} + ? ({roles}: compute not recorded)"
+    return f"{cost['wall_min'] + up:.1f} ({roles} {up:.1f})"
+
+
 def to_markdown(result: dict[str, Any]) -> str:
     """The study as Markdown: the comparison table and the extrapolation table."""
     n, sizes = result["n"], result["sizes"]
@@ -157,7 +173,9 @@ def to_markdown(result: dict[str, Any]) -> str:
         "Each cell: seed-mean [95% bootstrap CI over test images] ± sd across seeds. "
         "Cost columns are seed means: wall time, epochs, training images seen (partial last epochs included) and "
         "img/s = training images seen per wall-clock second (validation included); capped = runs that the "
-        "train.max_minutes cap ended; device as run.json records it."
+        "train.max_minutes cap ended; device as run.json records it. A two-stage recipe's wall time adds the stages "
+        "it was built on (a distillation teacher, the pretraining behind --init) and shows them in brackets; its "
+        "epochs, images and img/s are its own stage's."
     )
     lines.append("")
     lines.append(
@@ -169,7 +187,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         c = g["cost"]
         cells = [_fmt_ci(g["metrics"][m]) for m in STUDY_METRICS]
         lines.append(
-            f"| {g['name']} | {len(g['runs'])} | " + " | ".join(cells) + f" | {c['params']:,} | {c['wall_min']:.1f} | "
+            f"| {g['name']} | {len(g['runs'])} | " + " | ".join(cells) + f" | {c['params']:,} | {_fmt_wall(c)} | "
             f"{c['epochs']:.0f} | {c['images_seen']:,.0f} | {c['train_img_per_s']:.1f} | "
             f"{'?' if c['capped'] is None else c['capped']}/{len(g['runs'])} | {c['device']} |"
         )
@@ -316,6 +334,12 @@ def run_study(
             "cost": {
                 "params": costs[0]["params"],
                 "wall_min": float(np.mean([c["wall_s"] or np.nan for c in costs])) / 60.0,
+                # a two-stage recipe's whole budget: this stage plus its teacher or pretraining (NaN: unknown)
+                "upstream": sorted({role for c in costs for role in c["upstream"]}),
+                "upstream_wall_min": float(
+                    np.mean([np.nan if c["upstream_wall_s"] is None else c["upstream_wall_s"] for c in costs])
+                )
+                / 60.0,
                 "epochs": float(np.mean([c["epochs"] or np.nan for c in costs])),
                 "images_seen": float(np.mean([c["images_seen"] or np.nan for c in costs])),
                 "train_img_per_s": float(np.mean([c["train_img_per_s"] for c in costs])),

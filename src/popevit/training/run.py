@@ -5,7 +5,8 @@ A run directory holds everything needed to audit and reuse the run::
     runs/NAME/
       config.yaml            the resolved config (YAML + --set overrides)
       run.json               popevit version, git commit, classes, manifest sha256, wall time, epochs, images
-                             seen, whether train.max_minutes ended it, the lr it ended at, device and CPU model
+                             seen, whether train.max_minutes ended it, the lr it ended at, device and CPU model,
+                             and the compute of the stages it was built on (distillation teacher, --init weights)
       manifest.csv           the exact split used (copied, or made from --data with the duplicate-grouped splitter)
       checkpoints/last.ckpt  written atomically at every validation, i.e. epoch end (resume point)
       checkpoints/best.ckpt  best validation checkpoint
@@ -350,6 +351,42 @@ def provenance(
     }
 
 
+STAGE_RECORDS = ("run.json", "pretrain.json")  # what popevit train and popevit pretrain write beside their weights
+
+
+def upstream_stages(teacher: Path | None, init: Path | None) -> list[dict[str, Any]]:
+    """The training stages a run is built on, with their compute, so that a two-stage recipe states its whole budget
+    (issue 10: a distilled student's teacher and a fine-tune's pretraining count against it).
+
+    One record per stage: its role (``teacher``, ``init``), folder, wall time, epochs, images seen and device, read
+    from the ``run.json`` or ``pretrain.json`` beside it; then the stages that stage was itself built on. A stage
+    with no such record (weights from elsewhere) has ``wall_s`` None: its compute is unknown, not zero.
+    """
+    stages: list[dict[str, Any]] = []
+    for role, folder in (("teacher", teacher), ("init", None if init is None else Path(init).parent)):
+        if folder is None:
+            continue
+        record = next((folder / n for n in STAGE_RECORDS if (folder / n).is_file()), None)
+        info = json.loads(record.read_text()) if record is not None else {}
+        stages.append(
+            {
+                "role": role,
+                "path": str(folder),
+                "record": None if record is None else record.name,
+                **{k: info.get(k) for k in ("wall_s", "epochs", "images_seen", "device")},
+            }
+        )
+        stages += info.get("upstream", [])
+    return stages
+
+
+def stages_wall_s(stages: list[dict[str, Any]]) -> float | None:
+    """Wall time of the stages a run was built on (:func:`upstream_stages`); None when one's compute is unknown."""
+    if any(s["wall_s"] is None for s in stages):
+        return None
+    return sum(s["wall_s"] for s in stages)
+
+
 def train(
     cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, init: str | Path | None = None
 ) -> RunResult:
@@ -433,10 +470,13 @@ def train(
     )
     val = {k: float(v) for k, v in val_trainer.validate(module, datamodule=dm, verbose=False)[0].items()}
     _write_json(out_dir / "val_metrics.json", val)
+    stages = upstream_stages(cfg.model.distill.teacher if cfg.model.distill else None, init)
     _write_json(
         out_dir / "run.json",
         {
             **provenance(fit, trainer, None if cifar else manifest, on_gpu, precision, resume),
+            "upstream": stages,
+            "budget_wall_s": None if (up := stages_wall_s(stages)) is None else round(fit.wall_s + up, 2),
             "classes": classes,
             "data_stats": getattr(dm, "stats", None) if cifar else None,
         },
