@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from popevit.config import dump_config, load_config
+from popevit.evaluation.plots import read_metrics_csv
 from popevit.training import RunDirError, train
 from popevit.training.optim import param_groups, warmup_cosine
 from popevit.training.run import prepare_run_dir
@@ -124,6 +125,13 @@ def test_sigkilled_run_resumes_to_identical_weights_and_metrics(phantom_root, tm
     info_ref, info_b = (json.loads((tmp_path / d / "run.json").read_text()) for d in ("ref", "b"))
     assert info_b["resumed"] is True
     assert info_b["images_seen"] == info_ref["images_seen"]  # the count resumes from the checkpoint, not from 0
+    # the training curves keep the epochs before the kill (Lightning's CSVLogger deletes its file on resume)
+    curves_ref, curves_b = (read_metrics_csv(tmp_path / d / "logs" / "csv" / "metrics.csv") for d in ("ref", "b"))
+    lr = next(k for k in curves_ref if k.startswith("lr-"))
+    for key in ("val/loss", "train/loss_epoch", lr):
+        assert [e for e, _ in curves_b[key]] == [e for e, _ in curves_ref[key]] == list(range(epochs)), key
+    assert curves_b["val/loss"] == curves_ref["val/loss"]
+    assert not (tmp_path / "b" / "logs" / "csv" / "metrics.before_resume.csv").exists()
 
 
 def test_resume_with_a_changed_config_is_refused_with_the_diff(phantom_root, tmp_path):
@@ -134,6 +142,48 @@ def test_resume_with_a_changed_config_is_refused_with_the_diff(phantom_root, tmp
         train(changed, tmp_path / "run", resume=True)
     with pytest.raises(RunDirError, match="no checkpoint"):
         train(cfg, tmp_path / "fresh", resume=True)
+
+
+def test_a_resumed_run_keeps_its_init_weights_and_the_wall_time_before_it(phantom_root, tmp_path):
+    from safetensors.torch import save_file
+
+    from popevit.artifact import file_sha256
+
+    cfg = load_config(None, [*TINY, "train.max_epochs=1", f"data.data={phantom_root}"])
+    source = train(cfg, tmp_path / "a").out_dir / "model.safetensors"
+    run = tmp_path / "b"
+    train(cfg, run, init=source)
+    assert json.loads((run / "init.json").read_text()) == {"path": str(source), "sha256": file_sha256(source)}
+    first = json.loads((run / "run.json").read_text())
+    assert [s["role"] for s in first["upstream"]] == ["init"] and first["wall_s_before_resume"] == 0
+    train(cfg, run, resume=True)  # --init not given again: the run's record keeps it in the budget
+    again = json.loads((run / "run.json").read_text())
+    assert again["resumed"] is True and again["upstream"] == first["upstream"]
+    # wall_s counts the first process up to its checkpoint, not only the resumed one (which trained no more here)
+    assert 0 < again["wall_s_before_resume"] <= first["wall_s"] <= again["wall_s"]
+    assert again["budget_wall_s"] == pytest.approx(again["wall_s"] + first["upstream"][0]["wall_s"], abs=0.02)
+    train(cfg, run, resume=True, init=source)  # the same weights again: accepted
+    other = tmp_path / "other.safetensors"
+    save_file({k: v + 1 for k, v in load_file(str(source)).items()}, str(other))
+    with pytest.raises(RunDirError, match=r"started from --init .*model.safetensors.*other weights"):
+        train(cfg, run, resume=True, init=other)
+    with pytest.raises(RunDirError, match="started without --init"):
+        train(cfg, tmp_path / "a", resume=True, init=source)
+
+
+def test_unusable_init_weights_are_refused_and_the_folder_says_how_to_start_again(phantom_root, tmp_path):
+    from safetensors.torch import save_file
+
+    cfg = load_config(None, [*TINY, "train.max_epochs=1", f"data.data={phantom_root}"])
+    with pytest.raises(FileNotFoundError, match=r"--init weights .* not found; pass the model\.safetensors"):
+        train(cfg, tmp_path / "run", init=tmp_path / "missing.safetensors")
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made
+    alien = tmp_path / "alien.safetensors"
+    save_file({"conv.weight": torch.zeros(3, 3)}, str(alien))
+    with pytest.raises(ValueError, match=r"none of its 1 tensors fits ViT"):
+        train(cfg, tmp_path / "run", init=alien)
+    with pytest.raises(RunDirError, match=r"stopped before its first checkpoint .* delete the folder"):
+        train(cfg, tmp_path / "run")
 
 
 def test_run_json_names_the_commit_the_run_started_with_its_threads_and_cpu(phantom_root, tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from functools import partial
 from pathlib import Path
 
@@ -65,6 +66,27 @@ class ImagesSeen(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self.count = int(state_dict["count"])
+
+
+class EarlierWallClock(L.Callback):
+    """The wall time a resumed run spent training before this process, kept in the checkpoint like
+    :class:`ImagesSeen`, so that run.json ``wall_s`` is the run's whole training time and images/s stays images seen
+    over the time they took. What an interrupted process did after its last checkpoint is lost with its work, and
+    is not counted."""
+
+    def __init__(self) -> None:
+        self.earlier_s = 0.0
+        self._t0: float | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t0 = time.perf_counter()
+
+    def state_dict(self) -> dict[str, float]:
+        now = 0.0 if self._t0 is None else time.perf_counter() - self._t0
+        return {"wall_s": self.earlier_s + now}
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        self.earlier_s = float(state_dict["wall_s"])
 
 
 @torch.no_grad()

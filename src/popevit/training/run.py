@@ -4,6 +4,7 @@ A run directory holds everything needed to audit and reuse the run::
 
     runs/NAME/
       config.yaml            the resolved config (YAML + --set overrides)
+      init.json              the --init weights it started from (path, sha256), or none; --resume keeps them
       run.json               popevit version, git commit, classes, manifest sha256, wall time, epochs, images
                              seen, whether train.max_minutes ended it, the lr it ended at, device and CPU model,
                              and the compute of the stages it was built on (distillation teacher, --init weights)
@@ -17,12 +18,14 @@ A run directory holds everything needed to audit and reuse the run::
 
 from __future__ import annotations
 
+import csv
 import difflib
 import json
 import os
 import shutil
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -184,6 +187,11 @@ def prepare_run_dir(cfg: ExperimentConfig, out_dir: Path, resume: bool) -> Path:
             raise RunDirError(f"--resume: no checkpoint at {str(last)!r}; start the run without --resume")
         _check_resume(cfg, out_dir)
     elif (out_dir / "config.yaml").exists():
+        if not (out_dir / "checkpoints" / "last.ckpt").is_file():
+            raise RunDirError(
+                f"{str(out_dir)!r} holds a run that stopped before its first checkpoint (see its logs); delete the "
+                "folder to start again, or choose another --out"
+            )
         raise RunDirError(f"{str(out_dir)!r} already holds a run; pass --resume to continue it or choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = out_dir / "manifest.csv" if resume or cifar else prepare_manifest(cfg, out_dir)
@@ -233,10 +241,10 @@ def make_trainer(cfg: ExperimentConfig, out_dir: Path, callbacks: list[Any], pre
     from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from popevit.training.callbacks import ImagesSeen
+    from popevit.training.callbacks import EarlierWallClock, ImagesSeen
     from popevit.training.checkpoint import AtomicCheckpointIO
 
-    callbacks = [*callbacks, latest_checkpoint(out_dir), ImagesSeen()]
+    callbacks = [*callbacks, latest_checkpoint(out_dir), ImagesSeen(), EarlierWallClock()]
     if cfg.train.progress_bar:
         callbacks = [*callbacks, TQDMProgressBar(refresh_rate=10)]
     loggers = [
@@ -268,37 +276,97 @@ def make_trainer(cfg: ExperimentConfig, out_dir: Path, callbacks: list[Any], pre
 
 @dataclass
 class FitOutcome:
-    """What :func:`fit_and_load_best` leaves: wall time, and on rank 0 the loaded best checkpoint and its path."""
+    """What :func:`fit_and_load_best` leaves: wall time (a resumed run's earlier processes included, ``earlier_s`` of
+    it), and on rank 0 the loaded best checkpoint and its path."""
 
     wall_s: float
     best: dict[str, Any] | None
     best_path: str | None
+    earlier_s: float = 0.0
+
+
+METRICS_CSV = Path("logs") / "csv" / "metrics.csv"
+
+
+def keep_metrics_history(out_dir: Path) -> Path | None:
+    """Before a resumed fit: copy the rows of ``logs/csv/metrics.csv`` logged before the step of ``last.ckpt`` to a
+    side file, because Lightning's CSVLogger deletes the file when it finds it on resume (its warning "Previous log
+    files in this directory will be deleted"). Rows that an interrupted process logged after its last checkpoint are
+    dropped: those epochs run again. A side file left by an earlier interrupted resume is carried over.
+
+    Returns:
+        The side file, for :func:`restore_metrics_history` after the fit; None when there is no history.
+    """
+    side = out_dir / METRICS_CSV.with_name("metrics.before_resume.csv")
+    ckpt = torch.load(out_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True, mmap=True)
+    rows = [*_read_csv_rows(side), *_read_csv_rows(out_dir / METRICS_CSV)]
+    rows = [r for r in rows if r.get("step") and int(float(r["step"])) < ckpt["global_step"]]
+    if not rows:
+        return None
+    _write_csv_rows(side, rows)
+    return side
+
+
+def restore_metrics_history(out_dir: Path, side: Path) -> None:
+    """After a resumed fit: put the rows :func:`keep_metrics_history` kept back in front of the new ones."""
+    _write_csv_rows(out_dir / METRICS_CSV, [*_read_csv_rows(side), *_read_csv_rows(out_dir / METRICS_CSV)])
+    side.unlink()
+
+
+def _read_csv_rows(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_csv_rows(path: Path, rows: list[dict[str, str]]) -> None:
+    header = sorted(set().union(*rows))  # Lightning's CSVLogger sorts its columns too
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write_bytes(path, write)
 
 
 def fit_and_load_best(
     cfg: ExperimentConfig, trainer: Any, module: Any, dm: Any, ckpt_best: Any, out_dir: Path, resume: bool
 ) -> FitOutcome:
     """``trainer.fit`` (from ``last.ckpt`` when resuming; out-of-memory names the smaller batch to retry with), then
-    tear down DDP and, on rank 0 only, load the best checkpoint (else the last) into ``module``."""
+    tear down DDP and, on rank 0 only, load the best checkpoint (else the last) into ``module``. A resumed run keeps
+    the training curves of its earlier processes, and its wall time includes them
+    (:class:`~popevit.training.callbacks.EarlierWallClock`)."""
+    from popevit.training.callbacks import EarlierWallClock
+
     last = out_dir / "checkpoints" / "last.ckpt"
+    history = keep_metrics_history(out_dir) if resume and launcher_rank() == 0 else None
     t0 = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
+        with warnings.catch_warnings():
+            if history is not None:  # the "previous log files will be deleted" warning: they are put back below
+                warnings.filterwarnings("ignore", message="Experiment logs directory .* is not empty")
+            trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
     except torch.OutOfMemoryError as err:
         raise RuntimeError(
             f"out of memory with data.batch_size={cfg.data.batch_size}: retry with a smaller batch, e.g. "
             f"--set data.batch_size={max(1, cfg.data.batch_size // 2)}, or a smaller data.preprocess.img_size"
         ) from err
-    wall = time.perf_counter() - t0
+    earlier = sum(c.earlier_s for c in trainer.callbacks if isinstance(c, EarlierWallClock))
+    wall = time.perf_counter() - t0 + earlier
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # Training is over; rank 0 alone writes the outputs (and re-validates the best checkpoint).
         torch.distributed.destroy_process_group()
     if not trainer.is_global_zero:
-        return FitOutcome(wall, None, None)
+        return FitOutcome(wall, None, None, earlier)
+    if history is not None:
+        restore_metrics_history(out_dir, history)
     best_path = ckpt_best.best_model_path or str(last)
     best = torch.load(best_path, map_location="cpu", weights_only=True)
     module.load_state_dict(best["state_dict"])
-    return FitOutcome(wall, best, best_path)
+    return FitOutcome(wall, best, best_path, earlier)
 
 
 def _cpu_device() -> str:
@@ -337,6 +405,7 @@ def provenance(
         "git_commit": _git_commit(),
         "manifest_sha256": None if manifest is None else file_sha256(manifest),
         "wall_s": round(fit.wall_s, 2),
+        "wall_s_before_resume": round(fit.earlier_s, 2),  # of wall_s; 0 unless resumed
         "epochs": trainer.current_epoch,
         "best_epoch": fit.best.get("epoch") if fit.best else None,
         "best_checkpoint": Path(fit.best_path).name if fit.best_path else None,
@@ -351,7 +420,36 @@ def provenance(
     }
 
 
+INIT_RECORD = "init.json"  # the --init weights a run started from, beside its config.yaml
 STAGE_RECORDS = ("run.json", "pretrain.json")  # what popevit train and popevit pretrain write beside their weights
+
+
+def record_init(out_dir: Path, init: Path | None, resume: bool) -> Path | None:
+    """The ``--init`` weights of a run, which belong to it like its config: a new run writes them (path and sha256,
+    or none) to ``out_dir/init.json``; ``--resume`` reads them back, so that the run still charges its pretraining to
+    its budget (:func:`upstream_stages`) without ``--init`` given again, and refuses other weights than it started
+    from. A run started before popevit kept the record takes the ``--init`` given on resume, as it used to.
+
+    Returns:
+        The run's ``--init`` weights (as first given), or None.
+    """
+    record = out_dir / INIT_RECORD
+    if not resume:
+        text = json.dumps(
+            {"path": None if init is None else str(init), "sha256": None if init is None else file_sha256(init)}
+        )
+        atomic_write_bytes(record, lambda tmp: Path(tmp).write_text(text))
+        return init
+    if not record.is_file():
+        return init
+    started = json.loads(record.read_text())
+    if init is not None and file_sha256(init) != started["sha256"]:
+        began = "without --init" if started["path"] is None else f"from --init {started['path']}"
+        raise RunDirError(
+            f"--resume refused: {str(out_dir)!r} started {began}, and --init {str(init)!r} holds other weights; "
+            "resume without --init (the checkpoint holds the weights), or start a new run with --out"
+        )
+    return None if started["path"] is None else Path(started["path"])
 
 
 def upstream_stages(teacher: Path | None, init: Path | None) -> list[dict[str, Any]]:
@@ -412,7 +510,14 @@ def train(
     cifar = cfg.data.dataset != "folder"
     if cfg.model.distill is not None:  # before the run folder exists
         check_teacher_preprocess(cfg.model.distill.teacher, cfg.data.preprocess)
+    if init is not None and not Path(init).is_file():
+        raise FileNotFoundError(
+            f"--init weights {str(init)!r} not found; pass the model.safetensors of a popevit train run or the "
+            "encoder.safetensors of a popevit pretrain run"
+        )
     manifest = prepare_run_dir(cfg, out_dir, resume)
+    if launcher_rank() == 0:
+        init = record_init(out_dir, None if init is None else Path(init), resume)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     if cifar:
         from popevit.data.cifar import CIFARDataModule
@@ -492,11 +597,14 @@ def _write_json(path: Path, obj: Any) -> None:
 def _load_init(model: torch.nn.Module, path: Path) -> None:
     from safetensors.torch import load_file
 
-    if not path.is_file():
-        raise FileNotFoundError(f"--init weights {str(path)!r} not found")
     state = load_file(str(path))
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise ValueError(
+            f"--init {str(path)!r}: none of its {len(state)} tensors fits {type(model).__name__} (names or shapes "
+            "differ); initialise from weights of the same model.name and width, e.g. popevit pretrain with this config"
+        )
     missing, _ = model.load_state_dict(usable, strict=False)
     skipped = sorted(set(state) - set(usable))
     print(
