@@ -181,13 +181,13 @@ def prepare_run_dir(cfg: ExperimentConfig, out_dir: Path, resume: bool) -> Path:
     if launcher_rank() != 0:
         # Other ranks (Lightning's DDP children, torchrun, SLURM) read what rank 0 wrote on the shared filesystem.
         return _wait_for(out_dir / "config.yaml", *([] if cifar else [out_dir / "manifest.csv"]))
+    last = out_dir / "checkpoints" / "last.ckpt"
     if resume:
-        last = out_dir / "checkpoints" / "last.ckpt"
         if not last.is_file():
             raise RunDirError(f"--resume: no checkpoint at {str(last)!r}; start the run without --resume")
         _check_resume(cfg, out_dir)
     elif (out_dir / "config.yaml").exists():
-        if not (out_dir / "checkpoints" / "last.ckpt").is_file():
+        if not last.is_file():
             raise RunDirError(
                 f"{str(out_dir)!r} holds a run that stopped before its first checkpoint (see its logs); delete the "
                 "folder to start again, or choose another --out"
@@ -288,17 +288,18 @@ class FitOutcome:
 METRICS_CSV = Path("logs") / "csv" / "metrics.csv"
 
 
-def keep_metrics_history(out_dir: Path) -> Path | None:
-    """Before a resumed fit: copy the rows of ``logs/csv/metrics.csv`` logged before the step of ``last.ckpt`` to a
-    side file, because Lightning's CSVLogger deletes the file when it finds it on resume (its warning "Previous log
-    files in this directory will be deleted"). Rows that an interrupted process logged after its last checkpoint are
-    dropped: those epochs run again. A side file left by an earlier interrupted resume is carried over.
+def keep_metrics_history(out_dir: Path, last: Path) -> Path | None:
+    """Before a resumed fit: copy the rows of ``logs/csv/metrics.csv`` logged before the step of ``last`` (the
+    checkpoint it resumes from) to a side file, because Lightning's CSVLogger deletes the file when it finds it on
+    resume (its warning "Previous log files in this directory will be deleted"). Rows that an interrupted process
+    logged after its last checkpoint are dropped: those epochs run again. A side file left by an earlier interrupted
+    resume is carried over.
 
     Returns:
         The side file, for :func:`restore_metrics_history` after the fit; None when there is no history.
     """
     side = out_dir / METRICS_CSV.with_name("metrics.before_resume.csv")
-    ckpt = torch.load(out_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True, mmap=True)
+    ckpt = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
     rows = [*_read_csv_rows(side), *_read_csv_rows(out_dir / METRICS_CSV)]
     rows = [r for r in rows if r.get("step") and int(float(r["step"])) < ckpt["global_step"]]
     if not rows:
@@ -342,7 +343,7 @@ def fit_and_load_best(
     from popevit.training.callbacks import EarlierWallClock
 
     last = out_dir / "checkpoints" / "last.ckpt"
-    history = keep_metrics_history(out_dir) if resume and launcher_rank() == 0 else None
+    history = keep_metrics_history(out_dir, last) if resume and launcher_rank() == 0 else None
     t0 = time.perf_counter()
     try:
         with warnings.catch_warnings():
