@@ -98,6 +98,10 @@ class ModelConfig(StrictModel):
     stem: Literal["patch", "conv", "res"] | None = Field(
         None, description="ViT tokeniser: patchify conv, conv stem or residual conv stem (popevit.models.stem)"
     )
+    embed_dim: int | None = Field(None, ge=4, description="override the ViT preset's width (heads and MLP follow)")
+    depth: int | None = Field(None, ge=1, description="override the ViT preset's number of blocks")
+    num_heads: int | None = Field(None, ge=1, description="override the ViT preset's attention heads")
+    mlp_dim: int | None = Field(None, ge=1, description="override the ViT preset's MLP hidden width")
     pretrained: Path | None = Field(None, description="local .safetensors/.pth weights")
     freeze_backbone: bool = Field(False, description="train the head only")
     distill: DistillConfig | None = Field(None, description="distillation token + teacher (popevit ViTs only)")

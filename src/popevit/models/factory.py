@@ -105,6 +105,10 @@ def create_model(
     freeze_backbone: bool = False,
     stem: str | None = None,
     distill: bool = False,
+    embed_dim: int | None = None,
+    depth: int | None = None,
+    num_heads: int | None = None,
+    mlp_dim: int | None = None,
 ) -> nn.Module:
     """Build a registered model.
 
@@ -126,6 +130,9 @@ def create_model(
             2021) or ``"res"`` (residual convolutional stem); ``None`` = the preset's. Baselines accept only ``None``.
         distill: add DeiT's distillation token and head (popevit ViT presets only); the model then returns
             ``(class_logits, distillation_logits)`` in training mode and their mean in eval mode.
+        embed_dim, depth, num_heads, mlp_dim: override the preset's token width, number of blocks, attention heads
+            and MLP hidden width (popevit ViT presets only; ``None`` = the preset's). A changed ``embed_dim``
+            without ``num_heads`` keeps the preset's head width when it divides the new width.
 
     Returns:
         The model, mapping ``(B, in_chans, H, W)`` float images to ``(B, num_classes)`` logits, with a
@@ -140,6 +147,14 @@ def create_model(
         raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
     if stem is not None and not spec.is_vit:
         raise ValueError(f"model {name!r} has its own tokeniser; stem={stem!r} applies to popevit ViT presets only")
+    arch = dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim)
+    arch = {k: v for k, v in arch.items() if v is not None}
+    if arch and not spec.is_vit:
+        shown = ", ".join(f"{k}={v}" for k, v in arch.items())
+        raise ValueError(
+            f"model {name!r} has a fixed architecture; {shown} applies to popevit ViT presets only "
+            "(leave model.embed_dim, depth, num_heads and mlp_dim unset for it)"
+        )
     if distill:
         from popevit.models.presets import PRESETS
 
@@ -151,6 +166,7 @@ def create_model(
     model = spec.build(
         **({"stem": stem} if stem is not None else {}),
         **({"distill": True} if distill else {}),
+        **arch,
         name=name,
         num_classes=num_classes,
         in_chans=in_chans,

@@ -48,10 +48,34 @@ def build_vit(
     pool: str | None,
     stem: str | None = None,
     distill: bool = False,
+    embed_dim: int | None = None,
+    depth: int | None = None,
+    num_heads: int | None = None,
+    mlp_dim: int | None = None,
 ) -> ViT:
-    """Build preset ``name`` with the common ``create_model`` options applied on top."""
+    """Build preset ``name`` with the common ``create_model`` options applied on top.
+
+    A new ``embed_dim`` keeps the preset's head width (``num_heads`` follows) and MLP ratio (``mlp_dim`` follows)
+    unless those are given too, as timm's ``embed_dim``/``mlp_ratio`` arguments do.
+    """
     base = PRESETS[name]
+    width = embed_dim or base.embed_dim
+    if num_heads is None:
+        head_dim = base.embed_dim // base.num_heads
+        if width % head_dim:
+            nearest = max(1, round(width / head_dim)) * head_dim
+            raise ValueError(
+                f"embed_dim={width} is not a multiple of {name}'s head width {head_dim}; "
+                f"set num_heads too (a divisor of {width}), or use embed_dim={nearest}"
+            )
+        num_heads = width // head_dim
+    if mlp_dim is None:
+        mlp_dim = base.mlp_dim * width // base.embed_dim
     cfg = base.replace(
+        embed_dim=width,
+        depth=depth or base.depth,
+        num_heads=num_heads,
+        mlp_dim=mlp_dim,
         img_size=img_size,
         in_chans=in_chans,
         num_classes=num_classes,

@@ -85,7 +85,7 @@ def model_kwargs(cfg: ExperimentConfig, num_classes: int) -> dict[str, Any]:
     }
     if is_vit(m.name):
         kw["pos_enc"] = m.pos_enc
-    for key in ("patch_size", "pool", "stem"):
+    for key in ("patch_size", "pool", "stem", "embed_dim", "depth", "num_heads", "mlp_dim"):
         if getattr(m, key) is not None:
             kw[key] = getattr(m, key)
     for key in ("dropout", "attn_dropout", "drop_path"):
