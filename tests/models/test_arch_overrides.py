@@ -56,7 +56,7 @@ def test_widths_that_do_not_split_into_heads_are_refused_with_the_fix(kwargs, ma
 
 @pytest.mark.parametrize("key", ["embed_dim", "depth", "num_heads", "mlp_dim"])
 def test_baselines_refuse_architecture_overrides(key):
-    with pytest.raises(ValueError, match=rf"model 'resnet18' has a fixed architecture; {key}=8 applies to popevit"):
+    with pytest.raises(ValueError, match=rf"model 'resnet18' does not support {key}=8; leave it unset for this model"):
         create_model("resnet18", num_classes=4, **{key: 8})
 
 

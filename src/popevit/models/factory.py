@@ -149,12 +149,8 @@ def create_model(
         raise ValueError(f"model {name!r} has its own tokeniser; stem={stem!r} applies to popevit ViT presets only")
     arch = dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim)
     arch = {k: v for k, v in arch.items() if v is not None}
-    if arch and not spec.is_vit:
-        shown = ", ".join(f"{k}={v}" for k, v in arch.items())
-        raise ValueError(
-            f"model {name!r} has a fixed architecture; {shown} applies to popevit ViT presets only "
-            "(leave model.embed_dim, depth, num_heads and mlp_dim unset for it)"
-        )
+    if not spec.is_vit:
+        reject_options(name, **arch)
     if distill:
         from popevit.models.presets import PRESETS
 
