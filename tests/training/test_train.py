@@ -134,6 +134,31 @@ def test_sigkilled_run_resumes_to_identical_weights_and_metrics(phantom_root, tm
     assert not (tmp_path / "b" / "logs" / "csv" / "metrics.before_resume.csv").exists()
 
 
+def test_a_kill_while_the_csv_header_is_rewritten_keeps_the_earlier_rows(tmp_path, monkeypatch):
+    """A new metric name makes the CSV writer rewrite metrics.csv whole (the first epoch end, just after last.ckpt).
+    Lightning's own rewrite truncates the file first; a crash mid-rewrite must leave the earlier rows instead."""
+    import csv
+
+    from popevit.training.checkpoint import AtomicCSVLogger
+
+    logger = AtomicCSVLogger(tmp_path / "logs", name="csv", version="")
+    logger.log_metrics({"val/loss": 0.5, "epoch": 0}, step=9)
+    logger.save()
+    path = Path(logger.experiment.metrics_file_path)
+    before = path.read_text()
+
+    def crash(*_):
+        raise KeyboardInterrupt  # stands for the kill: the rewrite dies after opening its output
+
+    logger.log_metrics({"train/loss_epoch": 0.7, "epoch": 0}, step=10)
+    monkeypatch.setattr(csv.DictWriter, "writerows", crash)
+    with pytest.raises(KeyboardInterrupt):
+        logger.save()
+    assert path.read_text() == before
+    assert [p.name for p in path.parent.iterdir()] == ["metrics.csv"]  # no temp file left behind
+    assert [(r["step"], r["val/loss"]) for r in csv.DictReader(path.open())] == [("9", "0.5")]
+
+
 def test_resume_with_a_changed_config_is_refused_with_the_diff(phantom_root, tmp_path):
     cfg = load_config(None, [*TINY, "train.max_epochs=1", f"data.data={phantom_root}"])
     train(cfg, tmp_path / "run")

@@ -236,19 +236,19 @@ def latest_checkpoint(out_dir: Path) -> Any:
 
 def make_trainer(cfg: ExperimentConfig, out_dir: Path, callbacks: list[Any], precision: str) -> Any:
     """The Lightning ``Trainer`` of a run: CSV + TensorBoard logs under ``out_dir/logs``, ``last.ckpt`` at every
-    validation, atomic checkpoint writes, the config's devices, strategy, clipping and batch limits."""
+    validation, atomic checkpoint and CSV header writes, the config's devices, strategy, clipping and batch limits."""
     import lightning as L
     from lightning.pytorch.callbacks import TQDMProgressBar
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.loggers import TensorBoardLogger
 
     from popevit.training.callbacks import EarlierWallClock, ImagesSeen
-    from popevit.training.checkpoint import AtomicCheckpointIO
+    from popevit.training.checkpoint import AtomicCheckpointIO, AtomicCSVLogger
 
     callbacks = [*callbacks, latest_checkpoint(out_dir), ImagesSeen(), EarlierWallClock()]
     if cfg.train.progress_bar:
         callbacks = [*callbacks, TQDMProgressBar(refresh_rate=10)]
     loggers = [
-        CSVLogger(out_dir / "logs", name="csv", version=""),
+        AtomicCSVLogger(out_dir / "logs", name="csv", version=""),
         TensorBoardLogger(out_dir / "logs", name="tb", version=""),
     ]
     return L.Trainer(
