@@ -26,6 +26,60 @@ class PreprocessConfig(StrictModel):
     in_chans: Literal[1, 3] = Field(1, description="1 = grayscale; 3 = grayscale replicated for RGB backbones")
     crop_foreground: bool = Field(True, description="crop to the head before padding to square")
     clip_percentiles: tuple[float, float] = Field((0.5, 99.5), description="intensity clip before standardising")
+    normalize: Literal["image", "fixed"] = Field(
+        "image",
+        description="image = per-image zero mean, unit variance; fixed = (x - 0.5) / 0.25 on the 0..1 image, the same "
+        "affine map for every image",
+    )
+    head_mask: bool = Field(
+        False,
+        description="crop tight to the head and set everything outside it to black, so that the background, frame "
+        "and text labels cannot carry the image's source",
+    )
+    head_erode: float = Field(
+        0.0, ge=0, lt=0.5, description="with head_mask: shrink the mask by this share of the head's size (scalp, skull)"
+    )
+
+    @model_validator(mode="after")
+    def _check_head(self) -> PreprocessConfig:
+        if self.head_erode and not self.head_mask:
+            raise ValueError("head_erode shrinks the head mask, but head_mask is false; set head_mask: true")
+        return self
+
+
+class DomainConfig(StrictModel):
+    """Contrast and acquisition randomisation (see :class:`popevit.data.transforms.DomainRandomization`).
+
+    Each effect is drawn per image with probability ``p`` when it is switched on (a true flag or a non-zero
+    strength), so that the model cannot tell the source of an image by its MRI sequence, scanner or file encoding.
+    """
+
+    p: float = Field(0.5, ge=0, le=1, description="probability that each switched-on effect is applied to an image")
+    curve: bool = Field(False, description="random piecewise-linear intensity curve (lookup table)")
+    curve_points: int = Field(6, ge=2, description="control points of the random curve")
+    curve_nonmonotone: float = Field(0.5, ge=0, le=1, description="share of the random curves that are non-monotone")
+    invert: bool = Field(False, description="intensity inversion 1 - x (T1-like <-> T2-like contrast)")
+    hist_match: bool = Field(False, description="match the histogram of another image of the batch")
+    bias_field: float = Field(0.0, ge=0, description="max std of a smooth multiplicative log bias field")
+    blur: float = Field(0.0, ge=0, description="max Gaussian blur sigma, pixels")
+    noise: float = Field(0.0, ge=0, description="max std of additive Gaussian noise on the 0..1 image")
+    resample: float = Field(1.0, ge=1, description="max factor of a down-then-up resampling (1 = off)")
+    jpeg: tuple[int, int] | None = Field(
+        None, description="JPEG quality range of a simulated re-encoding, e.g. [30, 90]"
+    )
+
+    @property
+    def active(self) -> bool:
+        return self.p > 0 and (
+            self.curve or self.invert or self.hist_match or self.bias_field > 0 or self.blur > 0 or self.noise > 0
+            or self.resample > 1 or self.jpeg is not None
+        )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _check_jpeg(self) -> DomainConfig:
+        if self.jpeg is not None and not 1 <= self.jpeg[0] <= self.jpeg[1] <= 100:
+            raise ValueError(f"jpeg quality range must be 1 <= low <= high <= 100, got {list(self.jpeg)}")
+        return self
 
 
 class AugmentConfig(StrictModel):
@@ -48,6 +102,7 @@ class AugmentConfig(StrictModel):
     cutmix: float = Field(0.0, ge=0, description="cutmix Beta(alpha, alpha) (Yun et al. 2019); 0 = off")
     mix_prob: float = Field(1.0, ge=0, le=1, description="probability that a batch is mixed at all")
     mix_switch_prob: float = Field(0.5, ge=0, le=1, description="probability of cutmix over mixup when both are on")
+    domain: DomainConfig = Field(DomainConfig(), description="contrast and acquisition randomisation")
 
     @property
     def mixing(self) -> bool:
