@@ -20,7 +20,17 @@ def evaluate(
     ),
     out: Path | None = typer.Option(None, "--out", help="Output folder (default RUN/eval/<tag>)."),
     dedup_against: Path | None = typer.Option(
-        None, "--dedup-against", help="Training folder or manifest: also report the subset with no duplicate there."
+        None,
+        "--dedup-against",
+        help="Training folder or manifest: also report the subset with no duplicate there (default for --data: the "
+        "run's own training split).",
+    ),
+    no_dedup: bool = typer.Option(False, "--no-dedup", help="Do not report the de-duplicated subset by default."),
+    label_map: str | None = typer.Option(
+        None,
+        "--label-map",
+        help="Map the model's and the data's classes onto shared targets, e.g. "
+        "'yes=tumor,no=notumor,glioma|meningioma|pituitary=tumor' (model probabilities are summed per target).",
     ),
     n_boot: int = typer.Option(1000, "--n-boot", min=1, help="Bootstrap resamples for the 95% CIs."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
@@ -48,7 +58,12 @@ def evaluate(
             device=device,
             img_size=img_size,
             calibrate=calibrate,
+            label_map=label_map,
+            dedup=not no_dedup,
         )
+    if result["source"].get("external"):
+        mapped = f" with label map {','.join(result['label_map']['rules'])}" if result.get("label_map") else ""
+        typer.echo(f"external validation on {result['source']['name']!r}{mapped}: classes {result['classes']}\n")
     typer.echo(format_metrics(result))
     if calibrate:
         c = result["calibration"]

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from popevit.evaluation.calibration import apply_temperature, fit_temperature, nll, temperature_at_bound
+from popevit.evaluation.labelmap import LabelMap, LabelMapError, parse_label_map, resolve_label_map
 from popevit.evaluation.metrics import metrics_with_ci, point_metrics
 from popevit.evaluation.plots import plot_all
 from popevit.evaluation.predictions import PREDICTIONS, Predictions, predict_proba
@@ -33,8 +34,7 @@ CI_METHOD = "percentile"
 CI_LEVEL = 0.95
 
 
-class ClassMismatchError(ValueError):
-    """The evaluation data's classes are not the model's classes."""
+ClassMismatchError = LabelMapError  # the evaluation data's classes do not fit the model's (no label map fits them)
 
 
 def eval_tag(
@@ -124,7 +124,29 @@ def load_eval_samples(
     manifest: str | Path | None = None,
     split: str | None = "test",
 ) -> tuple[list[str], np.ndarray, dict[str, Any]]:
-    """Images and labels to evaluate on, checked against the model's classes.
+    """Images and labels to evaluate on, in the model's own classes (see :func:`load_mapped_samples`).
+
+    Returns:
+        ``(paths, y, source)``: paths, (n,) class indices into ``model_classes``, and a description of the source.
+
+    Raises:
+        ClassMismatchError: the data's classes are not among the model's (a label map would be needed).
+    """
+    paths, y, source, lmap = load_mapped_samples(run_dir, model_classes, data=data, manifest=manifest, split=split)
+    to_model = np.array([list(model_classes).index(t) for t in lmap.targets], dtype=np.int64)  # no rules: identity
+    return paths, to_model[y], source
+
+
+def load_mapped_samples(
+    run_dir: Path,
+    model_classes: list[str],
+    *,
+    data: str | Path | None = None,
+    manifest: str | Path | None = None,
+    split: str | None = "test",
+    label_map: str | None = None,
+) -> tuple[list[str], np.ndarray, dict[str, Any], LabelMap]:
+    """Images and labels to evaluate on, mapped onto classes the model can be scored in.
 
     Args:
         run_dir: the run (its ``manifest.csv`` is the default source, and its config gives the task definition).
@@ -133,16 +155,20 @@ def load_eval_samples(
         manifest: a manifest CSV; ``split`` selects the rows.
         split: manifest split; with ``data``, the official split (``Training``/``Testing``) or None for all images
             (see :func:`resolve_split`).
+        label_map: rules of :mod:`popevit.evaluation.labelmap` (e.g. ``"yes=tumor,no=notumor,
+            glioma|meningioma|pituitary=tumor"``); None: the data's classes must be among the model's.
 
     Returns:
-        ``(paths, y, source)``: paths, (n,) class indices into ``model_classes``, and a description of the source.
+        ``(paths, y, source, label_map)``: paths, (n,) indices into ``label_map.targets``, a description of the
+        source (``external`` is True for anything but the run's own manifest, ``name`` names it), and the map.
     """
     from popevit.data import load_samples
 
     if data is not None and manifest is not None:
         raise ValueError("pass either data (an image folder) or manifest (a split CSV), not both")
+    own = run_dir / "manifest.csv"
     if data is None and manifest is None:
-        manifest = run_dir / "manifest.csv"
+        manifest = own
         if not manifest.is_file():
             raise FileNotFoundError(
                 f"{str(manifest)!r} not found and no data given: pass --data DIR or --manifest FILE --split test"
@@ -152,26 +178,19 @@ def load_eval_samples(
         if not Path(data).is_dir():
             raise FileNotFoundError(f"data folder {str(data)!r} not found")
         samples = load_samples(data=Path(data), split=split, **opts)
-        source: dict[str, Any] = {"data": str(data), "split": split}
+        source: dict[str, Any] = {"data": str(data), "split": split, "name": Path(data).resolve().name}
     else:
         opts.pop("class_map", None)  # manifests hold class names already
         samples = load_samples(manifest=Path(manifest), split=split, **opts)
-        source = {"manifest": str(manifest), "split": split}
+        source = {"manifest": str(manifest), "split": split, "name": Path(manifest).stem}
     source["resolved"] = source_location(run_dir, data, manifest)
-    data_classes = list(samples.classes)
-    if sorted(data_classes) != sorted(model_classes):
-        missing = sorted(set(model_classes) - set(data_classes))
-        extra = sorted(set(data_classes) - set(model_classes))
-        raise ClassMismatchError(
-            f"the data's classes {data_classes} do not match the model's classes {model_classes} "
-            f"(missing: {missing}, not known to the model: {extra}); evaluate on data with the model's classes, "
-            "or map/filter them in the run's config (data.class_map, data.classes, data.binary)"
-        )
+    source["external"] = source["resolved"] != str(own.resolve())
+    lmap = resolve_label_map(parse_label_map(label_map), list(model_classes), list(samples.classes))
     if len(samples.paths) == 0:
-        raise ValueError(f"no images found in {source}; check the path and split name")
-    y = np.array([model_classes.index(lbl) for lbl in samples.labels], dtype=np.int64)
+        raise ValueError(f"no images found in {source['resolved']}; check the path and split name")
+    y = np.array([lmap.targets.index(lmap.data[lbl]) for lbl in samples.labels], dtype=np.int64)
     source["skipped"] = [[str(p), reason] for p, reason in samples.skipped]
-    return [str(p) for p in samples.paths], y, source
+    return [str(p) for p in samples.paths], y, source, lmap
 
 
 def novel_mask(
@@ -264,6 +283,8 @@ def evaluate_run(
     cache_dir: str | Path | None = None,
     img_size: int | None = None,
     calibrate: bool = False,
+    label_map: str | None = None,
+    dedup: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a run's model and write predictions, metrics with bootstrap CIs and plots.
 
@@ -292,6 +313,11 @@ def evaluate_run(
             NLL before and after, the uncalibrated ECE and log loss, and ``at_bound`` (T not identified: the
             validation split is separated perfectly; a warning says so). Refused when the evaluated images include
             validation images.
+        label_map: rules mapping the model's and the data's classes onto shared targets
+            (:mod:`popevit.evaluation.labelmap`), e.g. ``"yes=tumor,no=notumor,glioma|meningioma|pituitary=tumor"``
+            for Br35H and a 4-class model: the model's probabilities are summed per target, then scored.
+        dedup: on external data (anything but the run's own manifest) with no ``dedup_against``, also report the
+            images with no exact or near duplicate in the run's own training split.
 
     Returns:
         The content of ``metrics.json`` (with ``out`` added).
@@ -303,7 +329,11 @@ def evaluate_run(
     model, meta = load_artifact(run_dir)
     classes = list(meta.classes)
     split = resolve_split(data, split)
-    paths, y, source = load_eval_samples(run_dir, classes, data=data, manifest=manifest, split=split)
+    paths, y, source, lmap = load_mapped_samples(
+        run_dir, classes, data=data, manifest=manifest, split=split, label_map=label_map
+    )
+    if dedup and dedup_against is None and source["external"] and (run_dir / "manifest.csv").is_file():
+        dedup_against = run_dir / "manifest.csv"  # external data: how much of it did the model train on?
     preprocess = resize_preprocess(meta, model, img_size)
     out_dir = (
         Path(out) if out is not None else default_eval_dir(run_dir, data, manifest, split, tta, img_size, calibrate)
@@ -330,35 +360,40 @@ def evaluate_run(
         calibration["at_bound"] = temperature_at_bound(t)
         calibration["val_nll"] = {"before": nll(val_y, val_proba), "after": nll(val_y, val_proba, t)}
     out_dir.mkdir(parents=True, exist_ok=True)
-    proba = predict(paths, y)
+    proba = predict(paths, y)  # (n, K) in the model's classes
+    eval_classes = lmap.targets
     if calibration is not None:
-        raw = point_metrics(y, proba, classes)
+        raw = point_metrics(y, lmap.collapse(proba, classes), eval_classes)
         calibration["uncalibrated"] = {k: raw[k] for k in ("ece", "log_loss", "auroc_macro")}
         proba = apply_temperature(proba, calibration["temperature"])
-    preds = Predictions(paths, y, proba, classes)
+    proba = lmap.collapse(proba, classes)  # (n, T): the sum of each target's model classes
+    preds = Predictions(paths, y, proba, eval_classes)
     preds.save(out_dir / PREDICTIONS)
 
     result: dict[str, Any] = {
         "run": str(run_dir),
         "model": {"name": meta.name, "kwargs": meta.kwargs, "weights_sha256": file_sha256(run_dir / WEIGHTS)},
-        "classes": classes,
+        "classes": eval_classes,
+        "model_classes": classes,
         "source": source,
         "tta": tta,
         "img_size": preprocess.img_size,
         "bootstrap": {"method": CI_METHOD, "level": CI_LEVEL, "n_boot": n_boot, "seed": seed, "unit": "image"},
         **summarize(preds, n_boot, seed),
     }
+    if not lmap.identity:
+        result["label_map"] = lmap.to_json()
     if calibration is not None:
         result["calibration"] = calibration
     if plots:
-        result["plots"] = {k: p.name for k, p in plot_all(y, preds.proba, classes, out_dir).items()}
+        result["plots"] = {k: p.name for k, p in plot_all(y, preds.proba, eval_classes, out_dir).items()}
     if dedup_against is not None:
         mask, info = novel_mask(paths, dedup_against, cache_dir=cache_dir)
         sub = preds.subset(mask)
         result["dedup"] = {**info, **(summarize(sub, n_boot, seed) if mask.any() else {"n": 0, "metrics": {}})}
         if plots and 0 < len(sub.paths) < len(preds.paths):  # identical figures when nothing was removed
             result["dedup"]["plots"] = {
-                k: p.name for k, p in plot_all(sub.y, sub.proba, classes, out_dir, prefix="dedup_").items()
+                k: p.name for k, p in plot_all(sub.y, sub.proba, eval_classes, out_dir, prefix="dedup_").items()
             }
     write_json(out_dir / METRICS, result)
     return {**jsonable(result), "out": str(out_dir)}
