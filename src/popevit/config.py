@@ -123,6 +123,11 @@ class DataConfig(StrictModel):
     split_seed: int = 0
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     batch_size: int = Field(32, ge=1)
+    sampling: Literal["shuffle", "source_balanced"] = Field(
+        "shuffle",
+        description="shuffle = every training image once per epoch; source_balanced = as many draws per epoch, each "
+        "source of a manifest of several (data split --add) drawn equally often, with replacement",
+    )
     num_workers: int = Field(0, ge=0, description="DataLoader workers (0 = main process)")
     cache_dir: Path | None = Field(None, description="decode-once cache; default: $POPEVIT_CACHE or ~/.cache/popevit")
     preprocess: PreprocessConfig = PreprocessConfig()

@@ -78,20 +78,45 @@ def split(
     near_threshold: int = typer.Option(28, "--near-threshold", help="pHash-256 Hamming threshold; -1: exact only"),
     cache_dir: Path | None = typer.Option(None, "--cache-dir"),
     workers: int | None = typer.Option(None, "--workers"),
+    add: list[str] = typer.Option(
+        [], "--add", help="NAME=FOLDER: split another source together with DATA (duplicates grouped across both)"
+    ),
+    source_name: str | None = typer.Option(None, "--name", help="with --add: DATA's source name (default: its folder)"),
+    base: Path | None = typer.Option(
+        None, "--base", help="an earlier manifest of DATA: keep its splits (with --add: the new source joins them)"
+    ),
 ) -> None:
-    """Stratified, duplicate-grouped, seeded train/val/test split written to a manifest CSV."""
+    """Stratified, duplicate-grouped, seeded train/val/test split written to a manifest CSV.
+
+    With --add, several sources go into one manifest (a source column); a tumour / no-tumour source (e.g. Br35H's
+    yes/no) beside a 4-class one keeps the partial label 'tumor', which training uses for tumour vs no tumour only.
+    """
     from popevit.data.cache import default_cache_dir
     from popevit.data.manifest import make_split, read_manifest
 
     with user_errors(OSError):
         r = tuple(float(x) for x in ratios.split(","))
         cm, classes = _task(class_map, keep)
+        extra = {}
+        for item in add:
+            name, sep, folder = item.partition("=")
+            if not sep or not name.strip() or not folder.strip():
+                raise ValueError(f"--add {item!r} is not NAME=FOLDER; write e.g. --add br35h=data/br35h")
+            extra[name.strip()] = Path(folder.strip())
+        if source_name is not None and not extra:
+            raise ValueError("--name names DATA among several sources; it needs --add NAME=FOLDER")
         make_split(data, out, seed=seed, ratios=r, class_map=cm, classes=classes, binary=binary,
                    near_threshold=None if near_threshold < 0 else near_threshold,
-                   cache_dir=default_cache_dir(cache_dir), workers=workers)  # fmt: skip
+                   cache_dir=default_cache_dir(cache_dir), workers=workers, extra=extra or None,
+                   source_name=source_name, base=base)  # fmt: skip
         man = read_manifest(out)
     for s, counts in man.counts().items():
         typer.echo(f"{s:<9}" + "  ".join(f"{c}={n}" for c, n in counts.items()))
+    for src in man.sources:
+        per = Counter(r.split for r in man.rows if r.source == src)
+        typer.echo(
+            f"source   {src}: " + "  ".join(f"{k}={per.get(k, 0)}" for k in ("train", "val", "test", "excluded"))
+        )
     for note, n in sorted(Counter(r.note.split(":")[0] for r in man.rows if r.note).items()):
         typer.echo(f"note     {n} x {note} (the manifest's note column has the details)")
     typer.echo(f"manifest: {out} (sha256 {man.sha256[:12]})")

@@ -26,6 +26,9 @@ def evaluate(
         "run's own training split).",
     ),
     no_dedup: bool = typer.Option(False, "--no-dedup", help="Do not report the de-duplicated subset by default."),
+    source_name: str | None = typer.Option(
+        None, "--source", help="With a manifest of several sources (data split --add): evaluate this source's rows."
+    ),
     label_map: str | None = typer.Option(
         None,
         "--label-map",
@@ -60,6 +63,7 @@ def evaluate(
             calibrate=calibrate,
             label_map=label_map,
             dedup=not no_dedup,
+            source_name=source_name,
         )
     if result["source"].get("external"):
         mapped = f" with label map {','.join(result['label_map']['rules'])}" if result.get("label_map") else ""

@@ -45,6 +45,7 @@ def load_samples(
     classes: list[str] | None = None,
     binary: bool = False,
     verify: bool = True,
+    source: str | None = None,
 ) -> SampleSet:
     """Labelled images from a folder or a manifest, bad files listed with reasons.
 
@@ -54,6 +55,7 @@ def load_samples(
         split: ``train``/``val``/``test``; with ``data`` only for official Training/Testing layouts.
         class_map, classes, binary: task definition, as in :func:`popevit.data.discover`.
         verify: decode every file now, so bad ones are skipped up front (reason in ``skipped``).
+        source: with a manifest of several sources, keep the rows of this one; the classes are then its labels.
 
     Returns:
         A :class:`SampleSet`.
@@ -64,12 +66,19 @@ def load_samples(
     if manifest is not None:
         man = read_manifest(manifest)
         rows = man.select(split)
+        if source is not None:
+            if source not in man.sources:
+                known = man.sources or ["(none: the manifest has no source column)"]
+                raise ValueError(f"source {source!r}{did_you_mean(source, man.sources)} is not in {manifest} "
+                                 f"(sources: {known})")  # fmt: skip
+            rows = [r for r in rows if r.source == source]
         if split is None:
             skipped.extend((r.path, r.note or "excluded in manifest") for r in man.select(EXCLUDED))
         if class_map is not None:
             raise ValueError("class_map applies to data folders (numeric class folders); a manifest has names")
         pairs = [(r.path, _relabel(r.label, binary)) for r in rows]
-        all_classes = sorted({_relabel(c, binary) for c in man.classes})
+        present = {lab for _, lab in pairs}  # partial labels (tumor beside tumour types) are not in man.classes
+        all_classes = sorted(present if source is not None else {_relabel(c, binary) for c in man.classes} | present)
         if classes is not None:
             unknown = [c for c in classes if c not in all_classes]
             if unknown:
@@ -78,6 +87,8 @@ def load_samples(
             pairs = [(p, lab) for p, lab in pairs if lab in set(classes)]
             all_classes = sorted(set(classes))
     else:
+        if source is not None:
+            raise ValueError("source selects rows of a manifest of several sources; pass --manifest, not --data")
         disc = discover(Path(data), class_map=class_map, classes=classes, binary=binary)
         samples = disc.samples
         if split is not None:

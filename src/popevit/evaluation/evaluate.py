@@ -44,15 +44,18 @@ def eval_tag(
     tta: bool,
     img_size: int | None = None,
     calibrate: bool = False,
+    source: str | None = None,
 ) -> str:
     """Sub-folder of ``RUN/eval`` per source: ``test``, ``data-Testing``, ``data-kaggle-test``, ``manifest-val-tta``,
-    ``test-224px`` for another input size than the model was trained at, and ``test-ts`` when temperature-scaled."""
+    ``test-br35h`` for one source of a manifest of several, ``test-224px`` for another input size than the model was
+    trained at, and ``test-ts`` when temperature-scaled."""
     if data is not None:
         tag = f"data-{Path(data).resolve().name}" + (f"-{split}" if split else "")
     elif manifest is not None:
         tag = f"{Path(manifest).stem}-{split or 'all'}"
     else:
         tag = split or "all"
+    tag += f"-{source}" if source else ""
     return tag + ("-tta" if tta else "") + (f"-{img_size}px" if img_size else "") + ("-ts" if calibrate else "")
 
 
@@ -79,8 +82,9 @@ def default_eval_dir(
     tta: bool = False,
     img_size: int | None = None,
     calibrate: bool = False,
+    source: str | None = None,
 ) -> Path:
-    return Path(run_dir) / EVAL_DIR / eval_tag(data, manifest, split, tta, img_size, calibrate)
+    return Path(run_dir) / EVAL_DIR / eval_tag(data, manifest, split, tta, img_size, calibrate, source)
 
 
 def source_location(run_dir: str | Path, data: str | Path | None, manifest: str | Path | None) -> str:
@@ -145,6 +149,7 @@ def load_mapped_samples(
     manifest: str | Path | None = None,
     split: str | None = "test",
     label_map: str | None = None,
+    source_name: str | None = None,
 ) -> tuple[list[str], np.ndarray, dict[str, Any], LabelMap]:
     """Images and labels to evaluate on, mapped onto classes the model can be scored in.
 
@@ -157,6 +162,7 @@ def load_mapped_samples(
             (see :func:`resolve_split`).
         label_map: rules of :mod:`popevit.evaluation.labelmap` (e.g. ``"yes=tumor,no=notumor,
             glioma|meningioma|pituitary=tumor"``); None: the data's classes must be among the model's.
+        source_name: with a manifest of several sources (``popevit data split --add``), evaluate this one's rows.
 
     Returns:
         ``(paths, y, source, label_map)``: paths, (n,) indices into ``label_map.targets``, a description of the
@@ -181,8 +187,10 @@ def load_mapped_samples(
         source: dict[str, Any] = {"data": str(data), "split": split, "name": Path(data).resolve().name}
     else:
         opts.pop("class_map", None)  # manifests hold class names already
-        samples = load_samples(manifest=Path(manifest), split=split, **opts)
-        source = {"manifest": str(manifest), "split": split, "name": Path(manifest).stem}
+        samples = load_samples(manifest=Path(manifest), split=split, source=source_name, **opts)
+        source = {"manifest": str(manifest), "split": split, "name": source_name or Path(manifest).stem}
+        if source_name is not None:
+            source["source"] = source_name
     source["resolved"] = source_location(run_dir, data, manifest)
     source["external"] = source["resolved"] != str(own.resolve())
     lmap = resolve_label_map(parse_label_map(label_map), list(model_classes), list(samples.classes))
@@ -285,6 +293,7 @@ def evaluate_run(
     calibrate: bool = False,
     label_map: str | None = None,
     dedup: bool = True,
+    source_name: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run's model and write predictions, metrics with bootstrap CIs and plots.
 
@@ -318,6 +327,8 @@ def evaluate_run(
             for Br35H and a 4-class model: the model's probabilities are summed per target, then scored.
         dedup: on external data (anything but the run's own manifest) with no ``dedup_against``, also report the
             images with no exact or near duplicate in the run's own training split.
+        source_name: evaluate only the rows of this source of a manifest of several sources (``data split --add``),
+            e.g. the held-out Br35H groups of a run trained on Kaggle and part of Br35H.
 
     Returns:
         The content of ``metrics.json`` (with ``out`` added).
@@ -330,13 +341,15 @@ def evaluate_run(
     classes = list(meta.classes)
     split = resolve_split(data, split)
     paths, y, source, lmap = load_mapped_samples(
-        run_dir, classes, data=data, manifest=manifest, split=split, label_map=label_map
+        run_dir, classes, data=data, manifest=manifest, split=split, label_map=label_map, source_name=source_name
     )
     if dedup and dedup_against is None and source["external"] and (run_dir / "manifest.csv").is_file():
         dedup_against = run_dir / "manifest.csv"  # external data: how much of it did the model train on?
     preprocess = resize_preprocess(meta, model, img_size)
     out_dir = (
-        Path(out) if out is not None else default_eval_dir(run_dir, data, manifest, split, tta, img_size, calibrate)
+        Path(out)
+        if out is not None
+        else default_eval_dir(run_dir, data, manifest, split, tta, img_size, calibrate, source_name)
     )
 
     def predict(image_paths: list[str], labels: np.ndarray) -> np.ndarray:

@@ -539,6 +539,7 @@ def train(
         cfg.train.seed,
         cfg.model.distill.model_dump(mode="json") if cfg.model.distill else None,
         cfg.data.augment.model_dump(mode="json") if cfg.data.augment.mixing else None,
+        label_sets=getattr(dm, "label_sets", None) or None,
     )
     if init is not None and not resume:
         _load_init(module.model, Path(init))
