@@ -131,6 +131,7 @@ def audit(
     img_size: int = typer.Option(128, "--img-size", help="preprocessing size for the preprocessed probe"),
     near_threshold: int = typer.Option(28, "--near-threshold", help="pHash-256 Hamming threshold; -1: exact only"),
     no_probe: bool = typer.Option(False, "--no-probe", help="skip the shortcut probes"),
+    no_confound: bool = typer.Option(False, "--no-confound", help="skip the source-confound clusters and probes"),
     cache_dir: Path | None = typer.Option(None, "--cache-dir"),
     workers: int | None = typer.Option(None, "--workers"),
     seed: int = typer.Option(0, "--seed"),
@@ -145,7 +146,7 @@ def audit(
     with user_errors(OSError):
         report = run_audit(train, test, near_threshold=near_threshold, pairs_csv=pairs,
                            preprocess=PreprocessConfig(img_size=img_size), cache_dir=cache_dir, workers=workers,
-                           seed=seed, probe=not no_probe)  # fmt: skip
+                           seed=seed, probe=not no_probe, confound=not no_confound)  # fmt: skip
         typer.echo(format_audit(report))
         if json_out is not None:
             json_out.parent.mkdir(parents=True, exist_ok=True)

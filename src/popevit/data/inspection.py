@@ -119,6 +119,12 @@ def inspect_data(
             },
         }
     )
+    if len(ok) >= 10 and len({labels[i] for i in ok}) > 1:
+        from popevit.data.confound import confound_report, read_traits
+
+        traits, _ = read_traits([paths[i] for i in ok], workers=workers)
+        label_of = {paths[i]: labels[i] for i in ok}
+        report["source_confound"] = confound_report(traits, [label_of[t.path] for t in traits])
     return report
 
 
@@ -149,4 +155,8 @@ def format_report(r: dict[str, Any]) -> str:
         f"{r['near_pairs_within_class']}, across classes {r['near_pairs_across_class']}; "
         f"{r['label_conflicts']['near']} groups with conflicting labels",
     ]
+    if r.get("source_confound"):
+        from popevit.data.confound import format_confound
+
+        lines += ["", format_confound(r["source_confound"])]
     return "\n".join(lines)
