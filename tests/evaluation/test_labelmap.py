@@ -144,3 +144,23 @@ def test_cli_label_map_error_is_one_line(kaggle_run, binary_set):
                                       "yes=tumor,no=notumor"])  # fmt: skip
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "map to no target that the model predicts" in result.output
+
+
+def test_compare_on_external_data_tests_sensitivity_and_reuses_predictions(kaggle_run, binary_set, tmp_path):
+    from popevit.evaluation.compare import compare_runs, to_markdown
+    from popevit.models import create_model
+
+    other = tmp_path / "other-s0"
+    torch.manual_seed(1)
+    kwargs = {"num_classes": 4, "in_chans": 1, "img_size": 32, "pos_enc": "none"}
+    meta = ModelMeta("vit_tiny", kwargs, KAGGLE, PreprocessConfig(img_size=32))
+    save_artifact(create_model("vit_tiny", **kwargs), meta, other)
+    shutil.copy(kaggle_run / "manifest.csv", other / "manifest.csv")
+    kw = {"data": binary_set, "label_map": BR35H_MAP, "n_boot": 50, "device": "cpu"}
+    result = compare_runs([[kaggle_run], [other]], **kw)
+    tested = set(result["comparisons"][0]["paired_bootstrap"])
+    assert tested == {"auroc_macro", "accuracy", "tumor_sensitivity", "tumor_specificity"}
+    assert "tumor_sensitivity" in to_markdown(result) and result["classes"] == ["notumor", "tumor"]
+    made = (other / "eval" / f"data-{binary_set.name}" / "metrics.json").stat().st_mtime_ns
+    compare_runs([[kaggle_run], [other]], **kw)
+    assert (other / "eval" / f"data-{binary_set.name}" / "metrics.json").stat().st_mtime_ns == made

@@ -394,7 +394,7 @@ def evaluate_run(
         "bootstrap": {"method": CI_METHOD, "level": CI_LEVEL, "n_boot": n_boot, "seed": seed, "unit": "image"},
         **summarize(preds, n_boot, seed),
     }
-    if not lmap.identity:
+    if not lmap.identity or lmap.rules:
         result["label_map"] = lmap.to_json()
     if calibration is not None:
         result["calibration"] = calibration
