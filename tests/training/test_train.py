@@ -327,7 +327,7 @@ def test_cifar_dataset_trains_through_the_same_engine_offline(tmp_path):
 
     root = write_synthetic_cifar(tmp_path / "cifar", "cifar10", n_train=200, n_test=20, seed=0)
     cfg = load_config(
-        Path(__file__).resolve().parents[2] / "configs/seed003_cifar_vit.yaml",
+        Path(__file__).resolve().parents[2] / "configs/experiments/cifar_vit.yaml",
         [
             f"data.data={root}",
             "data.download=false",
