@@ -19,7 +19,12 @@ def test_a_preset_name_states_its_patch_width_and_depth(name):
     cfg = PRESETS[name]
     m = re.fullmatch(r"vit_p(\d+)_w(\d+)_d(\d+)(_conv)?", name)
     assert m, name
-    assert (int(m[1]), int(m[2]), int(m[3]), bool(m[4])) == (cfg.patch_size, cfg.embed_dim, cfg.depth, cfg.stem == "conv")
+    assert (int(m[1]), int(m[2]), int(m[3]), bool(m[4])) == (
+        cfg.patch_size,
+        cfg.embed_dim,
+        cfg.depth,
+        cfg.stem == "conv",
+    )
 
 
 @pytest.mark.parametrize("old", sorted(FORMER_NAMES))
