@@ -7,13 +7,13 @@ repeat times one step of every model in turn, so load drifts on a shared machine
 the median over repeats after warm-up, both in wall time and in process CPU time (with ``--threads 1`` the latter is the
 work done, nearly independent of other jobs competing for the cores).
 
-Targets (issue 4): pope / none <= 1.10, rope_* / none <= 1.05, none / timm <= 1.00.
+Targets (BENCHMARKS.md): pope / none <= 1.10, rope_* / none <= 1.05, none / timm <= 1.00.
 
 Usage::
 
     python benchmarks/bench_models.py                      # all PEs, 7 repeats, all cores
     python benchmarks/bench_models.py --pe none pope --repeats 5 --threads 1 --json out.json
-    python benchmarks/bench_models.py --pope-scale all     # the PoPE softmax-scale study (RESULTS.md)
+    python benchmarks/bench_models.py --pope-scale all     # the softmax-scale study (docs/experiments/)
 
 ``--pope-scale`` compares PoPE's two candidate softmax scales, ``1/sqrt(D)`` ("head_dim", the default) and
 ``1/sqrt(2D)`` ("cartesian"): (1) attention statistics at initialisation of ``vit_p16_w512_d6`` on 224 px phantoms

@@ -1,4 +1,4 @@
-"""CIFAR path (seed 003) offline: synthetic files in CIFAR's pickled on-disk format, read by torchvision."""
+"""CIFAR path offline: synthetic files in CIFAR's pickled on-disk format, read by torchvision."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 10's small-data recipes on the one backbone: mixup/cutmix, EMA of the weights, layer-wise lr decay."""
+"""The small-data recipes on the one backbone: mixup/cutmix, EMA of the weights, layer-wise lr decay."""
 
 from __future__ import annotations
 

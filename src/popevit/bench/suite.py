@@ -1,4 +1,4 @@
-"""The benchmark suite behind ``popevit bench`` and BENCHMARKS.md: every figure of issue 9 in one JSON document.
+"""The benchmark suite behind ``popevit bench`` and BENCHMARKS.md: every speed figure in one JSON document.
 
 Sections (each can be switched off):
 
@@ -13,9 +13,9 @@ Sections (each can be switched off):
 - ``attention``: the SDPA backend each PE gets and PoPE's q/k-vs-v layouts (:mod:`popevit.bench.attention`).
 - ``profile``: ``torch.profiler`` operator totals for the models behind missed targets.
 
-``targets`` then checks issue 9's targets against the figures, each ``met`` true/false or ``null`` when its figure
-was not measured. The machine's load average is stored next to every figure: on a shared machine absolute times
-vary with it, interleaved ratios much less.
+``targets`` then checks the speed targets (BENCHMARKS.md) against the figures, each ``met`` true/false or ``null`` when
+its figure was not measured. The machine's load average is stored next to every figure: on a shared machine absolute
+times vary with it, interleaved ratios much less.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ REAL_DATA = Path(
 )
 DEFAULT_MANIFEST = Path(__file__).resolve().parents[3] / "runs/splits/kaggle_train_seed0.csv"
 
-# issue 9's targets
+# the speed targets of BENCHMARKS.md
 POPE_OVER_NONE = 1.10
 ROPE_OVER_NONE = 1.05
 NONE_OVER_TIMM = 1.00
@@ -62,7 +62,7 @@ class BenchConfig:
         sizes: benchmark sizes (:data:`popevit.bench.models.SIZES`: ``tiny``, ``cpu``, ``seed``).
         pes: positional encodings (``None`` = every registered one); ``none`` is always added (the ratio base).
         timm: also time timm's ``VisionTransformer`` twin.
-        repeats: timed interleaved rounds (the figure is their median; >= 5 for the issue's figures).
+        repeats: timed interleaved rounds (the figure is their median; >= 5 for BENCHMARKS.md).
         warmup: discarded leading rounds.
         batch: training batch (``None`` = the size's own batch, 32).
         infer_batch: batch of the inference-throughput figure.
@@ -311,7 +311,7 @@ def _phantom_manifest(work: Path, data: Path) -> Path:
 
 
 def check_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
-    """issue 9's targets against the figures in ``res``: ``met`` is true/false, or ``None`` when not measured.
+    """The speed targets against the figures in ``res``: ``met`` is true/false, or ``None`` when not measured.
 
     Each entry: ``{"name", "target", "value", "met", "where", "model", "size"}`` (``model``/``size``: what a missed
     step-time target points at, for profiling).
