@@ -112,7 +112,7 @@ class AugmentConfig(StrictModel):
 
 class DataConfig(StrictModel):
     dataset: Literal["folder", "cifar10", "cifar100"] = Field(
-        "folder", description="folder = MRI image folder or manifest; cifar10/100 = torchvision CIFAR (seed 003)"
+        "folder", description="folder = MRI image folder or manifest; cifar10/100 = torchvision CIFAR"
     )
     download: bool = Field(True, description="CIFAR only: download into data.data when missing (needs network)")
     data: Path | None = Field(None, description="image folder (Kaggle layout); split into a manifest automatically")
@@ -148,7 +148,7 @@ class DistillConfig(StrictModel):
 
 
 class ModelConfig(StrictModel):
-    name: str = Field("vit_cpu", description="registered model (`popevit models`)")
+    name: str = Field("vit_p16_w192_d6", description="registered model (`popevit models`)")
     pos_enc: str | None = Field("pope", description="positional encoding for ViT models; ignored by CNNs")
     patch_size: int | None = Field(None, description="override the preset's patch size")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout before the head and in MLPs")
@@ -253,7 +253,7 @@ class PretrainConfig(StrictModel):
 
 
 class ExperimentConfig(StrictModel):
-    """A whole experiment. ``configs/*.yaml`` are instances of this."""
+    """A whole experiment. ``configs/experiments/*.yaml``, merged over their ``configs/base/`` files, are instances."""
 
     name: str = "experiment"
     description: str = ""
@@ -326,11 +326,62 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+BASE_KEY = "base"
+
+
+def _merge(under: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge: mappings merge key by key, anything else (scalars, lists) in ``over`` replaces ``under``'s."""
+    out = dict(under)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def resolve_bases(raw: dict[str, Any], path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Merge the files a config names under ``base:`` beneath it, recursively.
+
+    ``base:`` is one path or a list of paths, relative to the folder of the file that names it. Bases merge in order
+    (a later base overrides an earlier one) and the file itself overrides them all; mappings merge key by key, lists
+    and scalars replace. A base may be partial: only the merged result is validated.
+
+    Args:
+        raw: the parsed mapping of ``path``.
+        path: the file ``raw`` came from.
+        chain: the files that led here, to refuse a cycle.
+
+    Returns:
+        ``raw`` with its bases merged under it and the ``base`` key removed.
+    """
+    here = path.resolve()
+    chain = (*chain, here)
+    names = raw.get(BASE_KEY) or []
+    names = [names] if isinstance(names, str) else names
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"config {str(path)!r}: base must be a file name or a list of them, got {names!r}")
+    merged: dict[str, Any] = {}
+    for name in names:
+        base = (here.parent / name).resolve()
+        if base in chain:
+            cycle = " -> ".join(str(p) for p in (*chain[chain.index(base) :], base))
+            raise ConfigError(f"config {str(path)!r}: base {name!r} makes a cycle ({cycle}); remove one of the links")
+        if not base.is_file():
+            raise ConfigError(
+                f"config {str(path)!r}: base {name!r} not found at {str(base)!r}; base paths are relative to the "
+                "folder of the file that names them"
+            )
+        parent = yaml.safe_load(base.read_text()) or {}
+        if not isinstance(parent, dict):
+            raise ConfigError(f"config {str(base)!r} must be a YAML mapping, got {type(parent).__name__}")
+        merged = _merge(merged, resolve_bases(parent, base, chain))
+    return _merge(merged, {k: v for k, v in raw.items() if k != BASE_KEY})
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Load and validate a YAML experiment config, then apply ``key=value`` overrides.
 
     Args:
-        path: YAML file; ``None`` starts from the defaults.
+        path: YAML file, merged over the files its ``base:`` names (:func:`resolve_bases`); ``None`` starts from
+            the defaults.
         overrides: dotted ``key=value`` strings, values parsed as YAML (``optim.lr=1e-3``, ``data.classes=[a,b]``).
 
     Returns:
@@ -341,10 +392,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} not found; see configs/ for the shipped experiments")
+            raise ConfigError(
+                f"config file {str(path)!r} not found; see configs/experiments/ for the shipped experiments"
+            )
         raw = yaml.safe_load(path.read_text()) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"config {str(path)!r} must be a YAML mapping, got {type(raw).__name__}")
+        raw = resolve_bases(raw, path)
         source = str(path)
     raw = apply_overrides(raw, overrides or [])
     try:

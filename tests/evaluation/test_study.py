@@ -26,7 +26,9 @@ def _make_run(run: Path, pos_enc: str, seed: int, manifest: Path) -> Path:
     torch.manual_seed(seed)
     kwargs = {"num_classes": 4, "in_chans": 1, "img_size": 32, "pos_enc": pos_enc}
     save_artifact(
-        create_model("vit_tiny", **kwargs), ModelMeta("vit_tiny", kwargs, CLASSES, PreprocessConfig(img_size=32)), run
+        create_model("vit_p8_w32_d2", **kwargs),
+        ModelMeta("vit_p8_w32_d2", kwargs, CLASSES, PreprocessConfig(img_size=32)),
+        run,
     )
     (run / "manifest.csv").write_bytes(manifest.read_bytes())
     info = {"wall_s": 60.0, "epochs": 2, "device": "cpu (test)"}

@@ -23,7 +23,7 @@ from popevit.training.optim import param_groups, warmup_cosine
 from popevit.training.run import prepare_run_dir
 
 TINY = [
-    "model.name=vit_tiny",
+    "model.name=vit_p8_w32_d2",
     "model.pos_enc=pope",
     "data.preprocess.img_size=32",
     "data.batch_size=8",
@@ -273,7 +273,7 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint
 def test_param_groups_honour_no_weight_decay():
     from popevit.models import create_model
 
-    model = create_model("vit_tiny", num_classes=4, in_chans=1, img_size=32, pos_enc="learnable")
+    model = create_model("vit_p8_w32_d2", num_classes=4, in_chans=1, img_size=32, pos_enc="learnable")
     groups = param_groups(model, 0.05)
     no_decay = {id(p) for p in groups[1]["params"]}
     names = {n for n, p in model.named_parameters() if id(p) in no_decay}
@@ -327,12 +327,12 @@ def test_cifar_dataset_trains_through_the_same_engine_offline(tmp_path):
 
     root = write_synthetic_cifar(tmp_path / "cifar", "cifar10", n_train=200, n_test=20, seed=0)
     cfg = load_config(
-        Path(__file__).resolve().parents[2] / "configs/seed003_cifar_vit.yaml",
+        Path(__file__).resolve().parents[2] / "configs/experiments/cifar_vit.yaml",
         [
             f"data.data={root}",
             "data.download=false",
             "data.batch_size=16",
-            "model.name=vit_tiny",
+            "model.name=vit_p8_w32_d2",
             "train.max_epochs=1",
             "train.progress_bar=false",
             "train.threads=1",

@@ -27,7 +27,7 @@ def _point(names: list[str], size: BenchSize, device: str, repeats: int, warmup:
 def step_time_vs_tokens(
     pes: list[str],
     *,
-    preset: str = "vit_cpu",
+    preset: str = "vit_p16_w192_d6",
     img_sizes: tuple[int, ...] = (64, 96, 128, 160, 192),
     batch: int = 16,
     patch: int = 16,
@@ -59,7 +59,7 @@ def step_time_vs_tokens(
 def throughput_vs_batch(
     pes: list[str],
     *,
-    preset: str = "vit_cpu",
+    preset: str = "vit_p16_w192_d6",
     img_size: int = 128,
     batches: tuple[int, ...] = (1, 4, 8, 16, 32, 64),
     device: str = "cpu",

@@ -14,7 +14,7 @@ from popevit.cli.errors import user_errors
 def bench(
     json_out: Annotated[Path | None, typer.Option("--json", help="write every figure to this JSON file")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda (cuda: bf16 autocast, SDPA backend probe)")] = "cpu",
-    quick: Annotated[bool, typer.Option(help="seconds-long smoke run: vit_tiny at 32 px over phantoms")] = False,
+    quick: Annotated[bool, typer.Option(help="seconds-long smoke run: vit_p8_w32_d2 at 32 px over phantoms")] = False,
     pe: Annotated[list[str] | None, typer.Option("--pe", help="positional encoding (repeatable; default all)")] = None,
     sizes: Annotated[str, typer.Option(help="comma list of benchmark sizes: tiny, cpu, seed")] = "cpu,seed",
     sections: Annotated[str | None, typer.Option(help="comma list of sections (default all)")] = None,

@@ -1,12 +1,12 @@
 """CIFAR-10/100 (Krizhevsky, 2009) through torchvision, as a DataModule with the interface of ``MRIDataModule``.
 
-Seed 003 ranks positional encodings on CIFAR; this path reruns that experiment with the same engine. torchvision
-reads CIFAR's on-disk format (pickled batches under ``cifar-10-batches-py/`` or ``cifar-100-python/``) and downloads
-the archive when asked (it checks the archive's md5). Offline, a missing dataset fails at once with a message saying
-where to put the files. The official test set is the test split; validation is a stratified, seeded slice of the
-official training set (fraction ``ratios[1] / (ratios[0] + ratios[1])``). Images are normalised per channel with
-the training split's own mean and std; augmentation follows :class:`popevit.config.AugmentConfig` (affine, flip,
-random resized crop).
+CIFAR is a small-image sanity check of the positional encodings (configs/experiments/cifar_vit.yaml) on the same engine.
+torchvision reads CIFAR's on-disk format (pickled batches under ``cifar-10-batches-py/`` or ``cifar-100-python/``) and
+downloads the archive when asked (it checks the archive's md5). Offline, a missing dataset fails at once with a message
+saying where to put the files. The official test set is the test split; validation is a stratified, seeded slice of the
+official training set (fraction ``ratios[1] / (ratios[0] + ratios[1])``). Images are normalised per channel with the
+training split's own mean and std; augmentation follows :class:`popevit.config.AugmentConfig` (affine, flip, random
+resized crop).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A run folder's weights and checkpoints are too large to commit, and a fresh checkout has no ``runs/``; yet a paired
 test needs every run's per-image predictions on the same images, so an experiment series that spans several machines
-or sessions loses its comparisons with its run folders. An archived run is a small folder that ``popevit compare`` and
+or checkouts loses its comparisons with its run folders. An archived run is a small folder that ``popevit compare`` and
 ``popevit study`` read like a run:
 
     NAME/

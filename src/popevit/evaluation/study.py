@@ -82,7 +82,7 @@ def seed_mean_with_ci(
 
 def _device(info: dict[str, Any]) -> str | None:
     """run.json's device, with the CPU model and its vector capability where recorded: a wall-clock budget on "2
-    cores" means little without them (RESULTS.md section 15)."""
+    cores" means little without them (docs/experiments/pe_study_residual_stem.md)."""
     device, machine = info.get("device"), _machine(info)
     return f"{device}, {machine}" if machine and device.startswith("cpu") else device
 
@@ -135,9 +135,10 @@ def run_cost(run: Path) -> dict[str, Any]:
 def machine_warning(machines: dict[str, set[str]]) -> str | None:
     """A warning when groups (name -> the machines their runs recorded) did not run on the same machines.
 
-    A seed rerun on another CPU is another model, not a replica (RESULTS.md section 15.2: up to 2.3 points of accuracy
-    on one seed, 1.1 on a 3-seed mean), so a difference between groups that ran on different machines mixes the model
-    with the machine. Groups with no machine recorded (runs older than the record) are left out: nothing can be said.
+    A seed rerun on another CPU is another model, not a replica (docs/experiments/pe_study_residual_stem.md: up to 2.3
+    points of accuracy on one seed, 1.1 on a 3-seed mean), so a difference between groups that ran on different machines
+    mixes the model with the machine. Groups with no machine recorded (runs older than the record) are left out: nothing
+    can be said.
     """
     known = {name: m for name, m in machines.items() if m}
     if len({frozenset(m) for m in known.values()}) <= 1:

@@ -139,6 +139,7 @@ def create_model(
         ``no_weight_decay() -> set[str]`` method.
     """
     _ensure_registered()
+    name = MODELS.canonical(name)  # a preset's former name (recorded in older artefacts) builds the same model
     spec = MODELS.get(name)
     state = None if pretrained is None else read_source(name, pretrained)  # fail before the (slow) build
     if num_classes < 1:

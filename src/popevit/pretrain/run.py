@@ -93,7 +93,7 @@ def pretrain(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False
 
     from popevit.artifact import atomic_write_bytes
     from popevit.data.datamodule import MRIDataModule
-    from popevit.models.presets import PRESETS
+    from popevit.models.presets import FORMER_NAMES, PRESETS
     from popevit.training.run import (
         _write_json,
         best_checkpoint,
@@ -105,7 +105,7 @@ def pretrain(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False
         provenance,
     )
 
-    if cfg.model.name not in PRESETS:
+    if FORMER_NAMES.get(cfg.model.name, cfg.model.name) not in PRESETS:
         raise ValueError(
             f"SimMIM pretrains popevit's ViT presets ({', '.join(PRESETS)}), got model.name={cfg.model.name!r}; "
             "choose one of them"

@@ -106,7 +106,8 @@ def ema_callback(decay: float, *, warmup: bool = False) -> WeightAveraging:
     ``warm_ema_multi_avg_fn``.
 
     A fixed decay of 0.99 keeps ~100 steps of history from step one, so in a run of a few hundred steps the average
-    still carries the random initialisation (RESULTS.md 9.3: a distilled student whose EMA collapsed to one class).
+    still carries the random initialisation (docs/experiments/budget_15min.md: a distilled student whose EMA
+    collapsed to one class).
     """
     if not warmup:
         return EMAWeightAveraging(decay=decay)

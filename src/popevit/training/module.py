@@ -30,7 +30,7 @@ def _teacher_dir(run_dir: str | Path) -> Path:
     if not (run_dir / "model.json").is_file():
         raise FileNotFoundError(
             f"distillation teacher {str(run_dir)!r} is not a finished run folder (no model.json); train the teacher "
-            "first (e.g. `popevit train --config configs/cpu_resnet18.yaml ...`) and pass its run folder"
+            "first (e.g. `popevit train --config configs/experiments/resnet18_128px.yaml ...`) and pass its run folder"
         )
     return run_dir
 

@@ -379,7 +379,8 @@ def _cpu_device() -> str:
 def cpu_model() -> dict[str, str]:
     """The CPU behind a wall-clock budget: its model name (``/proc/cpuinfo``, else ``platform.processor()``) and the
     vector instruction set torch's kernels use on it. Two 2-core machines can differ by 1.5x in a run's wall time, and
-    runs with the same seed differ between them by about a seed's spread (RESULTS.md section 15)."""
+    runs with the same seed differ between them by about a seed's spread
+    (docs/experiments/pe_study_residual_stem.md)."""
     import platform
 
     name = platform.processor() or platform.machine()
@@ -455,7 +456,7 @@ def record_init(out_dir: Path, init: Path | None, resume: bool) -> Path | None:
 
 def upstream_stages(teacher: Path | None, init: Path | None) -> list[dict[str, Any]]:
     """The training stages a run is built on, with their compute, so that a two-stage recipe states its whole budget
-    (issue 10: a distilled student's teacher and a fine-tune's pretraining count against it).
+    (a distilled student's teacher and a fine-tune's pretraining count against it).
 
     One record per stage: its role (``teacher``, ``init``), folder, wall time, epochs, images seen and device, read
     from the ``run.json`` or ``pretrain.json`` beside it; then the stages that stage was itself built on. A stage
