@@ -116,6 +116,20 @@ def test_missing_file_and_offline_hub_fail_fast(monkeypatch, tmp_path: Path) -> 
         create_model("vit_p8_w32_d2", num_classes=4, img_size=32, pretrained="hub")
 
 
+def test_a_failed_hub_download_raises_the_clients_error(monkeypatch, tmp_path: Path) -> None:
+    """No probe before downloading: the hub client tries, fails (here: a proxy that refuses), and its error is shown."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # nothing cached: torchvision has to download
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")  # the discard port: the connection is refused at once
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match=r"cannot download pretrained weights for 'resnet18': .*refused") as err:
+        create_model("resnet18", num_classes=4, pretrained="hub")
+    assert time.perf_counter() - t0 < 10
+    assert isinstance(err.value.__cause__, OSError) and "pretrained='/path/to/weights.safetensors'" in str(err.value)
+
+
 def _tiny_torchvision_vit(_name: str, *, num_classes: int, img_size: int) -> torch.nn.Module:
     """vit_b16's class (torchvision VisionTransformer) at toy size: its nn.MultiheadAttention path in milliseconds."""
     from popevit.models.baselines import TorchvisionViT

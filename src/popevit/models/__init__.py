@@ -7,16 +7,18 @@ Public API::
     capture_attention(model)                                 # context manager -> AttentionRecord
 
 See ``vit.py`` (backbone), ``pos_enc/`` (one file per PE family), ``presets.py`` (sizes), ``baselines.py``
-(timm/torchvision) and ``factory.py`` (registry, pretrained loading).
+(timm/torchvision), ``spec.py`` (the registry), ``factory.py`` (``create_model``) and ``weights.py`` (pretrained
+loading).
 """
 
 from __future__ import annotations
 
-from popevit.models import baselines, presets  # noqa: F401  (registers the models)
 from popevit.models.attention import AttentionRecord, attend, capture_attention
-from popevit.models.factory import MODELS, ModelSpec, create_model, is_vit, list_models, load_pretrained
+from popevit.models.factory import create_model, is_vit, list_models
 from popevit.models.pos_enc import POS_ENCS, PositionalEncoding, build_pos_enc, list_pos_encs, register_pos_enc
+from popevit.models.spec import MODELS, ModelSpec
 from popevit.models.vit import ViT, ViTConfig
+from popevit.models.weights import load_pretrained
 
 __all__ = [
     "MODELS",

@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import math
 
+import timm
 import torch
 from timm.layers import resample_abs_pos_embed
 from timm.layers.attention import Attention as TimmAttention
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
+from torchvision.models import ResNet18_Weights, ViT_B_16_Weights
 from torchvision.models.resnet import BasicBlock, ResNet
 from torchvision.models.vision_transformer import VisionTransformer as TorchvisionViTBase
 
 from popevit.models.attention import Attention
-from popevit.models.factory import ModelSpec, register_model, reject_options
 from popevit.models.pos_enc import build_pos_enc
+from popevit.models.spec import ModelSpec, register_model, reject_options
 
 DEIT_SMALL = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6)
 
@@ -133,8 +135,6 @@ def _adapt_deit(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]
 
 
 def _deit_hub() -> dict[str, Tensor]:
-    import timm
-
     return timm.create_model("deit_small_patch16_224.fb_in1k", pretrained=True).state_dict()
 
 
@@ -165,8 +165,6 @@ def _build_resnet18(
 
 
 def _resnet18_hub() -> dict[str, Tensor]:
-    from torchvision.models import ResNet18_Weights
-
     return ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
 
 
@@ -245,8 +243,6 @@ def _adapt_vit_b16(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tens
 
 
 def _vit_b16_hub() -> dict[str, Tensor]:
-    from torchvision.models import ViT_B_16_Weights
-
     return ViT_B_16_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
 
 
@@ -258,7 +254,6 @@ register_model(
         head="head",
         stem="patch_embed.proj.weight",
         hub=_deit_hub,
-        hub_host="huggingface.co",
         adapt_state=_adapt_deit,
         description="timm DeiT-Small/16 (22M), learned absolute PE",
     ),
@@ -271,7 +266,6 @@ register_model(
         head="head",
         stem="patch_embed.proj.weight",
         hub=_deit_hub,
-        hub_host="huggingface.co",
         adapt_state=_adapt_deit,
         fresh=lambda key: ".attn.pos_enc." in key,
         description="timm DeiT-Small/16 with PoPE attention (APE kept), loads DeiT-S weights",
@@ -285,7 +279,6 @@ register_model(
         head="fc",
         stem="conv1.weight",
         hub=_resnet18_hub,
-        hub_host="download.pytorch.org",
         description="torchvision ResNet-18 (11M)",
     ),
 )
@@ -297,7 +290,6 @@ register_model(
         head="heads",
         stem="conv_proj.weight",
         hub=_vit_b16_hub,
-        hub_host="download.pytorch.org",
         adapt_state=_adapt_vit_b16,
         description="torchvision ViT-B/16 (86M), learned absolute PE",
     ),

@@ -23,7 +23,7 @@ and archived runs that record them still load, and ``popevit models`` does not l
 
 from __future__ import annotations
 
-from popevit.models.factory import MODELS, ModelSpec, register_model
+from popevit.models.spec import MODELS, ModelSpec, register_model
 from popevit.models.vit import ViT, ViTConfig
 
 DEFAULT_POS_ENC = "pope"
