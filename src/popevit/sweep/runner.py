@@ -21,31 +21,25 @@ therefore registers its exact (configuration, seed) key, waits ``settle_s`` and 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import os
 import shutil
 import tempfile
-import time
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from popevit.config import ExperimentConfig, dump_config, load_config
-from popevit.sweep.space import SEED_KEY, SPLIT_KEYS, SearchSpace, config_id, overrides_for, run_name, trial_key
+import optuna
+from optuna.trial import TrialState
+
+from popevit.config import ExperimentConfig, load_config
+from popevit.sweep.space import SEED_KEY, SPLIT_KEYS, SearchSpace, overrides_for, trial_key
+from popevit.sweep.storage import default_storage, open_storage, quiet_experimental, redact
+from popevit.sweep.summary import write_summary
+from popevit.sweep.trial import Objective
+from popevit.training.run import prepare_manifest
 
 GRID_ORDER_SEED = 0
-
-if TYPE_CHECKING:
-    import optuna
-
-
-OBJECTIVE = "val/auroc_macro"
-# Validation metrics copied into each trial's user attributes, so the summary needs only the storage.
-RECORDED = ("val/auroc_macro", "val/acc", "val/bacc", "val/f1_macro", "val/loss")
 
 
 @dataclass
@@ -97,82 +91,6 @@ class SweepResult:
     notes: list[str] = field(default_factory=list)
 
 
-def default_storage(out: Path) -> str:
-    return f"sqlite:///{out.resolve() / 'sweep.db'}"
-
-
-def open_storage(url: str, heartbeat_s: int = 30, grace_s: int = 120) -> optuna.storages.RDBStorage:
-    """Optuna RDB storage with heartbeats (killed trials are failed after ``grace_s``) and retries of stale trials.
-
-    Args:
-        url: SQLAlchemy URL: ``sqlite:///path.db`` or ``postgresql://user:password@host:5432/db``.
-        heartbeat_s: how often a running trial touches the storage.
-        grace_s: age of the last heartbeat after which a running trial counts as killed.
-
-    Returns:
-        The storage. PostgreSQL needs a driver: ``psycopg[binary]`` for ``postgresql://`` (SQLAlchemy 2's
-        default), ``psycopg2-binary`` for ``postgresql+psycopg2://``.
-    """
-    import optuna
-
-    if grace_s <= heartbeat_s:
-        raise ValueError(f"grace period ({grace_s} s) must exceed the heartbeat interval ({heartbeat_s} s)")
-    engine_kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite"):
-        engine_kwargs["connect_args"] = {"timeout": 60}  # wait for another worker's write instead of failing
-    else:
-        engine_kwargs["pool_pre_ping"] = True
-    import sqlalchemy.exc
-
-    try:
-        for attempt in range(3):
-            try:
-                with _quiet_experimental():
-                    return optuna.storages.RDBStorage(
-                        url,
-                        engine_kwargs=engine_kwargs,
-                        heartbeat_interval=heartbeat_s,
-                        grace_period=grace_s,
-                        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
-                    )
-            except sqlalchemy.exc.SQLAlchemyError:
-                if attempt == 2:  # workers that start together race to create the schema; the loser retries
-                    raise
-                time.sleep(1.0 + attempt)
-        raise AssertionError("unreachable")
-    except ImportError as err:
-        raise RuntimeError(
-            f"storage {_redact(url)!r}: its database driver is not installed ({err}). For postgresql:// install "
-            "psycopg[binary] (SQLAlchemy's default PostgreSQL driver), for postgresql+psycopg2:// install "
-            "psycopg2-binary; or use --storage sqlite:///sweep.db on one machine"
-        ) from None
-
-
-@contextlib.contextmanager
-def _quiet_experimental() -> Iterator[None]:
-    """Silence Optuna's notices that heartbeats and stale-trial retries are 'experimental' (stable since v2.8)."""
-    import optuna
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        yield
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        cred, host = rest.rsplit("@", 1)
-        return f"{scheme}://{cred.split(':', 1)[0]}:***@{host}"
-    return url
-
-
-def _states() -> Any:
-    from optuna.trial import TrialState
-
-    return TrialState
-
-
 def _validate(spec: SweepSpec) -> ExperimentConfig:
     """Load the base config and every grid point (and range end), so a typo fails before any training."""
     base = load_config(spec.config, spec.overrides)
@@ -192,8 +110,6 @@ def _validate(spec: SweepSpec) -> ExperimentConfig:
 
 def _shared_manifest(spec: SweepSpec, base: ExperimentConfig) -> list[str]:
     """One duplicate-grouped split for every trial (made once in OUT/manifest.csv) unless a split key is searched."""
-    from popevit.training.run import prepare_manifest
-
     if getattr(base.data, "dataset", "folder") != "folder" or SPLIT_KEYS & set(spec.space.params):
         return []
     dest = spec.out / "manifest.csv"
@@ -232,8 +148,7 @@ def _enqueue_grid_gaps(study: optuna.Study, space: SearchSpace) -> int:
     recording its key, or studies started before the grid order was fixed across workers (two workers with
     different ``--sampler-seed`` drew the same points under different ids; the copies were pruned as duplicates).
     """
-    S = _states()
-    holding = (S.COMPLETE, S.RUNNING, S.WAITING, S.FAIL)
+    holding = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.FAIL)
     held = {t.user_attrs.get("key") for t in _trials(study) if t.state in holding}
     gaps = [
         {**point, SEED_KEY: seed}
@@ -248,12 +163,12 @@ def _enqueue_grid_gaps(study: optuna.Study, space: SearchSpace) -> int:
 
 def _requeue_failed(study: optuna.Study) -> int:
     """Enqueue once each failed trial whose key has no complete, running or waiting successor."""
-    S = _states()
-    held = {t.user_attrs.get("key") for t in _trials(study) if t.state in (S.COMPLETE, S.RUNNING, S.WAITING)}
+    live = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+    held = {t.user_attrs.get("key") for t in _trials(study) if t.state in live}
     todo: dict[str, optuna.trial.FrozenTrial] = {}
     for t in _trials(study):
         key = t.user_attrs.get("key")
-        if t.state == S.FAIL and key is not None and key not in held:
+        if t.state == TrialState.FAIL and key is not None and key not in held:
             todo[key] = t
     for t in todo.values():
         study.enqueue_trial(t.params, user_attrs={"seed": t.user_attrs["seed"], "retry_of": t.number})
@@ -269,16 +184,15 @@ class _Work:
 
 
 def _work(study: optuna.Study, spec: SweepSpec, grid_sampler: Any) -> _Work:
-    S = _states()
     trials = _trials(study)
-    waiting = sum(t.state == S.WAITING for t in trials)
-    running = sum(t.state == S.RUNNING for t in trials)
-    complete = sum(t.state == S.COMPLETE for t in trials)
+    waiting = sum(t.state == TrialState.WAITING for t in trials)
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    complete = sum(t.state == TrialState.COMPLETE for t in trials)
     if spec.space.mode == "grid":
         started = {
             t.system_attrs["grid_id"]
             for t in trials
-            if "grid_id" in t.system_attrs and (t.state.is_finished() or t.state == S.RUNNING)
+            if "grid_id" in t.system_attrs and (t.state.is_finished() or t.state == TrialState.RUNNING)
         }
         to_start = grid_sampler._n_min_trials - len(started)
     else:
@@ -289,98 +203,15 @@ def _work(study: optuna.Study, spec: SweepSpec, grid_sampler: Any) -> _Work:
     return _Work(waiting, to_start, running, complete)
 
 
-class _Objective:
-    """Train one trial's configuration into its run folder and return its validation macro AUROC."""
-
-    def __init__(self, spec: SweepSpec, base_overrides: list[str], result: SweepResult) -> None:
-        self.spec, self.base_overrides, self.result = spec, base_overrides, result
-
-    def _suggest(self, trial: optuna.Trial) -> tuple[dict[str, Any], int]:
-        space = self.spec.space
-        params: dict[str, Any] = {k: trial.suggest_categorical(k, v) for k, v in space.grid.items()}
-        for k, r in space.ranges.items():
-            if r.integer:
-                params[k] = trial.suggest_int(k, int(r.low), int(r.high), log=r.log)
-            else:
-                params[k] = trial.suggest_float(k, r.low, r.high, log=r.log)
-        if space.mode == "grid":
-            return params, int(trial.suggest_categorical(SEED_KEY, space.seeds))
-        seed = trial.user_attrs.get("seed")
-        if seed is None:  # a fresh TPE proposal: train it with the first seed, enqueue the other seeds
-            seed = space.seeds[0]
-            for s in space.seeds[1:]:
-                trial.study.enqueue_trial(params, user_attrs={"seed": s})
-        return params, int(seed)
-
-    def _duplicate_of(self, trial: optuna.Trial, key: str) -> int | None:
-        """Another trial holding ``key``: complete, or running and (lower-numbered or already training)."""
-        S = _states()
-        for t in _trials(trial.study):
-            if t.number == trial.number or t.user_attrs.get("key") != key:
-                continue
-            if t.state == S.COMPLETE:
-                return t.number
-            if t.state == S.RUNNING and (t.number < trial.number or t.user_attrs.get("training")):
-                return t.number
-        return None
-
-    def __call__(self, trial: optuna.Trial) -> float:
-        import optuna
-
-        params, seed = self._suggest(trial)
-        key = trial_key(params, seed)
-        for name, value in (("key", key), ("config", config_id(params)), ("seed", seed)):
-            trial.set_user_attr(name, value)
-        time.sleep(self.spec.settle_s)
-        dup = self._duplicate_of(trial, key)
-        if dup is not None:
-            trial.set_user_attr("duplicate_of", dup)
-            raise optuna.TrialPruned(f"trial {dup} already holds {key}")
-        trial.set_user_attr("training", True)
-
-        cfg = load_config(self.spec.config, [*self.base_overrides, *overrides_for(params, seed)])
-        run_dir = self.spec.out / run_name(params, seed)
-        trial.set_user_attr("run_dir", str(run_dir.resolve()))
-        try:
-            metrics, wall, epochs = self._run(cfg, run_dir, trial.number)
-        except Exception as err:  # recorded for trials.csv; Optuna marks the trial FAIL and the sweep goes on
-            trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:2000])
-            print(f"[sweep] trial {trial.number} failed: {type(err).__name__}: {err}", flush=True)
-            raise
-        value = metrics.get(OBJECTIVE, math.nan)
-        for name in RECORDED:
-            if name in metrics:
-                trial.set_user_attr(name, float(metrics[name]))
-        trial.set_user_attr("wall_s", round(wall, 2))
-        trial.set_user_attr("epochs", epochs)
-        if not math.isfinite(value):
-            raise RuntimeError(f"trial {trial.number}: {OBJECTIVE} is {value} (see {run_dir}/val_metrics.json)")
-        return float(value)
-
-    def _run(self, cfg: ExperimentConfig, run_dir: Path, number: int) -> tuple[dict[str, float], float, int]:
-        from popevit.training import RunDirError, train
-
-        text = dump_config(cfg)
-        saved = run_dir / "config.yaml"
-        if saved.is_file() and saved.read_text() != text:
-            raise RunDirError(
-                f"{str(run_dir)!r} holds a run with another config (another sweep in the same --out?); "
-                "use a fresh --out for a different sweep"
-            )
-        if (run_dir / "val_metrics.json").is_file() and (run_dir / "model.safetensors").is_file():
-            metrics = json.loads((run_dir / "val_metrics.json").read_text())
-            info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
-            print(f"[sweep] trial {number}: reusing the finished run in {run_dir}", flush=True)
-            self.result.reused += 1
-            return metrics, float(info.get("wall_s", 0.0)), int(info.get("epochs", 0))
-        resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
-        if run_dir.exists() and not resume:
-            shutil.rmtree(run_dir)  # a run killed before its first checkpoint: nothing to keep
-        how = "resuming" if resume else "training"
-        print(f"[sweep] trial {number}: {how} {run_dir.name}", flush=True)
-        res = train(cfg, run_dir, resume=resume)
-        self.result.trained += 1
-        return res.val_metrics, res.wall_s, res.epochs
+def _sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
+    """Grid mode: one grid order for every worker (a per-worker seed would map one grid id to different points in
+    different workers: duplicates and gaps); ``--sampler-seed`` is for TPE only."""
+    space = spec.space
+    if space.mode == "grid":
+        return optuna.samplers.GridSampler({**space.grid, SEED_KEY: space.seeds}, seed=GRID_ORDER_SEED)
+    return optuna.samplers.TPESampler(
+        seed=spec.sampler_seed, constant_liar=True, n_startup_trials=min(10, spec.n_trials or 10)
+    )
 
 
 def run_sweep(spec: SweepSpec, *, summarize: bool = True) -> SweepResult:
@@ -393,8 +224,6 @@ def run_sweep(spec: SweepSpec, *, summarize: bool = True) -> SweepResult:
     Returns:
         Counts of what this invocation trained, reused and saw fail, and the summary files.
     """
-    import optuna
-
     space = spec.space
     if space.mode == "tpe" and not spec.n_trials:
         raise ValueError("--range searches with TPE and needs --n-trials N (the number of configurations to try)")
@@ -410,29 +239,20 @@ def run_sweep(spec: SweepSpec, *, summarize: bool = True) -> SweepResult:
     storage = open_storage(url, spec.heartbeat_s, spec.grace_s)
     base_overrides = [*spec.overrides, *_shared_manifest(spec, base)]
     name = spec.study_name or f"{base.name}-{space.digest()}"
-    grid_sampler = None
-    if space.mode == "grid":
-        # One grid order for every worker: a per-worker seed would map one grid id to different points in different
-        # workers (duplicates and gaps). --sampler-seed is for TPE only.
-        grid_sampler = optuna.samplers.GridSampler({**space.grid, SEED_KEY: space.seeds}, seed=GRID_ORDER_SEED)
-        sampler: optuna.samplers.BaseSampler = grid_sampler
-    else:
-        sampler = optuna.samplers.TPESampler(
-            seed=spec.sampler_seed, constant_liar=True, n_startup_trials=min(10, spec.n_trials or 10)
-        )
+    sampler = _sampler(spec)
+    grid_sampler = sampler if space.mode == "grid" else None
     study = optuna.create_study(
         study_name=name, storage=storage, sampler=sampler, direction="maximize", load_if_exists=True
     )
     _check_study(study, spec)
-    result = SweepResult(study_name=name, storage=_redact(url))
-    with _quiet_experimental():
+    result = SweepResult(study_name=name, storage=redact(url))
+    with quiet_experimental():
         optuna.storages.fail_stale_trials(study)
     requeued = _requeue_failed(study)
     if requeued:
         print(f"[sweep] retrying {requeued} failed trial(s)", flush=True)
 
-    objective = _Objective(spec, base_overrides, result)
-    S = _states()
+    objective = Objective(spec.config, base_overrides, space, spec.out, spec.settle_s)
     budget = 10 * (space.n_grid if space.mode == "grid" else spec.n_trials or 0) * len(space.seeds) + 100
     for _ in range(budget):
         work = _work(study, spec, grid_sampler)
@@ -444,20 +264,19 @@ def run_sweep(spec: SweepSpec, *, summarize: bool = True) -> SweepResult:
         before = {t.number for t in _trials(study)}
         study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
         for t in _trials(study):
-            if t.number not in before and t.state == S.FAIL:
+            if t.number not in before and t.state == TrialState.FAIL:
                 result.failed += 1
     else:
         result.notes.append(f"stopped after {budget} trials in this invocation (most of them duplicates?)")
 
+    result.trained, result.reused = objective.trained, objective.reused
     final = _trials(study)
-    result.complete = len({t.user_attrs.get("key") for t in final if t.state == S.COMPLETE})
-    result.running_elsewhere = sum(t.state == S.RUNNING for t in final)
+    result.complete = len({t.user_attrs.get("key") for t in final if t.state == TrialState.COMPLETE})
+    result.running_elsewhere = sum(t.state == TrialState.RUNNING for t in final)
     result.expected = (space.n_grid if space.mode == "grid" else spec.n_trials or 0) * len(space.seeds)
     if result.running_elsewhere:
         result.notes.append(f"{result.running_elsewhere} trial(s) still running in other workers")
     if summarize:
-        from popevit.sweep.summary import write_summary
-
         result.summary, notes = write_summary(study, space, spec.out, storage=url)
         result.notes += notes
     return result

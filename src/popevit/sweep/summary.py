@@ -15,13 +15,14 @@ import math
 import statistics
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from popevit.sweep.runner import OBJECTIVE, RECORDED, _redact
+import optuna
+from optuna.trial import TrialState
+
 from popevit.sweep.space import SearchSpace
-
-if TYPE_CHECKING:
-    import optuna
+from popevit.sweep.storage import redact
+from popevit.sweep.trial import OBJECTIVE, RECORDED
 
 METRIC_NAMES = {
     "val/auroc_macro": "val macro AUROC",
@@ -51,8 +52,6 @@ def configuration_table(study: optuna.Study, space: SearchSpace) -> list[dict[st
         Rows with the searched keys, ``n``, ``seeds``, ``<metric>_mean``/``<metric>_sd`` for every recorded metric
         and ``wall_s_mean``.
     """
-    from optuna.trial import TrialState
-
     groups: dict[str, list[optuna.trial.FrozenTrial]] = {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         groups.setdefault(t.user_attrs.get("config", json.dumps(t.params)), []).append(t)
@@ -101,8 +100,6 @@ def _pm(mean: float, sd: float) -> str:
 def _markdown(
     study: optuna.Study, space: SearchSpace, rows: list[dict[str, Any]], notes: list[str], storage: str | None
 ) -> str:
-    from optuna.trial import TrialState
-
     counts = {s.name: 0 for s in TrialState}
     for t in study.get_trials(deepcopy=False):
         if "duplicate_of" not in t.user_attrs:
@@ -110,7 +107,7 @@ def _markdown(
     head = [
         f"# Sweep `{study.study_name}`",
         "",
-        f"- storage: `{_redact(storage)}`" if storage else "- storage: in memory",
+        f"- storage: `{redact(storage)}`" if storage else "- storage: in memory",
         f"- sampler: {'GridSampler' if space.mode == 'grid' else 'TPESampler'}; searched: "
         + ", ".join(f"`{k}`" for k in space.params)
         + f"; seeds: {', '.join(map(str, space.seeds))}",
@@ -142,8 +139,7 @@ def _noted(kind: str, notes: list[str]) -> bool:
 
 
 def _plot(kind: str, study: optuna.Study, params: list[str], out: Path) -> None:
-    import matplotlib.pyplot as plt
-    import optuna
+    import matplotlib.pyplot as plt  # heavy, and only for the plots
 
     fn = {
         "param_importances": optuna.visualization.matplotlib.plot_param_importances,
@@ -173,8 +169,6 @@ def write_summary(
     Returns:
         ``{name: path}`` of the files written, and notes on plots that could not be made.
     """
-    from optuna.trial import TrialState
-
     out = Path(out)
     rows = configuration_table(study, space)
     metric_cols = [f"{m}_{s}" for m in RECORDED for s in ("mean", "sd")]
