@@ -16,7 +16,14 @@ from popevit.data.cache import ArrayCache, CacheWriteError, default_cache_dir
 from popevit.data.datamodule import EpochShuffleSampler, MRIDataModule
 from popevit.data.dataset import ImageDataset, _warm
 from popevit.data.decode import load_image
-from popevit.data.preprocess import background_level, crop_pad_square, foreground_box, preprocess_image, to_tensor
+from popevit.data.preprocess import (
+    background_level,
+    crop_pad_square,
+    foreground_box,
+    preprocess_framed,
+    preprocess_image,
+    to_tensor,
+)
 from popevit.data.transforms import build_eval_transform, build_train_transform
 
 CFG = PreprocessConfig(img_size=32)
@@ -61,6 +68,23 @@ def test_crop_pad_square_output_is_unchanged():
     expected = np.full((279, 279), background_level(crop), np.float32)
     expected[20:259] = crop
     np.testing.assert_array_equal(crop_pad_square(gray), expected)
+
+
+@pytest.mark.parametrize("head_mask", [False, True])
+def test_framing_names_the_original_pixels_the_model_sees(head_mask):
+    """Every pixel of the framed square comes from inside ``framing.box`` and every pixel of the box is in it; the
+    resize scale is the model side over the square's side."""
+    img = Image.fromarray(_head(0, 200, (120, 200), (20, 100, 60, 170)))
+    framing = preprocess_framed(img, PreprocessConfig(img_size=32, head_mask=head_mask)).framing
+    h, w = 120, 200
+    index = np.arange(h * w, dtype=np.float32).reshape(h, w)  # each pixel labelled by its position
+    square = index
+    for step in framing.crops:
+        square = step.apply(square, fill=-1.0)
+    t, l, b, r = framing.box
+    assert set(np.unique(square[square >= 0]).astype(int)) == set(index[t:b, l:r].astype(int).ravel())
+    assert 0 < t < b < h and 0 < l < r < w and (b - t, r - l) != (h, w)
+    assert framing.scale == 32 / framing.crops[-1].side
 
 
 def test_preprocess_removes_size_and_framing():

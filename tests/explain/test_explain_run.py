@@ -14,9 +14,9 @@ from popevit.artifact import ModelMeta, save_artifact
 from popevit.config import PreprocessConfig
 from popevit.data.dataset import ImageDataset
 from popevit.data.decode import load_image, to_gray
-from popevit.data.preprocess import preprocess_image, rescale_uint8
+from popevit.data.preprocess import head_mask, preprocess_framed, preprocess_image, rescale_uint8
 from popevit.explain import explain_run
-from popevit.explain.explain import geometry, load_item, preprocess_mask
+from popevit.explain.inputs import load_item, preprocess_mask
 from popevit.models import create_model
 
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
@@ -51,15 +51,33 @@ def test_mask_geometry_is_the_image_geometry(phantom_root, tmp_path, crop):
     path, mpath = _rectangular_phantom(phantom_root, tmp_path)
     img = load_image(path)
     gray = to_gray(img)
-    # The geometry reproduces the data layer's preprocessing exactly (guards against drift between the two).
-    geo = geometry(gray, cfg)
+    # The framing that preprocessing returns reproduces its output exactly (masks go through the same crop and pad).
+    geo = preprocess_framed(img, cfg).framing
     assert geo.box != (0, 0, *gray.shape) if crop else geo.box == (0, 0, *gray.shape)
-    again = rescale_uint8(geo.apply(gray, geo.fill), cfg.clip_percentiles)
+    again = rescale_uint8(geo.apply(gray), cfg.clip_percentiles)
     np.testing.assert_array_equal(again, preprocess_image(img, cfg))
     mask = preprocess_mask(img, Image.open(mpath), cfg)
     assert mask.shape == (32, 32) and 0 < mask.mean() < 0.3
     # The lesion is the bright/abnormal blob: its pixels differ from the rest of the preprocessed head.
     pre = preprocess_image(img, cfg).astype(float)
+    assert abs(pre[mask].mean() - pre[~mask & (pre > 20)].mean()) > 5
+
+
+def test_mask_follows_the_tight_head_crop(phantom_root, tmp_path):
+    """With ``head_mask`` the image is cropped a second time, tight to the head: the mask must follow both crops."""
+    cfg = PreprocessConfig(img_size=32, head_mask=True)
+    path, mpath = _rectangular_phantom(phantom_root, tmp_path)
+    img = load_image(path)
+    framed = preprocess_framed(img, cfg)
+    assert len(framed.framing.crops) == 2
+    small = framed.framing.apply(to_gray(img))  # (S, S) before the clip over the head and the black outside it
+    inside = head_mask(small)
+    again = rescale_uint8(small, cfg.clip_percentiles, where=inside)
+    again[~inside] = 0
+    np.testing.assert_array_equal(again, framed.image)
+    mask = preprocess_mask(img, Image.open(mpath), cfg)
+    assert mask.shape == (32, 32) and 0 < mask.mean() < 0.3
+    pre = framed.image.astype(float)
     assert abs(pre[mask].mean() - pre[~mask & (pre > 20)].mean()) > 5
 
 

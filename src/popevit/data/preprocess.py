@@ -28,6 +28,7 @@ noise then carry nothing of the image's source.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -124,56 +125,133 @@ def head_mask(gray: np.ndarray, erode: float = 0.0) -> np.ndarray:
     return mask
 
 
-def _tight_head(square: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
-    """(L, L) square -> uint8 (S, S): crop tight to the head, resize, clip over the head, black outside it."""
-    size = cfg.img_size
+def _head_crop(square: np.ndarray, size: int) -> SquareCrop:
+    """The tight crop of ``head_mask``: the head's box in the (L, L) square (found at model size, no margin)."""
     mask = head_mask(resize(square, size))
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     scale = square.shape[0] / size
     t, b = int(rows[0] * scale), int(np.ceil((rows[-1] + 1) * scale))
     l, r = int(cols[0] * scale), int(np.ceil((cols[-1] + 1) * scale))
-    head = crop_pad_square(square[t:b, l:r], crop_foreground=False)
-    small = resize(head, size)
-    mask = head_mask(small, cfg.head_erode)
-    out = rescale_uint8(small, cfg.clip_percentiles, where=mask)
-    out[~mask] = 0
-    return out
+    inner = square_crop(square[t:b, l:r], crop_foreground=False)
+    it, il, ib, ir = inner.box
+    return replace(inner, box=(t + it, l + il, t + ib, l + ir))
+
+
+@dataclass(frozen=True)
+class SquareCrop:
+    """One step of the model input's framing: a crop of an (H, W) array, padded to a centred square.
+
+    Attributes:
+        box: ``(top, left, bottom, right)`` of the crop in the input's pixels (exclusive ends).
+        side: side L of the padded square.
+        offset: ``(top, left)`` of the crop inside the square.
+        fill: the level of the padding: the crop's background (:func:`background_level`).
+    """
+
+    box: tuple[int, int, int, int]
+    side: int
+    offset: tuple[int, int]
+    fill: float
+
+    def apply(self, arr: np.ndarray, fill: float | None = None) -> np.ndarray:
+        """Crop ``arr`` (H, W) and pad it to (L, L) with ``fill`` (default: the image's own background level)."""
+        t, l, b, r = self.box
+        crop = arr[t:b, l:r]
+        h, w = crop.shape
+        if h == w:
+            return crop
+        out = np.full((self.side, self.side), self.fill if fill is None else fill, dtype=np.float32)
+        out[self.offset[0] : self.offset[0] + h, self.offset[1] : self.offset[1] + w] = crop
+        return out
+
+
+@dataclass(frozen=True)
+class Framing:
+    """Where the model input's pixels come from: crops of the decoded grayscale image, each padded to a square, then
+    one resize to S. Applied to a lesion mask it gives the mask in the model input's geometry.
+
+    Attributes:
+        crops: the crop-and-pad steps in order; the first box is in the original image's pixels, each later one in
+            the previous step's square. One step, or two with ``head_mask`` (the tight crop to the head).
+        size: S, the side of the model input.
+    """
+
+    crops: tuple[SquareCrop, ...]
+    size: int
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        """The crop in the original image's pixels ``(top, left, bottom, right)``: the part the model sees."""
+        t, l, b, r = self.crops[0].box
+        for prev, step in zip(self.crops, self.crops[1:], strict=False):
+            (ot, ol), (st, sl, sb, sr) = prev.offset, step.box  # the previous crop sits at ``offset``, 1:1 in pixels
+            t, l, b, r = t + max(0, st - ot), l + max(0, sl - ol), min(b, t + sb - ot), min(r, l + sr - ol)
+        return t, l, b, r
+
+    @property
+    def scale(self) -> float:
+        """Model-input pixels per original pixel: crops and pads keep the scale, the final resize sets it."""
+        return self.size / self.crops[-1].side
+
+    def apply(self, arr: np.ndarray, fill: float | None = None) -> np.ndarray:
+        """(H, W) array in the original image's pixels -> (S, S) float32 in the model input's.
+
+        Args:
+            arr: the image itself, or anything drawn on it (a lesion mask as 0/1).
+            fill: padding level; default the image's own background (reproduces the preprocessing), 0 for a mask.
+        """
+        out = np.asarray(arr, np.float32)
+        for step in self.crops:
+            out = step.apply(out, fill)
+        return resize(out, self.size)
+
+
+@dataclass(frozen=True)
+class FramedImage:
+    """What :func:`preprocess_framed` returns: the uint8 (S, S) model input and the :class:`Framing` that made it."""
+
+    image: np.ndarray
+    framing: Framing
+
+
+def square_crop(gray: np.ndarray, crop_foreground: bool = True) -> SquareCrop:
+    """The foreground crop (optional) and centred pad to a square of an (H, W) grayscale image (module docstring,
+    steps 2-3)."""
+    rows, cols = np.arange(gray.shape[0]), np.arange(gray.shape[1])  # the current view's pixels in ``gray``
+    if crop_foreground:
+        for _ in range(3):  # later passes look inside a frame, e.g. a black scan field on a white page
+            view = gray[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+            h, w = view.shape
+            lo, hi = np.percentile(view[:: max(1, h // 128), :: max(1, w // 128)], (1, 99))
+            tol = _FG_FRACTION * (hi - lo)
+            # Margin twice (here and below): foreground_box ignored its margin argument and always added _MARGIN,
+            # and every cached array depends on that output, so the double margin is kept on purpose.
+            t, l, b, r = foreground_box(view, margin=_MARGIN)
+            if b - t >= 0.97 * h and r - l >= 0.97 * w:
+                # Foreground fills the image: either the head does, or a field touching the edges does.
+                dy, dx = max(1, int(0.06 * h)), max(1, int(0.06 * w))
+                inset = view[dy : h - dy, dx : w - dx]
+                if _uniform_border(inset, tol) and abs(background_level(inset) - background_level(view)) > tol:
+                    rows, cols = rows[dy : h - dy], cols[dx : w - dx]
+                    continue
+                break
+            inner = view[t:b, l:r]
+            if _uniform_border(inner, tol) and abs(background_level(inner) - background_level(view)) > tol:
+                rows, cols = rows[t:b], cols[l:r]  # the box is a uniform field of another level, not a head
+                continue
+            m = round(_MARGIN * max(b - t, r - l))
+            rows, cols = rows[max(0, t - m) : b + m], cols[max(0, l - m) : r + m]
+            break
+    box = (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
+    h, w = len(rows), len(cols)
+    side = max(h, w)
+    fill = background_level(gray[box[0] : box[2], box[1] : box[3]])
+    return SquareCrop(box, side, ((side - h) // 2, (side - w) // 2), fill)
 
 
 def crop_pad_square(gray: np.ndarray, crop_foreground: bool = True) -> np.ndarray:
     """Foreground crop (optional) then centred pad to square with the background level. (H, W) -> (L, L)."""
-    if crop_foreground:
-        for _ in range(3):  # later passes look inside a frame, e.g. a black scan field on a white page
-            h, w = gray.shape
-            lo, hi = np.percentile(gray[:: max(1, h // 128), :: max(1, w // 128)], (1, 99))
-            tol = _FG_FRACTION * (hi - lo)
-            # Margin twice (here and below): foreground_box ignored its margin argument and always added _MARGIN,
-            # and every cached array depends on that output, so the double margin is kept on purpose.
-            t, l, b, r = foreground_box(gray, margin=_MARGIN)
-            if b - t >= 0.97 * h and r - l >= 0.97 * w:
-                # Foreground fills the image: either the head does, or a field touching the edges does.
-                dy, dx = max(1, int(0.06 * h)), max(1, int(0.06 * w))
-                inset = gray[dy : h - dy, dx : w - dx]
-                if _uniform_border(inset, tol) and abs(background_level(inset) - background_level(gray)) > tol:
-                    gray = inset
-                    continue
-                break
-            inner = gray[t:b, l:r]
-            if _uniform_border(inner, tol) and abs(background_level(inner) - background_level(gray)) > tol:
-                gray = inner  # the box is a uniform field of another level, not a head on the background
-                continue
-            m = round(_MARGIN * max(b - t, r - l))
-            gray = gray[max(0, t - m) : b + m, max(0, l - m) : r + m]
-            break
-    bg = background_level(gray)
-    h, w = gray.shape
-    side = max(h, w)
-    if h == w:
-        return gray
-    out = np.full((side, side), bg, dtype=np.float32)
-    top, left = (side - h) // 2, (side - w) // 2
-    out[top : top + h, left : left + w] = gray
-    return out
+    return square_crop(gray, crop_foreground).apply(gray)
 
 
 def resize(gray: np.ndarray, size: int) -> np.ndarray:
@@ -194,21 +272,33 @@ def rescale_uint8(x: np.ndarray, percentiles: tuple[float, float], where: np.nda
     return np.round(y).astype(np.uint8)
 
 
-def preprocess_image(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
-    """The deterministic, class-independent preprocessing that the decode-once cache stores.
+def preprocess_framed(img: Image.Image, cfg: PreprocessConfig) -> FramedImage:
+    """The deterministic, class-independent preprocessing, with where its pixels came from.
 
     Args:
         img: a decoded PIL image in any mode.
-        cfg: preprocessing settings (``img_size``, ``crop_foreground``, ``clip_percentiles``).
+        cfg: preprocessing settings (``img_size``, ``crop_foreground``, ``clip_percentiles``, ``head_mask``).
 
     Returns:
-        uint8 array (S, S), S = ``cfg.img_size``.
+        The uint8 (S, S) image (S = ``cfg.img_size``) and its :class:`Framing` (crop boxes and resize scale).
     """
     gray = to_gray(img)  # (H, W) float32
-    square = crop_pad_square(gray, cfg.crop_foreground)  # (L, L)
-    if cfg.head_mask:
-        return _tight_head(square, cfg)  # (S, S) uint8, 0 outside the head
-    return rescale_uint8(resize(square, cfg.img_size), cfg.clip_percentiles)  # (S, S) uint8
+    first = square_crop(gray, cfg.crop_foreground)
+    square = first.apply(gray)  # (L, L)
+    if not cfg.head_mask:
+        image = rescale_uint8(resize(square, cfg.img_size), cfg.clip_percentiles)  # (S, S) uint8
+        return FramedImage(image, Framing((first,), cfg.img_size))
+    head = _head_crop(square, cfg.img_size)  # crop tight to the head, resize, clip over the head, black outside it
+    small = resize(head.apply(square), cfg.img_size)
+    mask = head_mask(small, cfg.head_erode)
+    image = rescale_uint8(small, cfg.clip_percentiles, where=mask)
+    image[~mask] = 0
+    return FramedImage(image, Framing((first, head), cfg.img_size))
+
+
+def preprocess_image(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
+    """The uint8 (S, S) image of :func:`preprocess_framed`: what the decode-once cache stores."""
+    return preprocess_framed(img, cfg).image
 
 
 def draft_size(cfg: PreprocessConfig) -> tuple[int, int]:

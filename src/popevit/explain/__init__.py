@@ -5,13 +5,15 @@
 - :mod:`popevit.explain.gradcam`: Grad-CAM through ``pytorch_grad_cam``, with the token-to-grid reshape for ViTs;
 - :mod:`popevit.explain.methods`: the method registry (``rollout``, ``grad-rollout``, ``gradcam``, ``random``);
 - :mod:`popevit.explain.faithfulness`: deletion/insertion AUC, mask mass share, pointing game;
+- :mod:`popevit.explain.inputs`: the images, preprocessed as in training, with their lesion masks aligned;
 - :mod:`popevit.explain.overlay`: overlays and galleries;
 - :mod:`popevit.explain.explain`: :func:`explain_run`, the ``popevit explain`` driver.
 """
 
 from __future__ import annotations
 
-from popevit.explain.explain import ExplainResult, explain_run, measure_faithfulness, preprocess_mask
+from popevit.explain.explain import ExplainResult, explain_run, measure_faithfulness
+from popevit.explain.inputs import preprocess_mask
 from popevit.explain.methods import METHODS, explain_batch, list_methods, methods_for, register_method
 from popevit.explain.rollout import attention_rollout, gradient_rollout, rollout_matrix
 

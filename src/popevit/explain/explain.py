@@ -3,7 +3,7 @@
 The model is rebuilt from the run's portable artefact and fed exactly as in training (``popevit.data.preprocess``:
 head crop, pad to square, resize, standardise), so every heatmap lives in the *preprocessed* image's coordinates. It
 is drawn on the preprocessed image, beside the original; lesion masks (phantoms) are pushed through the same crop,
-pad and resize (:func:`preprocess_mask`) before they are compared with a map.
+pad and resize (:mod:`popevit.explain.inputs`) before they are compared with a map.
 
 Outputs, in ``out`` (default ``RUN/explain/<method>``)::
 
@@ -22,187 +22,17 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
-from popevit.config import PreprocessConfig
+from popevit.explain.inputs import Item, image_labels, load_item
 
 EXPLAIN_DIR = "explain"
 FAITHFULNESS = "faithfulness.json"
-
-
-# ------------------------------------------------------------------------------------------------------ geometry
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """The crop, pad and resize that :func:`popevit.data.preprocess.preprocess_image` applies to one image.
-
-    Attributes:
-        box: foreground crop ``(top, left, bottom, right)`` in original pixels (the whole image without cropping).
-        side: side of the padded square.
-        offset: ``(top, left)`` of the crop inside the padded square.
-        size: final side S.
-        fill: the level the data layer padded the image with (its background).
-    """
-
-    box: tuple[int, int, int, int]
-    side: int
-    offset: tuple[int, int]
-    size: int
-    fill: float = 0.0
-
-    def apply(self, arr: np.ndarray, fill: float) -> np.ndarray:
-        """Crop, pad with ``fill`` and resize a float (H, W) array; returns (S, S) float32."""
-        from popevit.data.preprocess import resize
-
-        t, l, b, r = self.box
-        crop = np.asarray(arr, np.float32)[t:b, l:r]
-        h, w = crop.shape
-        if h == w == self.side:
-            square = crop
-        else:
-            square = np.full((self.side, self.side), fill, np.float32)
-            square[self.offset[0] : self.offset[0] + h, self.offset[1] : self.offset[1] + w] = crop
-        return resize(square, self.size)
-
-
-def geometry(gray: np.ndarray, cfg: PreprocessConfig) -> Geometry:
-    """The crop, pad and resize that the data layer applies to a grayscale (H, W) image.
-
-    The data layer's ``crop_pad_square`` decides the crop from the image content (several passes) and does not
-    return it, so the crop is read back from its output: the padded square holds an exact copy of one sub-rectangle
-    of ``gray``, centred along the shorter side. Re-implementing the crop here would drift from the data layer;
-    locating the copy cannot.
-    """
-    from popevit.data.preprocess import crop_pad_square
-
-    square = crop_pad_square(np.asarray(gray, np.float32), cfg.crop_foreground)  # (L, L)
-    found = _locate(gray, square) or _transposed(_locate(gray.T, square.T))
-    if found is None:
-        raise RuntimeError(
-            "could not locate the preprocessing crop inside the image; popevit.data.preprocess.crop_pad_square "
-            "no longer returns an exact crop of the input. Ask for a function that returns its crop box."
-        )
-    box, offset = found
-    fill = float(square[0, 0]) if offset != (0, 0) else 0.0
-    return Geometry(box, square.shape[0], offset, cfg.img_size, fill)
-
-
-def _transposed(found: tuple | None) -> tuple | None:
-    if found is None:
-        return None
-    (t, l, b, r), (top, left) = found
-    return (l, t, r, b), (left, top)
-
-
-def _locate(gray: np.ndarray, square: np.ndarray) -> tuple[tuple[int, int, int, int], tuple[int, int]] | None:
-    """Find ``gray[T:T+L, C:C+w]`` copied into ``square[:, left:left+w]`` (full height, columns centred)."""
-    gray = np.asarray(gray, np.float32)
-    H, W = gray.shape
-    side = square.shape[0]
-    if side > H:
-        return None
-    j0 = side // 2  # the centre column is content whatever the width
-    col = square[:, j0]
-    for T, c in np.argwhere(gray[: H - side + 1] == col[0]):  # candidate (T, c) of the column's first pixel
-        if not np.array_equal(gray[T : T + side, c], col):
-            continue
-        # Square column j shows gray column c - j0 + j; content is the matching run around j0.
-        a = j0
-        while a > 0 and c - j0 + a - 1 >= 0 and np.array_equal(square[:, a - 1], gray[T : T + side, c - j0 + a - 1]):
-            a -= 1
-        b = j0 + 1
-        while b < side and c - j0 + b < W and np.array_equal(square[:, b], gray[T : T + side, c - j0 + b]):
-            b += 1
-        for w in range(b - a, 0, -1):  # the padding may repeat an edge column: keep the centred run
-            left = (side - w) // 2
-            if a <= left and left + w <= b:
-                return (int(T), int(c - j0 + left), int(T + side), int(c - j0 + left + w)), (0, left)
-    return None
-
-
-def preprocess_mask(img: Image.Image, mask: Image.Image | np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
-    """A lesion mask in the model input's geometry.
-
-    Args:
-        img: the decoded image the mask belongs to (its content decides the crop).
-        mask: the (H, W) mask, nonzero inside the lesion.
-        cfg: the run's preprocessing settings.
-
-    Returns:
-        bool (S, S) mask aligned with ``preprocess_image(img, cfg)``.
-    """
-    from popevit.data.decode import to_gray
-
-    gray = to_gray(img)
-    m = (np.asarray(mask.convert("L") if isinstance(mask, Image.Image) else mask) > 0).astype(np.float32)
-    if m.shape != gray.shape:
-        raise ValueError(f"mask shape {m.shape} differs from image shape {gray.shape}; pass the image's own mask")
-    return geometry(gray, cfg).apply(m, 0.0) >= 0.5
-
-
-# ------------------------------------------------------------------------------------------------------ inputs
-
-
-@dataclass
-class Item:
-    """One image to explain: its path, true class index (-1 when unknown), original and model-input pixels."""
-
-    path: str
-    label: int
-    original: np.ndarray  # (H, W) float32 grayscale in native range
-    pre: np.ndarray  # (S, S) uint8, what the model sees before standardisation
-    mask: np.ndarray | None = None  # (S, S) bool lesion mask in model-input geometry
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def load_item(path: str | Path, label: int, cfg: PreprocessConfig) -> Item:
-    """Decode, preprocess and (for phantoms) attach the aligned lesion mask of one image.
-
-    The model input is decoded as the training cache decodes it (:func:`popevit.data.preprocess.decode_for_model`:
-    JPEGs at a DCT draft scale), so explanations see the pixels that training and evaluation saw. The original is
-    shown at the file's own size; a mask drawn on it is resized (nearest) to the drafted image first.
-    """
-    from popevit.data.decode import decode_bytes, read_bytes, to_gray
-    from popevit.data.phantoms import mask_path
-    from popevit.data.preprocess import decode_for_model, preprocess_image
-
-    data = read_bytes(Path(path))
-    img = decode_for_model(data, path, cfg)
-    full = decode_bytes(data, path) if img.format == "JPEG" else img  # only JPEGs are drafted
-    pre = preprocess_image(img, cfg)
-    mask = None
-    if (mp := mask_path(Path(path))) is not None:
-        m = Image.open(mp)
-        if m.size == full.size != img.size:
-            m = m.convert("L").resize(img.size, Image.Resampling.NEAREST)
-        mask = preprocess_mask(img, m, cfg)
-    return Item(str(path), label, to_gray(full), pre, mask)
-
-
-def _image_labels(images: Sequence[str | Path], classes: list[str]) -> tuple[list[str], np.ndarray]:
-    """Paths given one by one (files or folders); the label is the parent folder's name when it is a class."""
-    from popevit.data.decode import IMAGE_EXTENSIONS
-
-    paths: list[str] = []
-    for p in map(Path, images):
-        if p.is_dir():
-            paths += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and "masks" not in
-                            f.relative_to(p).parts)  # fmt: skip
-        elif p.is_file():
-            paths.append(str(p))
-        else:
-            raise FileNotFoundError(f"image {str(p)!r} not found; pass existing files or folders to --images")
-    if not paths:
-        raise ValueError(f"no images found in {[str(i) for i in images]}")
-    labels = [classes.index(Path(p).parent.name) if Path(p).parent.name in classes else -1 for p in paths]
-    return paths, np.array(labels, dtype=np.int64)
 
 
 def _select(
@@ -366,7 +196,7 @@ def explain_run(
     if images is not None:
         if data is not None or manifest is not None:
             raise ValueError("pass either images, data or manifest, not several")
-        paths, y = _image_labels(images, classes)
+        paths, y = image_labels(images, classes)
     else:
         from popevit.evaluation.evaluate import load_eval_samples
 

@@ -12,7 +12,7 @@
   random point hits with probability equal to the area fraction.
 
 Maps and masks here are at the model-input resolution (B, S, S); masks must be in the same preprocessed geometry
-as the input (see :func:`popevit.explain.explain.preprocess_mask`).
+as the input (see :func:`popevit.explain.inputs.preprocess_mask`).
 """
 
 from __future__ import annotations

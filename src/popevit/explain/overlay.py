@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-    from popevit.explain.explain import Item
+    from popevit.explain.inputs import Item
 
 CMAP = "jet"
 ALPHA = 0.45
