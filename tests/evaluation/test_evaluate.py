@@ -207,7 +207,8 @@ def test_cached_predictions_are_reused_only_for_their_source_and_weights(manifes
     from functools import partial
 
     from popevit.artifact import ModelMeta, save_artifact
-    from popevit.evaluation.compare import run_predictions, stale_predictions
+    from popevit.evaluation.prediction_cache import run_predictions, stale_predictions
+    from popevit.evaluation.source import EvalSource
     from popevit.models import create_model
 
     run = _make_run(tmp_path / "tiny-s0", CLASSES, manifest)
@@ -216,23 +217,27 @@ def test_cached_predictions_are_reused_only_for_their_source_and_weights(manifes
     for name, text in (("a", lines), ("b", lines[:first_test] + lines[first_test + 1 :])):
         (tmp_path / name).mkdir()
         (tmp_path / name / "split.csv").write_text("".join(text))
-    kw = {"split": "test", "n_boot": 20, "cache_dir": cache, "device": "cpu", "plots": False}
-    pa = run_predictions(run, manifest=tmp_path / "a" / "split.csv", **kw)
-    pb = run_predictions(run, manifest=tmp_path / "b" / "split.csv", **kw)  # same folder: eval/split-test
+    kw = {"n_boot": 20, "cache_dir": cache, "device": "cpu", "plots": False}
+
+    def on(name: str) -> EvalSource:
+        return EvalSource(manifest=tmp_path / name / "split.csv", split="test")
+
+    pa = run_predictions(run, on("a"), **kw)
+    pb = run_predictions(run, on("b"), **kw)  # same folder: eval/split-test
     assert len(pb.paths) == len(pa.paths) - 1
     (tmp_path / "c").mkdir()  # a byte-identical copy of b (a run copied with its eval folder) is the same source
     (tmp_path / "c" / "split.csv").write_bytes((tmp_path / "b" / "split.csv").read_bytes())
-    stale = partial(stale_predictions, run / "eval" / "split-test", run, data=None, split="test")
-    assert stale(manifest=tmp_path / "c" / "split.csv") is None
-    assert "they were made on" in stale(manifest=tmp_path / "a" / "split.csv")
+    stale = partial(stale_predictions, run / "eval" / "split-test", run)
+    assert stale(on("c")) is None
+    assert "they were made on" in stale(on("a"))
     cached = run / "eval" / "split-test" / "predictions.csv"
     before = cached.stat().st_mtime_ns
-    assert run_predictions(run, manifest=tmp_path / "b" / "split.csv", **kw).paths == pb.paths
+    assert run_predictions(run, on("b"), **kw).paths == pb.paths
     assert cached.stat().st_mtime_ns == before  # nothing changed: reused
     torch.manual_seed(1)  # retrain: new weights in the same run folder
     kwargs = {"num_classes": 4, "in_chans": 1, "img_size": 32, "pos_enc": "pope"}
     save_artifact(create_model("vit_p8_w32_d2", **kwargs), ModelMeta("vit_p8_w32_d2", kwargs, CLASSES, PRE), run)
-    pc = run_predictions(run, manifest=tmp_path / "b" / "split.csv", **kw)
+    pc = run_predictions(run, on("b"), **kw)
     assert pc.paths == pb.paths and not np.allclose(pc.proba, pb.proba)
     # records made before metrics.json held the weights' hash are judged by modification time
     record = json.loads((cached.parent / "metrics.json").read_text())
@@ -240,10 +245,10 @@ def test_cached_predictions_are_reused_only_for_their_source_and_weights(manifes
     (cached.parent / "metrics.json").write_text(json.dumps(record))
     weights_time = (run / "model.safetensors").stat().st_mtime
     os.utime(cached, (weights_time + 5, weights_time + 5))
-    run_predictions(run, manifest=tmp_path / "b" / "split.csv", **kw)
+    run_predictions(run, on("b"), **kw)
     assert cached.stat().st_mtime == weights_time + 5  # newer than the weights: reused
     os.utime(cached, (weights_time - 5, weights_time - 5))
-    run_predictions(run, manifest=tmp_path / "b" / "split.csv", **kw)
+    run_predictions(run, on("b"), **kw)
     assert cached.stat().st_mtime > weights_time  # older than the weights: evaluated again
 
 

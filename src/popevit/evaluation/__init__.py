@@ -2,8 +2,10 @@
 
 Public API::
 
-    evaluate_run(run_dir, *, data=None, manifest=None, split="test", tta=False, ...) -> dict   # evaluate.py
-    compare_runs(groups, *, data=None, manifest=None, split="test", ...) -> dict              # compare.py
+    EvalSource(data=None, manifest=None, split="test", img_size=None, tta=False, ...)          # source.py
+    evaluate_run(run_dir, EvalSource(...), ...) -> dict                                       # evaluate.py
+    compare_runs(groups, EvalSource(...), ...) -> dict                                        # compare.py
+    run_study(groups, EvalSource(...), sizes=..., out=...) -> dict                            # study.py
     build_report(runs, out_html) -> Path                                                      # report.py
     metrics_with_ci / point_metrics / weighted_metrics                                        # metrics.py
     paired_bootstrap / mcnemar_exact / delong_test                                            # stats.py

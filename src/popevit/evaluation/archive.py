@@ -31,8 +31,9 @@ from typing import Any
 
 from popevit.artifact import ARCHIVE, META, WEIGHTS, file_sha256, param_count
 from popevit.data.manifest import read_manifest
-from popevit.evaluation.evaluate import EVAL_DIR, METRICS
+from popevit.evaluation.evaluate import METRICS
 from popevit.evaluation.predictions import PREDICTIONS
+from popevit.evaluation.source import EVAL_DIR
 
 FORMAT = "popevit-archive/1"
 # copied when there (model.json is required): the run's facts and config, and what `popevit report` shows of training

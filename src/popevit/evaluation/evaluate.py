@@ -17,80 +17,45 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from popevit.artifact import WEIGHTS, file_sha256, load_artifact
+from popevit.data import load_samples
+from popevit.data.cache import default_cache_dir
+from popevit.data.dataset import ImageDataset
+from popevit.data.dedup import NEAR_THRESHOLD, fingerprint_files, near_pairs
 from popevit.evaluation.calibration import apply_temperature, fit_temperature, nll, temperature_at_bound
-from popevit.evaluation.labelmap import LabelMap, LabelMapError, parse_label_map, resolve_label_map
+from popevit.evaluation.labelmap import LabelMap, LabelMapError
 from popevit.evaluation.metrics import metrics_with_ci, point_metrics
 from popevit.evaluation.plots import plot_all
 from popevit.evaluation.predictions import PREDICTIONS, Predictions, predict_proba
+from popevit.evaluation.source import EVAL_DIR, RUN_MANIFEST, EvalSource, load_eval_samples, load_mapped_samples
+
+__all__ = [  # EVAL_DIR is re-exported: archived runs and the report name eval folders by it
+    "CI_LEVEL",
+    "CI_METHOD",
+    "EVAL_DIR",
+    "METRICS",
+    "ClassMismatchError",
+    "evaluate_run",
+    "format_metrics",
+    "jsonable",
+    "novel_mask",
+    "resize_preprocess",
+    "summarize",
+    "write_json",
+]
 
 METRICS = "metrics.json"
-EVAL_DIR = "eval"
 CI_METHOD = "percentile"
 CI_LEVEL = 0.95
 
 
 ClassMismatchError = LabelMapError  # the evaluation data's classes do not fit the model's (no label map fits them)
-
-
-def eval_tag(
-    data: str | Path | None,
-    manifest: str | Path | None,
-    split: str | None,
-    tta: bool,
-    img_size: int | None = None,
-    calibrate: bool = False,
-    source: str | None = None,
-) -> str:
-    """Sub-folder of ``RUN/eval`` per source: ``test``, ``data-Testing``, ``data-kaggle-test``, ``manifest-val-tta``,
-    ``test-br35h`` for one source of a manifest of several, ``test-224px`` for another input size than the model was
-    trained at, and ``test-ts`` when temperature-scaled."""
-    if data is not None:
-        tag = f"data-{Path(data).resolve().name}" + (f"-{split}" if split else "")
-    elif manifest is not None:
-        tag = f"{Path(manifest).stem}-{split or 'all'}"
-    else:
-        tag = split or "all"
-    tag += f"-{source}" if source else ""
-    return tag + ("-tta" if tta else "") + (f"-{img_size}px" if img_size else "") + ("-ts" if calibrate else "")
-
-
-def resolve_split(data: str | Path | None, split: str | None) -> str | None:
-    """The split actually used: manifests use ``split``; a folder uses it only if it has an official split layout.
-
-    A Kaggle root folder holding ``Training/`` and ``Testing/`` with ``split="test"`` evaluates ``Testing/``; a plain
-    class-folder layout (e.g. the ``Testing`` folder itself) has no splits, so all of its images are used.
-    """
-    if data is None or split is None:
-        return split
-    from popevit.data.discover import RESERVED_DIRS, SPLIT_DIRS
-
-    top = [p for p in Path(data).iterdir() if p.is_dir() and not p.name.startswith(".")]
-    top = [p for p in top if p.name.lower() not in RESERVED_DIRS]
-    return split if top and all(p.name.lower() in SPLIT_DIRS for p in top) else None
-
-
-def default_eval_dir(
-    run_dir: str | Path,
-    data: str | Path | None = None,
-    manifest: str | Path | None = None,
-    split: str | None = "test",
-    tta: bool = False,
-    img_size: int | None = None,
-    calibrate: bool = False,
-    source: str | None = None,
-) -> Path:
-    return Path(run_dir) / EVAL_DIR / eval_tag(data, manifest, split, tta, img_size, calibrate, source)
-
-
-def source_location(run_dir: str | Path, data: str | Path | None, manifest: str | Path | None) -> str:
-    """The evaluated source as an absolute path: the image folder, the manifest, or the run's own ``manifest.csv``."""
-    src = data if data is not None else manifest if manifest is not None else Path(run_dir) / "manifest.csv"
-    return str(Path(src).resolve())
 
 
 def resize_preprocess(meta: Any, model: Any, img_size: int | None) -> Any:
@@ -109,98 +74,6 @@ def resize_preprocess(meta: Any, model: Any, img_size: int | None) -> Any:
     return meta.preprocess.model_copy(update={"img_size": int(img_size)})
 
 
-def _run_data_options(run_dir: Path) -> dict[str, Any]:
-    """The run's task definition (class_map, classes, binary) from its ``config.yaml``, so new data is mapped alike."""
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        return {}
-    from popevit.config import load_config
-
-    d = load_config(cfg_path).data
-    return {"class_map": d.class_map, "classes": d.classes, "binary": d.binary}
-
-
-def load_eval_samples(
-    run_dir: Path,
-    model_classes: list[str],
-    *,
-    data: str | Path | None = None,
-    manifest: str | Path | None = None,
-    split: str | None = "test",
-) -> tuple[list[str], np.ndarray, dict[str, Any]]:
-    """Images and labels to evaluate on, in the model's own classes (see :func:`load_mapped_samples`).
-
-    Returns:
-        ``(paths, y, source)``: paths, (n,) class indices into ``model_classes``, and a description of the source.
-
-    Raises:
-        ClassMismatchError: the data's classes are not among the model's (a label map would be needed).
-    """
-    paths, y, source, lmap = load_mapped_samples(run_dir, model_classes, data=data, manifest=manifest, split=split)
-    to_model = np.array([list(model_classes).index(t) for t in lmap.targets], dtype=np.int64)  # no rules: identity
-    return paths, to_model[y], source
-
-
-def load_mapped_samples(
-    run_dir: Path,
-    model_classes: list[str],
-    *,
-    data: str | Path | None = None,
-    manifest: str | Path | None = None,
-    split: str | None = "test",
-    label_map: str | None = None,
-    source_name: str | None = None,
-) -> tuple[list[str], np.ndarray, dict[str, Any], LabelMap]:
-    """Images and labels to evaluate on, mapped onto classes the model can be scored in.
-
-    Args:
-        run_dir: the run (its ``manifest.csv`` is the default source, and its config gives the task definition).
-        model_classes: the model's classes in output order.
-        data: an image folder in any layout the data layer reads.
-        manifest: a manifest CSV; ``split`` selects the rows.
-        split: manifest split; with ``data``, the official split (``Training``/``Testing``) or None for all images
-            (see :func:`resolve_split`).
-        label_map: rules of :mod:`popevit.evaluation.labelmap` (e.g. ``"yes=tumor,no=notumor,
-            glioma|meningioma|pituitary=tumor"``); None: the data's classes must be among the model's.
-        source_name: with a manifest of several sources (``popevit data split --add``), evaluate this one's rows.
-
-    Returns:
-        ``(paths, y, source, label_map)``: paths, (n,) indices into ``label_map.targets``, a description of the
-        source (``external`` is True for anything but the run's own manifest, ``name`` names it), and the map.
-    """
-    from popevit.data import load_samples
-
-    if data is not None and manifest is not None:
-        raise ValueError("pass either data (an image folder) or manifest (a split CSV), not both")
-    own = run_dir / "manifest.csv"
-    if data is None and manifest is None:
-        manifest = own
-        if not manifest.is_file():
-            raise FileNotFoundError(
-                f"{str(manifest)!r} not found and no data given: pass --data DIR or --manifest FILE --split test"
-            )
-    opts = _run_data_options(run_dir)
-    if data is not None:
-        if not Path(data).is_dir():
-            raise FileNotFoundError(f"data folder {str(data)!r} not found")
-        samples = load_samples(data=Path(data), split=split, **opts)
-        source: dict[str, Any] = {"data": str(data), "split": split, "name": Path(data).resolve().name}
-    else:
-        opts.pop("class_map", None)  # manifests hold class names already
-        samples = load_samples(manifest=Path(manifest), split=split, source=source_name, **opts)
-        source = {"manifest": str(manifest), "split": split, "name": source_name or Path(manifest).stem}
-        if source_name is not None:
-            source["source"] = source_name
-    source["resolved"] = source_location(run_dir, data, manifest)
-    source["external"] = source["resolved"] != str(own.resolve())
-    lmap = resolve_label_map(parse_label_map(label_map), list(model_classes), list(samples.classes))
-    if len(samples.paths) == 0:
-        raise ValueError(f"no images found in {source['resolved']}; check the path and split name")
-    y = np.array([lmap.targets.index(lmap.data[lbl]) for lbl in samples.labels], dtype=np.int64)
-    source["skipped"] = [[str(p), reason] for p, reason in samples.skipped]
-    return [str(p) for p in samples.paths], y, source, lmap
-
-
 def novel_mask(
     paths: list[str], against: str | Path, cache_dir: str | Path | None = None
 ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -217,10 +90,6 @@ def novel_mask(
     Returns:
         ``(mask, info)``: (n,) bool, True for images with no duplicate in ``against``; info for ``metrics.json``.
     """
-    from popevit.data import load_samples
-    from popevit.data.cache import default_cache_dir
-    from popevit.data.dedup import NEAR_THRESHOLD, fingerprint_files, near_pairs
-
     against = Path(against)
     if against.is_dir():
         ref = load_samples(data=against)
@@ -274,13 +143,59 @@ def summarize(preds: Predictions, n_boot: int, seed: int) -> dict[str, Any]:
     }
 
 
+def _calibration(
+    run_dir: Path, classes: list[str], paths: list[str], predict: Callable[[list[str], np.ndarray], np.ndarray]
+) -> dict[str, Any]:
+    """Fit the temperature on the run's validation split (refused when ``paths`` include validation images)."""
+    val_paths, val_y, _ = load_eval_samples(run_dir, classes, EvalSource(split="val"))
+    overlap = len({Path(p).resolve() for p in val_paths} & {Path(p).resolve() for p in paths})
+    if overlap:
+        raise ValueError(
+            f"--calibrate fits the temperature on the run's validation split, and {overlap} of the {len(paths)} "
+            "images to evaluate are validation images: evaluate another split (e.g. --split test) or drop "
+            "--calibrate"
+        )
+    calibration: dict[str, Any] = {
+        "method": "temperature (Guo et al. 2017)",
+        "fit_on": {"split": "val", "n": len(val_paths)},
+    }
+    val_proba = predict(val_paths, val_y)
+    t = fit_temperature(val_y, val_proba)
+    calibration["temperature"] = t
+    calibration["at_bound"] = temperature_at_bound(t)
+    calibration["val_nll"] = {"before": nll(val_y, val_proba), "after": nll(val_y, val_proba, t)}
+    return calibration
+
+
+def _scored(
+    proba: np.ndarray, y: np.ndarray, classes: list[str], lmap: LabelMap, calibration: dict[str, Any] | None
+) -> np.ndarray:
+    """(n, K) model probabilities -> (n, T) probabilities of the label map's targets, temperature-scaled first when
+    calibrating (the uncalibrated figures then go into ``calibration``)."""
+    if calibration is not None:
+        raw = point_metrics(y, lmap.collapse(proba, classes), lmap.targets)
+        calibration["uncalibrated"] = {k: raw[k] for k in ("ece", "log_loss", "auroc_macro")}
+        proba = apply_temperature(proba, calibration["temperature"])
+    return lmap.collapse(proba, classes)  # (n, T): the sum of each target's model classes
+
+
+def _dedup_record(
+    preds: Predictions, against: str | Path, out_dir: Path, *, plots: bool, n_boot: int, seed: int, cache_dir: Any
+) -> dict[str, Any]:
+    """Every metric again on the images with no duplicate in ``against`` (with its own figures when some went)."""
+    mask, info = novel_mask(preds.paths, against, cache_dir=cache_dir)
+    sub = preds.subset(mask)
+    record = {**info, **(summarize(sub, n_boot, seed) if mask.any() else {"n": 0, "metrics": {}})}
+    if plots and 0 < len(sub.paths) < len(preds.paths):  # identical figures when nothing was removed
+        figures = plot_all(sub.y, sub.proba, preds.classes, out_dir, prefix="dedup_")
+        record["plots"] = {k: p.name for k, p in figures.items()}
+    return record
+
+
 def evaluate_run(
     run_dir: str | Path,
+    source: EvalSource | None = None,
     *,
-    data: str | Path | None = None,
-    manifest: str | Path | None = None,
-    split: str | None = "test",
-    tta: bool = False,
     out: str | Path | None = None,
     dedup_against: str | Path | None = None,
     n_boot: int = 1000,
@@ -289,23 +204,19 @@ def evaluate_run(
     device: str | None = None,
     plots: bool = True,
     cache_dir: str | Path | None = None,
-    img_size: int | None = None,
-    calibrate: bool = False,
-    label_map: str | None = None,
     dedup: bool = True,
-    source_name: str | None = None,
+    **source_fields: Any,
 ) -> dict[str, Any]:
     """Evaluate a run's model and write predictions, metrics with bootstrap CIs and plots.
 
     Args:
         run_dir: run directory holding ``model.safetensors`` + ``model.json``.
-        data: image folder to evaluate on, in any layout the data layer reads: all its images, or with an official
-            ``Training``/``Testing`` layout the ``split`` one (see :func:`resolve_split`).
-        manifest: manifest CSV to evaluate on (with ``split``). Default, when neither is given: the run's own
-            ``manifest.csv``.
-        split: manifest split to use (default ``test``).
-        tta: average the probabilities over a horizontal flip.
-        out: output folder; default ``RUN/eval/<tag>`` (see :func:`eval_tag`).
+        source: what to evaluate on and how (:class:`popevit.evaluation.source.EvalSource`; default the run's own
+            manifest's ``test`` split). With ``calibrate``, ``metrics.json`` gains a ``calibration`` record with
+            ``T``, the validation NLL before and after, the uncalibrated ECE and log loss, and ``at_bound`` (T not
+            identified: the validation split is separated perfectly); refused when the evaluated images include
+            validation images. With a ``label_map`` the model's probabilities are summed per target, then scored.
+        out: output folder; default ``RUN/eval/<tag>`` (:meth:`EvalSource.tag`).
         dedup_against: training folder or manifest (its ``train`` split); every metric is also reported on the
             subset of images with no exact or near duplicate there.
         n_boot: bootstrap resamples for the CIs (>= 1000 for reported numbers).
@@ -314,82 +225,40 @@ def evaluate_run(
         device: torch device; default CUDA when available.
         plots: write the PNG figures.
         cache_dir: decode/fingerprint cache folder passed to the data layer (``None``: its default).
-        img_size: evaluate at this input size instead of the training size (resolution extrapolation: every
-            positional encoding follows the larger patch grid, see ``popevit.models.pos_enc``); must be a multiple
-            of the patch size.
-        calibrate: temperature-scale the probabilities with a ``T`` fitted on the run's validation split (same
-            preprocessing and ``tta``); ``metrics.json`` gains a ``calibration`` record with ``T``, the validation
-            NLL before and after, the uncalibrated ECE and log loss, and ``at_bound`` (T not identified: the
-            validation split is separated perfectly; a warning says so). Refused when the evaluated images include
-            validation images.
-        label_map: rules mapping the model's and the data's classes onto shared targets
-            (:mod:`popevit.evaluation.labelmap`), e.g. ``"yes=tumor,no=notumor,glioma|meningioma|pituitary=tumor"``
-            for Br35H and a 4-class model: the model's probabilities are summed per target, then scored.
         dedup: on external data (anything but the run's own manifest) with no ``dedup_against``, also report the
             images with no exact or near duplicate in the run's own training split.
-        source_name: evaluate only the rows of this source of a manifest of several sources (``data split --add``),
-            e.g. the held-out Br35H groups of a run trained on Kaggle and part of Br35H.
+        **source_fields: the fields of ``source`` as keywords (``data=``, ``split=``, ...), instead of ``source``.
 
     Returns:
         The content of ``metrics.json`` (with ``out`` added).
     """
-    from popevit.artifact import WEIGHTS, file_sha256, load_artifact
-    from popevit.data.dataset import ImageDataset
-
+    source = EvalSource.of(source, **source_fields)
     run_dir = Path(run_dir)
     model, meta = load_artifact(run_dir)
+    source = source.resolved()
     classes = list(meta.classes)
-    split = resolve_split(data, split)
-    paths, y, source, lmap = load_mapped_samples(
-        run_dir, classes, data=data, manifest=manifest, split=split, label_map=label_map, source_name=source_name
-    )
-    if dedup and dedup_against is None and source["external"] and (run_dir / "manifest.csv").is_file():
-        dedup_against = run_dir / "manifest.csv"  # external data: how much of it did the model train on?
-    preprocess = resize_preprocess(meta, model, img_size)
-    out_dir = (
-        Path(out)
-        if out is not None
-        else default_eval_dir(run_dir, data, manifest, split, tta, img_size, calibrate, source_name)
-    )
+    paths, y, info, lmap = load_mapped_samples(run_dir, classes, source)
+    if dedup and dedup_against is None and info["external"] and (run_dir / RUN_MANIFEST).is_file():
+        dedup_against = run_dir / RUN_MANIFEST  # external data: how much of it did the model train on?
+    preprocess = resize_preprocess(meta, model, source.img_size)
+    out_dir = Path(out) if out is not None else source.eval_dir(run_dir)
 
     def predict(image_paths: list[str], labels: np.ndarray) -> np.ndarray:
         dataset = ImageDataset([Path(p) for p in image_paths], labels.tolist(), preprocess, cache_dir=cache_dir)
-        return predict_proba(model, dataset, batch_size=batch_size, tta=tta, device=device)
+        return predict_proba(model, dataset, batch_size=batch_size, tta=source.tta, device=device)
 
-    calibration = None
-    if calibrate:
-        val_paths, val_y, _ = load_eval_samples(run_dir, classes, split="val")
-        overlap = len({Path(p).resolve() for p in val_paths} & {Path(p).resolve() for p in paths})
-        if overlap:
-            raise ValueError(
-                f"--calibrate fits the temperature on the run's validation split, and {overlap} of the {len(paths)} "
-                "images to evaluate are validation images: evaluate another split (e.g. --split test) or drop "
-                "--calibrate"
-            )
-        calibration = {"method": "temperature (Guo et al. 2017)", "fit_on": {"split": "val", "n": len(val_paths)}}
-        val_proba = predict(val_paths, val_y)
-        t = fit_temperature(val_y, val_proba)
-        calibration["temperature"] = t
-        calibration["at_bound"] = temperature_at_bound(t)
-        calibration["val_nll"] = {"before": nll(val_y, val_proba), "after": nll(val_y, val_proba, t)}
+    calibration = _calibration(run_dir, classes, paths, predict) if source.calibrate else None
     out_dir.mkdir(parents=True, exist_ok=True)
-    proba = predict(paths, y)  # (n, K) in the model's classes
-    eval_classes = lmap.targets
-    if calibration is not None:
-        raw = point_metrics(y, lmap.collapse(proba, classes), eval_classes)
-        calibration["uncalibrated"] = {k: raw[k] for k in ("ece", "log_loss", "auroc_macro")}
-        proba = apply_temperature(proba, calibration["temperature"])
-    proba = lmap.collapse(proba, classes)  # (n, T): the sum of each target's model classes
-    preds = Predictions(paths, y, proba, eval_classes)
+    proba = _scored(predict(paths, y), y, classes, lmap, calibration)  # (n, K) in the model's classes -> (n, T)
+    preds = Predictions(paths, y, proba, lmap.targets)
     preds.save(out_dir / PREDICTIONS)
-
     result: dict[str, Any] = {
         "run": str(run_dir),
         "model": {"name": meta.name, "kwargs": meta.kwargs, "weights_sha256": file_sha256(run_dir / WEIGHTS)},
-        "classes": eval_classes,
+        "classes": lmap.targets,
         "model_classes": classes,
-        "source": source,
-        "tta": tta,
+        "source": info,
+        "tta": source.tta,
         "img_size": preprocess.img_size,
         "bootstrap": {"method": CI_METHOD, "level": CI_LEVEL, "n_boot": n_boot, "seed": seed, "unit": "image"},
         **summarize(preds, n_boot, seed),
@@ -399,15 +268,10 @@ def evaluate_run(
     if calibration is not None:
         result["calibration"] = calibration
     if plots:
-        result["plots"] = {k: p.name for k, p in plot_all(y, preds.proba, eval_classes, out_dir).items()}
+        result["plots"] = {k: p.name for k, p in plot_all(y, preds.proba, lmap.targets, out_dir).items()}
     if dedup_against is not None:
-        mask, info = novel_mask(paths, dedup_against, cache_dir=cache_dir)
-        sub = preds.subset(mask)
-        result["dedup"] = {**info, **(summarize(sub, n_boot, seed) if mask.any() else {"n": 0, "metrics": {}})}
-        if plots and 0 < len(sub.paths) < len(preds.paths):  # identical figures when nothing was removed
-            result["dedup"]["plots"] = {
-                k: p.name for k, p in plot_all(sub.y, sub.proba, eval_classes, out_dir, prefix="dedup_").items()
-            }
+        opts = {"plots": plots, "n_boot": n_boot, "seed": seed, "cache_dir": cache_dir}
+        result["dedup"] = _dedup_record(preds, dedup_against, out_dir, **opts)
     write_json(out_dir / METRICS, result)
     return {**jsonable(result), "out": str(out_dir)}
 

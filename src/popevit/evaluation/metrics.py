@@ -40,6 +40,11 @@ import numpy as np
 
 NO_TUMOR = "notumor"
 DEFAULT_N_BINS = 15
+SUMMARY_METRICS = ("auroc_macro", "accuracy", "balanced_accuracy", "f1_macro", "log_loss", "ece")  # compare's table
+TESTED_METRICS = ("auroc_macro", "accuracy")  # compare's paired bootstrap
+TUMOR_METRICS = ("tumor_sensitivity", "tumor_specificity")  # also tested on tumour / no-tumour data (--label-map)
+STUDY_METRICS = ("auroc_macro", "accuracy", "balanced_accuracy", "ece")  # study's table
+EXTRAPOLATION_METRICS = ("auroc_macro", "accuracy")  # study's curves over test image sizes
 
 
 def _check_inputs(y: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -76,6 +81,11 @@ def metric_names(classes: Sequence[str]) -> list[str]:
     for stat in ("precision", "recall", "f1", "specificity", "auroc"):
         names += [f"{stat}/{c}" for c in classes]
     return names
+
+
+def with_tumor_metrics(classes: Sequence[str], base: tuple[str, ...]) -> tuple[str, ...]:
+    """``base``, plus tumour sensitivity and specificity when the classes are tumour / no tumour."""
+    return base + TUMOR_METRICS if sorted(classes) == ["notumor", "tumor"] else base
 
 
 def _notumor_index(classes: Sequence[str]) -> int | None:

@@ -26,20 +26,24 @@ from typing import Any
 
 import numpy as np
 
-from popevit.evaluation.compare import (
-    align,
-    check_archived_runs,
-    compare_runs,
-    group_names,
-    run_name,
-    run_predictions,
-)
+from popevit.artifact import WEIGHTS, load_meta, param_count
+from popevit.evaluation.archive import read_archive, train_images
+from popevit.evaluation.compare import align, compare_runs
 from popevit.evaluation.evaluate import write_json
-from popevit.evaluation.metrics import normalize_proba, percentile_ci, weighted_metrics
+from popevit.evaluation.groups import group_names, run_name
+from popevit.evaluation.metrics import (
+    EXTRAPOLATION_METRICS,
+    STUDY_METRICS,
+    normalize_proba,
+    percentile_ci,
+    weighted_metrics,
+)
+from popevit.evaluation.prediction_cache import check_archived_runs, run_predictions
+from popevit.evaluation.predictions import Predictions
+from popevit.evaluation.render import plot_extrapolation, study_markdown
+from popevit.evaluation.source import EvalSource
 from popevit.evaluation.stats import bootstrap_seed_means
-
-STUDY_METRICS = ("auroc_macro", "accuracy", "balanced_accuracy", "ece")
-EXTRAPOLATION_METRICS = ("auroc_macro", "accuracy")
+from popevit.training.run import stages_wall_s
 
 
 def seed_mean_with_ci(
@@ -98,10 +102,6 @@ def _machine(info: dict[str, Any]) -> str | None:
 
 def run_cost(run: Path) -> dict[str, Any]:
     """Parameters, wall time, epochs, training images seen and per wall-clock second of a run folder."""
-    from popevit.artifact import WEIGHTS, param_count
-    from popevit.evaluation.archive import read_archive, train_images
-    from popevit.training.run import stages_wall_s
-
     info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
     archived = read_archive(run)
     params = archived["params"] if archived is not None else param_count(run / WEIGHTS)
@@ -151,109 +151,119 @@ def machine_warning(machines: dict[str, set[str]]) -> str | None:
     )
 
 
-def _fmt_ci(e: dict[str, float], digits: int = 3) -> str:
-    return f"{e['value']:.{digits}f} [{e['lo']:.{digits}f}, {e['hi']:.{digits}f}] ± {e['sd']:.{digits}f}"
-
-
-def _fmt_wall(cost: dict[str, Any]) -> str:
-    """Wall minutes of a group's runs: the whole budget, and for a two-stage recipe what its earlier stages took."""
-    if not cost.get("upstream"):
-        return f"{cost['wall_min']:.1f}"
-    roles = " + ".join(cost["upstream"])
-    up = cost["upstream_wall_min"]
-    if np.isnan(up):
-        return f"{cost['wall_min']:.1f} + ? ({roles}: compute not recorded)"
-    return f"{cost['wall_min'] + up:.1f} ({roles} {up:.1f})"
-
-
-def to_markdown(result: dict[str, Any]) -> str:
-    """The study as Markdown: the comparison table and the extrapolation table."""
-    n, sizes = result["n"], result["sizes"]
-    lines = [f"# Study on {n} test images ({result['source']})", ""]
-    lines.append(
-        "Each cell: seed-mean [95% bootstrap CI over test images] ± sd across seeds. "
-        "Cost columns are seed means: wall time, epochs, training images seen (partial last epochs included) and "
-        "img/s = training images seen per wall-clock second (validation included); capped = runs that the "
-        "train.max_minutes cap ended; device as run.json records it. A two-stage recipe's wall time adds the stages "
-        "it was built on (a distillation teacher, the pretraining behind --init) and shows them in brackets; its "
-        "epochs, images and img/s are its own stage's."
-    )
-    lines.append("")
-    lines.append(
-        "| group | seeds | " + " | ".join(STUDY_METRICS) + " | params | wall min | epochs | images seen | train img/s "
-        "| capped | device |"
-    )
-    lines.append("|---|---:|" + "---|" * len(STUDY_METRICS) + "---:|---:|---:|---:|---:|---:|---|")
-    for g in result["groups"]:
-        c = g["cost"]
-        cells = [_fmt_ci(g["metrics"][m]) for m in STUDY_METRICS]
-        lines.append(
-            f"| {g['name']} | {len(g['runs'])} | " + " | ".join(cells) + f" | {c['params']:,} | {_fmt_wall(c)} | "
-            f"{c['epochs']:.0f} | {c['images_seen']:,.0f} | {c['train_img_per_s']:.1f} | "
-            f"{'?' if c['capped'] is None else c['capped']}/{len(g['runs'])} | {c['device']} |"
+def _group_cost(costs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Seed means of a group's :func:`run_cost` records (NaN where a run did not record a figure)."""
+    return {
+        "params": costs[0]["params"],
+        "wall_min": float(np.mean([c["wall_s"] or np.nan for c in costs])) / 60.0,
+        # a two-stage recipe's whole budget: this stage plus its teacher or pretraining (NaN: unknown)
+        "upstream": sorted({role for c in costs for role in c["upstream"]}),
+        "upstream_wall_min": float(
+            np.mean([np.nan if c["upstream_wall_s"] is None else c["upstream_wall_s"] for c in costs])
         )
-    lines += [f"\n**Warning:** {w}" for w in result.get("warnings", [])]
-    if len(sizes) > 1:
-        lines += ["", f"## Resolution extrapolation: macro AUROC by test size (trained at {result['train_size']})", ""]
-        lines.append("| group | " + " | ".join(f"{s} px" for s in sizes) + " |")
-        lines.append("|---|" + "---|" * len(sizes))
+        / 60.0,
+        "epochs": float(np.mean([c["epochs"] or np.nan for c in costs])),
+        "images_seen": float(np.mean([c["images_seen"] or np.nan for c in costs])),
+        "train_img_per_s": float(np.mean([c["train_img_per_s"] for c in costs])),
+        "device": " / ".join(sorted({c["device"] or "unknown" for c in costs})),
+        # None when a run.json predates the record: the table shows "?", not a claim that no cap ended it
+        "capped": None if any(c["hit_time_cap"] is None for c in costs) else sum(c["hit_time_cap"] for c in costs),
+    }
+
+
+def _train_size(runs: list[Path]) -> int:
+    """The one image size every run was trained at."""
+    train_sizes = {load_meta(r).preprocess.img_size for r in runs}
+    if len(train_sizes) != 1:
+        raise ValueError(
+            f"runs were trained at different image sizes {sorted(train_sizes)}; a study compares runs trained at one "
+            "size (make one study per size)"
+        )
+    return train_sizes.pop()
+
+
+def _predictions_by_size(
+    runs: list[Path], source: EvalSource, train_size: int, sizes: list[int], eval_kwargs: dict[str, Any]
+) -> dict[int, list[Predictions]]:
+    """Every run's predictions at every size, aligned on the training size's images and order (one ``y`` for all)."""
+    names = [str(r) for r in runs]
+    per_size = {train_size: align([run_predictions(r, source, **eval_kwargs) for r in runs], names)}
+    ref = per_size[train_size][0]
+    for size in sizes:
+        if size != train_size:
+            preds = [run_predictions(r, source.at_size(size), **eval_kwargs) for r in runs]
+            per_size[size] = align([ref, *preds], [f"{names[0]} at {train_size} px", *names])[1:]
+    return per_size
+
+
+def _extrapolation(
+    entry: dict[str, Any],
+    probas: dict[int, list[np.ndarray]],
+    y: np.ndarray,
+    classes: list[str],
+    train_size: int,
+    n_boot: int,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """A group's seed-mean metrics at each size; at the training size the table's own intervals (same resamples)."""
+    out = []
+    for size, p in probas.items():
+        if size == train_size:
+            m = {k: entry["metrics"][k] for k in EXTRAPOLATION_METRICS}
+        else:
+            m = seed_mean_with_ci(y, p, classes, metrics=EXTRAPOLATION_METRICS, n_boot=n_boot, seed=seed)
+        out.append({"size": size, "metrics": m})
+    return out
+
+
+def _describe(source: EvalSource) -> str:
+    """The images and treatment of a study, for its table's title."""
+    where = source.data or source.manifest or "each run manifest.csv"
+    extras = [
+        ", test-time augmentation" if source.tta else "",
+        f", label map {source.label_map}" if source.label_map else "",
+        f", source {source.source_name}" if source.source_name else "",
+        ", temperature-scaled" if source.calibrate else "",
+    ]
+    return f"{where}, split {source.split}" + "".join(extras)
+
+
+def _write_csv(path: Path, result: dict[str, Any]) -> None:
+    """``study.csv``: one row per group, metric and test size."""
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["group", "seeds", "metric", "test_size", "value", "lo", "hi", "sd"])
         for g in result["groups"]:
-            by = {e["size"]: e for e in g["extrapolation"]}
-            lines.append(
-                f"| {g['name']} | " + " | ".join(_fmt_ci(by[s]["metrics"]["auroc_macro"]) for s in sizes) + " |"
-            )
-    lines.append("")
-    return "\n".join(lines)
-
-
-def plot_extrapolation(result: dict[str, Any], path: Path, metric: str = "auroc_macro") -> Path:
-    """Seed-mean ``metric`` vs test image size, one line per group, 95% CI as error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    offsets = np.linspace(-1.5, 1.5, len(result["groups"])) if len(result["groups"]) > 1 else [0.0]
-    for off, g in zip(offsets, result["groups"], strict=True):
-        xs = np.array([e["size"] for e in g["extrapolation"]], dtype=float)
-        m = [e["metrics"][metric] for e in g["extrapolation"]]
-        v = np.array([e["value"] for e in m])
-        err = np.array([[e["value"] - e["lo"] for e in m], [e["hi"] - e["value"] for e in m]])
-        ax.errorbar(xs + off, v, yerr=err, marker="o", capsize=3, label=g["name"])
-    ax.axvline(result["train_size"], color="grey", ls=":", lw=1)
-    ax.set_xlabel("test image size (px); dotted: training size")
-    ax.set_ylabel(f"{metric} (seed mean, 95% CI)")
-    ax.set_title("Resolution extrapolation")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+            for m, e in g["metrics"].items():
+                w.writerow([g["name"], len(g["runs"]), m, result["train_size"], e["value"], e["lo"], e["hi"], e["sd"]])
+            for ex in g["extrapolation"]:
+                if ex["size"] == result["train_size"]:
+                    continue
+                for m, e in ex["metrics"].items():
+                    w.writerow([g["name"], len(g["runs"]), m, ex["size"], e["value"], e["lo"], e["hi"], e["sd"]])
 
 
 def run_study(
     groups: Sequence[Sequence[str | Path]],
+    source: EvalSource | None = None,
     *,
     sizes: Sequence[int] = (),
-    manifest: str | Path | None = None,
-    split: str = "test",
     out: str | Path,
     n_boot: int = 1000,
     seed: int = 0,
     batch_size: int = 64,
     device: str | None = None,
     paired_tests: bool = True,
-    calibrate: bool = False,
+    **source_fields: Any,
 ) -> dict[str, Any]:
     """Build the study table, the extrapolation curves and the paired tests; write them into ``out``.
 
     Args:
         groups: groups of run folders (one group per model, one run per seed), all trained at one image size.
+        source: what to evaluate on (:class:`popevit.evaluation.source.EvalSource`; default each run's own
+            ``manifest.csv``, which must then share images). With ``calibrate``, temperature-scaled probabilities
+            (``popevit evaluate --calibrate``): accuracy is unchanged, ECE and log loss are the calibrated ones.
         sizes: extra test image sizes for the extrapolation curves (the training size is always included).
-        manifest: manifest CSV to evaluate on (default: each run's own ``manifest.csv``; they must share images).
-        split: manifest split.
         out: output folder.
         n_boot: bootstrap resamples for every CI.
         seed: bootstrap seed.
@@ -261,129 +271,50 @@ def run_study(
         device: torch device.
         paired_tests: also run ``popevit compare`` across the groups into ``out/compare`` (and ``out/compare-<size>px``
             for each extra size).
-        calibrate: use temperature-scaled probabilities (``popevit evaluate --calibrate``: T fitted on each run's
-            validation split); accuracy is unchanged, ECE and log loss are the calibrated ones.
+        **source_fields: the fields of ``source`` as keywords (``manifest=``, ``split=``, ...), instead of ``source``.
 
     Returns:
         The study as a JSON-able dict (also written to ``out/study.json``).
     """
-    from popevit.artifact import load_meta
-
+    source = EvalSource.of(source, **source_fields)
+    if source.img_size is not None:
+        raise ValueError(f"a study sets the input sizes itself: pass sizes=[{source.img_size}], not img_size")
     groups = [[Path(r) for r in g] for g in groups]
     if not groups or any(not g for g in groups):
         raise ValueError("study needs at least one non-empty group of run folders")
     flat = [r for g in groups for r in g]
-    train_sizes = {load_meta(r).preprocess.img_size for r in flat}
-    if len(train_sizes) != 1:
-        raise ValueError(
-            f"runs were trained at different image sizes {sorted(train_sizes)}; a study compares runs trained at one "
-            "size (make one study per size)"
-        )
-    train_size = train_sizes.pop()
+    train_size = _train_size(flat)
     all_sizes = sorted({train_size, *(int(s) for s in sizes)})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    kw = dict(
-        manifest=manifest,
-        split=split,
-        n_boot=n_boot,
-        seed=seed,
-        batch_size=batch_size,
-        device=device,
-        calibrate=calibrate,
-    )
-
-    check_archived_runs(
-        flat,
-        manifest=manifest,
-        split=split,
-        img_sizes=[None, *(s for s in all_sizes if s != train_size)],
-        calibrate=calibrate,
-    )
-    names = [str(r) for r in flat]
-    per_size = {train_size: align([run_predictions(r, **kw) for r in flat], names)}
-    ref = per_size[train_size][0]
-    for size in all_sizes:
-        if size != train_size:  # on the training size's images, in its order: every curve shares one y
-            preds = [run_predictions(r, img_size=size, **kw) for r in flat]
-            per_size[size] = align([ref, *preds], [f"{names[0]} at {train_size} px", *names])[1:]
-    y, classes = ref.y, ref.classes
-
+    eval_kwargs = {"n_boot": n_boot, "seed": seed, "batch_size": batch_size, "device": device}
+    check_archived_runs(flat, source, img_sizes=[None, *(s for s in all_sizes if s != train_size)])
+    per_size = _predictions_by_size(flat, source, train_size, all_sizes, eval_kwargs)
+    y, classes = per_size[train_size][0].y, per_size[train_size][0].classes
     result: dict[str, Any] = {
         "n": len(y),
         "classes": classes,
-        "source": f"{manifest or 'each run manifest.csv'}, split {split}"
-        + (", temperature-scaled" if calibrate else ""),
+        "source": _describe(source),
         "train_size": train_size,
         "sizes": all_sizes,
         "bootstrap": {"n_boot": n_boot, "seed": seed, "level": 0.95, "statistic": "seed mean"},
         "groups": [],
     }
-    k = 0
-    machines: dict[str, set[str]] = {}
+    k, machines = 0, {}  # group name -> the machines its runs recorded
     for g, name in zip(groups, group_names(groups), strict=True):
-        idx = list(range(k, k + len(g)))
+        probas = {size: [p.proba for p in per_size[size][k : k + len(g)]] for size in all_sizes}
         k += len(g)
         costs = [run_cost(r) for r in g]
         machines[name] = {c["machine"] for c in costs if c["machine"]}
-        entry: dict[str, Any] = {
-            "name": name,
-            "runs": [run_name(r) for r in g],
-            "metrics": seed_mean_with_ci(
-                y, [per_size[train_size][i].proba for i in idx], classes, n_boot=n_boot, seed=seed
-            ),
-            "cost": {
-                "params": costs[0]["params"],
-                "wall_min": float(np.mean([c["wall_s"] or np.nan for c in costs])) / 60.0,
-                # a two-stage recipe's whole budget: this stage plus its teacher or pretraining (NaN: unknown)
-                "upstream": sorted({role for c in costs for role in c["upstream"]}),
-                "upstream_wall_min": float(
-                    np.mean([np.nan if c["upstream_wall_s"] is None else c["upstream_wall_s"] for c in costs])
-                )
-                / 60.0,
-                "epochs": float(np.mean([c["epochs"] or np.nan for c in costs])),
-                "images_seen": float(np.mean([c["images_seen"] or np.nan for c in costs])),
-                "train_img_per_s": float(np.mean([c["train_img_per_s"] for c in costs])),
-                "device": " / ".join(sorted({c["device"] or "unknown" for c in costs})),
-                # None when a run.json predates the record: the table shows "?", not a claim that no cap ended it
-                "capped": None
-                if any(c["hit_time_cap"] is None for c in costs)
-                else sum(c["hit_time_cap"] for c in costs),
-            },
-            "extrapolation": [],
-        }
-        for size in all_sizes:
-            if size == train_size:  # the table's own intervals (same resamples), not a second bootstrap
-                m = {k: entry["metrics"][k] for k in EXTRAPOLATION_METRICS}
-                entry["extrapolation"].append({"size": size, "metrics": m})
-                continue
-            m = seed_mean_with_ci(
-                y,
-                [per_size[size][i].proba for i in idx],
-                classes,
-                metrics=EXTRAPOLATION_METRICS,
-                n_boot=n_boot,
-                seed=seed,
-            )
-            entry["extrapolation"].append({"size": size, "metrics": m})
+        metrics = seed_mean_with_ci(y, probas[train_size], classes, n_boot=n_boot, seed=seed)
+        entry = {"name": name, "runs": [run_name(r) for r in g], "metrics": metrics, "cost": _group_cost(costs)}
+        entry["extrapolation"] = _extrapolation(entry, probas, y, classes, train_size, n_boot, seed)
         result["groups"].append(entry)
-
-    warning = machine_warning(machines)
-    if warning is not None:
+    if (warning := machine_warning(machines)) is not None:
         result["warnings"] = [warning]
     write_json(out / "study.json", result)
-    (out / "study.md").write_text(to_markdown(result), encoding="utf-8")
-    with open(out / "study.csv", "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["group", "seeds", "metric", "test_size", "value", "lo", "hi", "sd"])
-        for g in result["groups"]:
-            for m, e in g["metrics"].items():
-                w.writerow([g["name"], len(g["runs"]), m, train_size, e["value"], e["lo"], e["hi"], e["sd"]])
-            for ex in g["extrapolation"]:
-                if ex["size"] == train_size:
-                    continue
-                for m, e in ex["metrics"].items():
-                    w.writerow([g["name"], len(g["runs"]), m, ex["size"], e["value"], e["lo"], e["hi"], e["sd"]])
+    (out / "study.md").write_text(study_markdown(result), encoding="utf-8")
+    _write_csv(out / "study.csv", result)
     if len(all_sizes) > 1:
         result["plot"] = str(plot_extrapolation(result, out / "extrapolation.png"))
     if paired_tests and len(groups) > 1:
@@ -391,7 +322,7 @@ def run_study(
         for size in all_sizes:
             extra = size != train_size
             folder = out / (f"compare-{size}px" if extra else "compare")
-            compare_runs(groups, out=folder, img_size=size if extra else None, **kw)
+            compare_runs(groups, source.at_size(size if extra else None), out=folder, **eval_kwargs)
             if extra:
                 result.setdefault("compare_sizes", []).append(str(folder / "compare.md"))
             else:

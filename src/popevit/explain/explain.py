@@ -29,7 +29,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from popevit.artifact import load_artifact
+from popevit.data.preprocess import to_tensor
+from popevit.evaluation.predictions import resolve_device
+from popevit.evaluation.source import EvalSource, load_eval_samples
+from popevit.explain import overlay
+from popevit.explain.faithfulness import area_fraction, deletion_insertion, mask_mass, pointing_game
 from popevit.explain.inputs import Item, image_labels, load_item
+from popevit.explain.methods import METHODS, explain_batch, methods_for, native_grid
+from popevit.registry import did_you_mean
 
 EXPLAIN_DIR = "explain"
 FAITHFULNESS = "faithfulness.json"
@@ -91,8 +99,6 @@ def _targets(target: str, pred: np.ndarray, y: np.ndarray, paths: list[str], cla
         return y
     if target in classes:
         return np.full_like(pred, classes.index(target))
-    from popevit.registry import did_you_mean
-
     raise ValueError(
         f"unknown target {target!r}{did_you_mean(target, classes)}; use 'predicted', 'true' or a class of the "
         f"model ({', '.join(classes)})"
@@ -101,8 +107,6 @@ def _targets(target: str, pred: np.ndarray, y: np.ndarray, paths: list[str], cla
 
 def resolve_methods(method: str | Sequence[str], model: torch.nn.Module) -> list[str]:
     """Method names from ``"rollout"``, ``"rollout,gradcam"``, a list, or ``"all"`` (every method for the model)."""
-    from popevit.explain.methods import METHODS, methods_for
-
     names = [m.strip() for m in method.split(",")] if isinstance(method, str) else [m.strip() for m in method]
     usable = methods_for(model)
     if names == ["all"]:
@@ -120,8 +124,6 @@ def resolve_methods(method: str | Sequence[str], model: torch.nn.Module) -> list
 def _batched_maps(
     model: torch.nn.Module, x: torch.Tensor, target: np.ndarray, method: str, batch_size: int, options: dict
 ) -> torch.Tensor:
-    from popevit.explain.methods import explain_batch
-
     dev = next(model.parameters()).device
     t = torch.as_tensor(target, dtype=torch.long)
     out = [
@@ -131,13 +133,64 @@ def _batched_maps(
     return torch.cat(out)  # (n, S, S)
 
 
+def _figures(
+    out_dir: Path,
+    items: list[Item],
+    maps: dict[str, torch.Tensor],
+    proba: np.ndarray,
+    chosen: np.ndarray,
+    mistakes: np.ndarray,
+    confident: dict[int, np.ndarray],
+    target: np.ndarray,
+    classes: list[str],
+) -> list[Path]:
+    """One overlay per explained image, then the galleries of mistakes and of confident hits (first method)."""
+    methods = list(maps)
+    figures: list[Path] = []
+    for i, it in enumerate(items):
+        fig_path = out_dir / "overlays" / f"{i:03d}_{Path(it.path).stem}.png"
+        overlay.save_explanation(
+            fig_path, it, {m: maps[m][i].numpy() for m in methods}, proba[chosen[i]], classes, int(target[i])
+        )
+        figures.append(fig_path)
+    pos = {int(r): i for i, r in enumerate(chosen)}
+    primary = maps[methods[0]].numpy()
+
+    def entry(r: int) -> overlay.Entry:
+        return items[pos[int(r)]], primary[pos[int(r)]], proba[r]
+
+    figures.append(
+        overlay.save_gallery(
+            out_dir / "gallery_misclassified.png", [entry(r) for r in mistakes], classes,
+            title=f"Most confident mistakes ({methods[0]})", ncols=4,
+        )
+    )  # fmt: skip
+    figures.append(
+        overlay.save_confident_gallery(
+            out_dir / "gallery_confident.png", {classes[k]: [entry(r) for r in rows] for k, rows in confident.items()},
+            classes, title=f"Most confident correct predictions per class ({methods[0]})",
+        )
+    )  # fmt: skip
+    return figures
+
+
+def _images(
+    run_dir: Path, classes: list[str], images: Sequence[str | Path] | None, source: EvalSource
+) -> tuple[list[str], np.ndarray]:
+    """The images to explain and their labels: given one by one, or those of ``source``."""
+    if images is None:
+        paths, y, _ = load_eval_samples(run_dir, classes, source)
+        return paths, y
+    if source.data is not None or source.manifest is not None:
+        raise ValueError("pass either images, data or manifest, not several")
+    return image_labels(images, classes)
+
+
 def explain_run(
     run_dir: str | Path,
+    source: EvalSource | None = None,
     *,
     images: Sequence[str | Path] | None = None,
-    data: str | Path | None = None,
-    manifest: str | Path | None = None,
-    split: str | None = "test",
     method: str | Sequence[str] = "rollout",
     target: str = "predicted",
     out: str | Path | None = None,
@@ -150,16 +203,15 @@ def explain_run(
     steps: int = 20,
     device: str | None = None,
     seed: int = 0,
+    **source_fields: Any,
 ) -> ExplainResult:
     """Explain a trained run's predictions.
 
     Args:
         run_dir: run folder with ``model.safetensors`` + ``model.json``.
+        source: the images to explain when ``images`` is None (:class:`popevit.evaluation.source.EvalSource`: an
+            image folder, a manifest split; default the run's own ``manifest.csv`` ``test`` split).
         images: image files or folders (labels from class-named parent folders, else unknown).
-        data: an image folder in any layout the data layer reads (the run's class mapping applies).
-        manifest: a manifest CSV; ``split`` selects rows. With none of ``images``/``data``/``manifest`` the run's
-            own ``manifest.csv`` ``split`` is used.
-        split: manifest split.
         method: ``"rollout"``, ``"grad-rollout"``, ``"gradcam"``, a comma list, or ``"all"``; the first one
             drives the galleries.
         target: class to explain: ``"predicted"``, ``"true"`` or a class name.
@@ -175,15 +227,12 @@ def explain_run(
         steps: deletion/insertion curve steps.
         device: ``"cpu"``, ``"cuda"``...; default CUDA when available.
         seed: selection and baseline seed.
+        **source_fields: the fields of ``source`` as keywords (``data=``, ``manifest=``, ``split=``).
 
     Returns:
         :class:`ExplainResult`.
     """
-    from popevit.artifact import load_artifact
-    from popevit.data.preprocess import to_tensor
-    from popevit.evaluation.predictions import resolve_device
-    from popevit.explain import overlay
-
+    source = EvalSource.of(source, **source_fields)
     if max_images < 1:
         raise ValueError(f"max_images must be >= 1, got {max_images}")
     run_dir = Path(run_dir)
@@ -191,16 +240,7 @@ def explain_run(
     model, meta = load_artifact(run_dir, map_location=dev)
     classes, cfg = meta.classes, meta.preprocess
     methods = resolve_methods(method, model)
-    options = {"head_fusion": head_fusion, "discard_ratio": discard_ratio}
-
-    if images is not None:
-        if data is not None or manifest is not None:
-            raise ValueError("pass either images, data or manifest, not several")
-        paths, y = image_labels(images, classes)
-    else:
-        from popevit.evaluation.evaluate import load_eval_samples
-
-        paths, y, _ = load_eval_samples(run_dir, classes, data=data, manifest=manifest, split=split)
+    paths, y = _images(run_dir, classes, images, source)
 
     # 1. predict everything (cheap), 2. explain a selection: mistakes, confident hits, random fill.
     items_all = [load_item(p, int(lbl), cfg) for p, lbl in zip(paths, y, strict=True)]
@@ -208,45 +248,19 @@ def explain_run(
     with torch.inference_mode():
         proba = torch.cat([model(xb.to(dev)).float().softmax(-1).cpu() for xb in x_all.split(batch_size)]).numpy()
     chosen, mistakes, confident = _select(proba, y, max_images=max_images, per_class=per_class, seed=seed)
-    pos = {int(r): i for i, r in enumerate(chosen)}
-    items = [items_all[i] for i in chosen]
-    x = x_all[chosen]
-    pred = proba[chosen].argmax(1)
-    tgt = _targets(target, pred, y[chosen], [it.path for it in items], classes)
+    items, x = [items_all[i] for i in chosen], x_all[chosen]
+    tgt = _targets(target, proba[chosen].argmax(1), y[chosen], [it.path for it in items], classes)
+    options = {"head_fusion": head_fusion, "discard_ratio": discard_ratio}
     maps = {m: _batched_maps(model, x, tgt, m, batch_size, options if m == "rollout" else {}) for m in methods}
 
     out_dir = Path(out) if out is not None else run_dir / EXPLAIN_DIR / methods[0]
     (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
-    figures: list[Path] = []
-    for i, it in enumerate(items):
-        fig_path = out_dir / "overlays" / f"{i:03d}_{Path(it.path).stem}.png"
-        overlay.save_explanation(
-            fig_path, it, {m: maps[m][i].numpy() for m in methods}, proba[chosen[i]], classes, int(tgt[i])
-        )
-        figures.append(fig_path)
-    gal = [it for it in items]
-    primary = maps[methods[0]].numpy()
-    figures.append(
-        overlay.save_gallery(
-            out_dir / "gallery_misclassified.png",
-            [(gal[pos[int(r)]], primary[pos[int(r)]], proba[r]) for r in mistakes],
-            classes, title=f"Most confident mistakes ({methods[0]})", ncols=4,
-        )
-    )  # fmt: skip
-    figures.append(
-        overlay.save_confident_gallery(
-            out_dir / "gallery_confident.png",
-            {classes[k]: [(gal[pos[int(r)]], primary[pos[int(r)]], proba[r]) for r in rows] for k, rows in
-             confident.items()},
-            classes, title=f"Most confident correct predictions per class ({methods[0]})",
-        )
-    )  # fmt: skip
+    figures = _figures(out_dir, items, maps, proba, chosen, mistakes, confident, tgt, classes)
     _write_table(out_dir / "explanations.csv", items, proba[chosen], tgt, classes)
     np.savez_compressed(
         out_dir / "maps.npz", paths=np.array([it.path for it in items]),
         **{m.replace("-", "_"): maps[m].numpy().astype(np.float16) for m in methods},
     )  # fmt: skip
-
     report = None
     if faithfulness:
         report = measure_faithfulness(model, x, tgt, maps, items, steps=steps, seed=seed, batch_size=batch_size)
@@ -283,9 +297,6 @@ def measure_faithfulness(
     Returns:
         ``{"methods": {name: {...}}, "random": {...}, "mask": {...} | None}`` with means and per-image values.
     """
-    from popevit.explain.faithfulness import area_fraction, deletion_insertion, mask_mass, pointing_game
-    from popevit.explain.methods import explain_batch, native_grid
-
     t = torch.as_tensor(target, dtype=torch.long)
     dev = next(model.parameters()).device
 
