@@ -2,12 +2,15 @@
 
 Usage::
 
-    python benchmarks/bench_suite.py --json runs/bench/cpu.json --md runs/bench/cpu.md                 # cpu + seed
+    python benchmarks/bench_suite.py --data DATA --manifest SPLIT --json runs/bench/cpu.json --md runs/bench/cpu.md
     python benchmarks/bench_suite.py --sizes cpu --sections train,inference,memory,loader,epoch,profile ...
     python benchmarks/bench_suite.py --sweeps --plots benchmarks/figures --sections none --json sweeps.json
     python benchmarks/bench_suite.py --device cuda --json gpu.json   # bf16, SDPA backends, PoPE layouts
 
 Everything except ``--sweeps``/``--plots`` is ``popevit bench``; see ``popevit.bench`` for what each figure means.
+``--data`` (default: synthetic phantoms) and ``--manifest`` (default: a split of ``--data``) name the data of the loader
+and epoch figures; the speed targets are checked against the ``## Targets`` table of ``--targets`` (default: the
+BENCHMARKS.md beside this folder).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import torch
 
 from popevit.bench import SECTIONS, BenchConfig, run_bench, to_markdown
 from popevit.bench.sweeps import plot_sweeps, step_time_vs_tokens, throughput_vs_batch
+
+BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"  # the table this script's figures go into
 
 
 def main() -> None:
@@ -35,6 +40,9 @@ def main() -> None:
     ap.add_argument("--epoch-max-steps", type=int, default=None, help="time N batches and extrapolate")
     ap.add_argument("--loader-limit", type=int, default=None)
     ap.add_argument("--loader-workers", type=int, default=0, help="DataLoader workers of the cached-loader figure")
+    ap.add_argument("--data", type=Path, default=None, help="image folder of the loader figure (default: phantoms)")
+    ap.add_argument("--manifest", type=Path, default=None, help="manifest of the epoch figure (default: a split)")
+    ap.add_argument("--targets", type=Path, default=BENCHMARKS_MD, help="Markdown file with the ## Targets table")
     ap.add_argument("--sweeps", action="store_true", help="also run the tokens and batch-size sweeps")
     ap.add_argument("--sweep-pe", nargs="+", default=["none", "pope", "rope_axial", "rel_bias"])
     ap.add_argument("--sweep-repeats", type=int, default=3)
@@ -59,6 +67,9 @@ def main() -> None:
             epoch_max_steps=args.epoch_max_steps,
             loader_limit=args.loader_limit,
             loader_workers=args.loader_workers,
+            data=args.data,
+            epoch_manifest=args.manifest,
+            targets=args.targets,
         )
         res = run_bench(cfg, log=lambda s: print(f"[bench] {s}", flush=True))
         print(to_markdown(res))

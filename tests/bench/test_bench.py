@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,10 +23,13 @@ from popevit.bench import (
     interleaved,
     peak_memory,
     percentile,
+    read_targets,
     summarize,
     timm_twin,
 )
 from popevit.cli.bench import bench
+
+BENCHMARKS_MD = Path(__file__).resolve().parents[2] / "BENCHMARKS.md"
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +188,7 @@ def test_check_targets_logic():
         },
         "loader": {"cached_img_s": 5000.0},
     }
-    by = {t["name"]: t for t in check_targets(res)}
+    by = {t["name"]: t for t in check_targets(res, read_targets(BENCHMARKS_MD))}
     assert by["pope / none step time (seed)"]["met"] is False and by["pope / none step time (seed)"]["model"] == "pope"
     assert by["rope_axial / none step time (seed)"]["met"] is True
     assert by["rope_mixed / none step time (seed)"]["met"] is None
@@ -193,6 +197,24 @@ def test_check_targets_logic():
     assert by["CPU training GFLOP/s / matmul peak (none, cpu size)"]["met"] is True
     assert by["cached loader images/s"]["met"] is True
     assert by["CPU epoch of the default CPU configuration (s)"]["met"] is None
+
+
+def test_targets_come_from_the_benchmarks_table(quick_result, tmp_path):
+    targets = read_targets(BENCHMARKS_MD)
+    assert {t.name for t in targets} >= {"pope / none step time (seed)", "cached loader images/s"}
+    by = {t["name"]: t for t in check_targets(quick_result, targets)}
+    # a quick run measures the loader but neither the seed/cpu sizes nor the default CPU configuration's epoch
+    assert by["cached loader images/s"]["met"] in (True, False) and by["cached loader images/s"]["value"] > 0
+    assert by["pope / none step time (seed)"]["met"] is None
+    assert by["CPU epoch of the default CPU configuration (s)"]["value"] is None  # vit_p8_w32_d2, not the CPU one
+    assert quick_result["targets"] == []  # no table named: nothing checked
+    bad = tmp_path / "b.md"
+    bad.write_text("# x\n\n## Targets\n\n| target | figure | goal |\n|---|---|---|\n| a | `loader.x` | about 3 |\n")
+    with pytest.raises(ValueError, match=r"b\.md:7: target 'a' needs .* goal like '<= 1\.10'"):
+        read_targets(bad)
+    bad.write_text("# x\n")
+    with pytest.raises(ValueError, match="has no table under '## Targets'"):
+        read_targets(bad)
 
 
 def test_bad_options_fail_with_a_hint():

@@ -3,6 +3,7 @@
 Public API::
 
     run_bench(BenchConfig(...)) -> dict              # every figure; quick_config() for a seconds-long run
+    check_targets(result, read_targets("BENCHMARKS.md"))  # the speed targets of its ## Targets table
     to_markdown(result) -> str                       # the tables of BENCHMARKS.md
     interleaved(fns, repeats=, warmup=)              # round-robin timing on a shared machine
     count_flops(fn) / train_step_flops(model, x, y)  # torch.utils.flop_counter, CPU attention included
@@ -21,7 +22,8 @@ from popevit.bench.flops import count_flops, matmul_peak, train_step_flops
 from popevit.bench.memory import peak_memory
 from popevit.bench.models import SIZES, TIMM, BenchSize, build_model, make_forward, make_train_step, timm_twin
 from popevit.bench.report import to_markdown
-from popevit.bench.suite import SECTIONS, BenchConfig, check_targets, quick_config, run_bench
+from popevit.bench.suite import SECTIONS, BenchConfig, quick_config, run_bench
+from popevit.bench.targets import Target, check_targets, read_targets
 from popevit.bench.timing import interleaved, load_average, machine_info, percentile, summarize
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "TIMM",
     "BenchConfig",
     "BenchSize",
+    "Target",
     "build_model",
     "check_targets",
     "count_flops",
@@ -42,6 +45,7 @@ __all__ = [
     "peak_memory",
     "percentile",
     "quick_config",
+    "read_targets",
     "run_bench",
     "summarize",
     "timm_twin",

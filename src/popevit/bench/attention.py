@@ -23,14 +23,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from popevit.bench.models import BenchSize, build_model
 from popevit.bench.timing import interleaved, summarize, synchronizer
+from popevit.models.attention import Attention
 
 BACKENDS = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH")
 
 
 def _priority() -> list[str]:
+    """SDPA backends in the order torch tries them (a private torch API: the documented order when it is gone)."""
     try:
         from torch.nn.attention import _cur_sdpa_kernel_backends
 
@@ -46,8 +49,6 @@ def attention_inputs(pe: str, size: BenchSize, device: str, dtype: torch.dtype, 
     Returns:
         q, k ``(B, H, N, Dq)``, v ``(B, H, N, D)``, bias ``(1, H, N, N)`` or ``None``, and the softmax scale.
     """
-    from popevit.models.attention import Attention
-
     model = build_model(pe, size).to(device)
     attn = next(m for m in model.modules() if isinstance(m, Attention))
     grabbed: dict[str, Any] = {}
@@ -100,8 +101,6 @@ def _sdpa(bias: Tensor | None, scale: float) -> Callable[[Tensor, Tensor, Tensor
 
 
 def _with_backend(fn: Callable[[], None], backend: str) -> Callable[[], None]:
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     def run() -> None:
         with sdpa_kernel([getattr(SDPBackend, backend)]):
             fn()

@@ -18,8 +18,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+
 from popevit.bench.models import autocast
 from popevit.bench.timing import load_average
+from popevit.config import load_config
+from popevit.data.datamodule import MRIDataModule
+from popevit.models import create_model
+from popevit.training.optim import build_optimizer
+from popevit.training.run import model_kwargs
 
 
 def epoch_time(
@@ -47,15 +55,6 @@ def epoch_time(
     Returns:
         ``{"epoch_s", "extrapolated", "steps_timed", "batches_per_epoch", "images", "img_s", "setup_s", ...}``.
     """
-    import torch
-    import torch.nn.functional as F
-
-    from popevit.config import load_config
-    from popevit.data.datamodule import MRIDataModule
-    from popevit.models import create_model
-    from popevit.training.optim import build_optimizer
-    from popevit.training.run import model_kwargs
-
     cfg = load_config(config, overrides)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)

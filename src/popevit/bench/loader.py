@@ -18,7 +18,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from torch.utils.data import DataLoader
+
 from popevit.bench.timing import load_average
+from popevit.config import AugmentConfig, PreprocessConfig
+from popevit.data import discover
+from popevit.data.datamodule import EpochShuffleSampler
+from popevit.data.dataset import ImageDataset
+from popevit.data.transforms import build_train_transform
 
 
 def loader_throughput(
@@ -47,14 +54,6 @@ def loader_throughput(
     Returns:
         ``{"images", "cold_img_s", "warm_disk_img_s", "cached_img_s", "cached_epochs_img_s", "load_avg", ...}``.
     """
-    from torch.utils.data import DataLoader
-
-    from popevit.config import AugmentConfig, PreprocessConfig
-    from popevit.data import discover
-    from popevit.data.datamodule import EpochShuffleSampler
-    from popevit.data.dataset import ImageDataset
-    from popevit.data.transforms import build_train_transform
-
     samples = discover(Path(data)).samples
     if limit is not None:
         samples = samples[:limit]

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
@@ -53,7 +55,7 @@ def _reset_hwm() -> bool:
 
 
 def _ru_maxrss_mb() -> float:
-    import resource
+    import resource  # Unix only: imported where it is used, so the module imports on Windows too
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
@@ -71,8 +73,6 @@ def peak_memory(fn: Callable[[], Any], device: str = "cpu") -> dict[str, Any]:
         high-water mark (CPU) or the allocated bytes at the peak (CUDA).
     """
     if device.startswith("cuda"):
-        import torch
-
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()

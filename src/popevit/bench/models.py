@@ -22,8 +22,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from popevit.models import create_model
 from popevit.registry import Registry
 
 TIMM = "timm"
@@ -47,8 +49,6 @@ SIZES.add("seed", BenchSize("vit_p16_w512_d6", 224, 32, "224-px study configurat
 
 def build_model(name: str, size: BenchSize, *, num_classes: int = 4, in_chans: int = 1) -> nn.Module:
     """A popevit ViT with positional encoding ``name`` at ``size``, or its timm twin when ``name == "timm"``."""
-    from popevit.models import create_model
-
     if name == TIMM:
         ref = create_model(
             size.preset, num_classes=num_classes, in_chans=in_chans, img_size=size.img_size, pos_enc="none"
@@ -66,8 +66,6 @@ def timm_twin(model: nn.Module) -> nn.Module:
     Returns:
         A freshly initialised ``timm.models.vision_transformer.VisionTransformer``.
     """
-    from timm.models.vision_transformer import VisionTransformer
-
     cfg = model.cfg
     return VisionTransformer(
         img_size=cfg.img_size,

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
+from torch.profiler import ProfilerActivity, profile
+
 
 def profile_step(step: Callable[[], None], *, steps: int = 2, top: int = 12) -> dict[str, Any]:
     """Profile ``steps`` calls of ``step`` (after one untimed call) and rank operators by self CPU/device time.
@@ -17,9 +20,6 @@ def profile_step(step: Callable[[], None], *, steps: int = 2, top: int = 12) -> 
     Returns:
         ``{"total_ms": per-step self time, "ops": [{"name", "ms_per_step", "share", "calls_per_step"}, ...]}``.
     """
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
     activities = [ProfilerActivity.CPU]
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     if cuda:

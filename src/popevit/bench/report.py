@@ -133,7 +133,7 @@ def to_markdown(res: dict[str, Any]) -> str:
             diff = pl["max_abs_diff"].get(n)
             lines.append(f"| {n} | {t:.2f} | {pl['ratio_to_unequal'][n]:.3f} | {_f(diff, '.2e')} |")
         lines.append("")
-    if "targets" in res:
+    if res.get("targets"):  # none when no target table was given
         lines += ["### Targets", "", "| target | goal | value | met |", "|---|---|---:|---|"]
         for t in res["targets"]:
             met = {True: "met", False: "**missed**", None: "not measured"}[t["met"]]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from matplotlib.figure import Figure
 
 from popevit.bench.models import TIMM, BenchSize, batch_for, build_model, make_train_step
 from popevit.bench.timing import interleaved, load_average, synchronizer
@@ -82,16 +83,12 @@ def throughput_vs_batch(
 
 def plot_sweeps(tokens: dict[str, Any] | None, batches: dict[str, Any] | None, out_dir: Path) -> list[Path]:
     """Write ``step_time_vs_tokens.png`` and ``throughput_vs_batch.png`` (log-log) into ``out_dir``; returns paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     if tokens:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig = Figure(figsize=(6, 4))
+        ax = fig.subplots()
         xs = [p["tokens"] for p in tokens["points"]]
         for n in tokens["points"][0]["ms"]:
             ax.plot(xs, [p["ms"][n] for p in tokens["points"]], marker="o", label=n, ls="--" if n == TIMM else "-")
@@ -106,9 +103,9 @@ def plot_sweeps(tokens: dict[str, Any] | None, batches: dict[str, Any] | None, o
         fig.tight_layout()
         written.append(out_dir / "step_time_vs_tokens.png")
         fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
     if batches:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig = Figure(figsize=(6, 4))
+        ax = fig.subplots()
         xs = [p["batch"] for p in batches["points"]]
         for n in batches["points"][0]["img_s"]:
             ax.plot(xs, [p["img_s"][n] for p in batches["points"]], marker="o", label=n, ls="--" if n == TIMM else "-")
@@ -122,5 +119,4 @@ def plot_sweeps(tokens: dict[str, Any] | None, batches: dict[str, Any] | None, o
         fig.tight_layout()
         written.append(out_dir / "throughput_vs_batch.png")
         fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
     return written

@@ -17,6 +17,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import timm
+import torch
+
 
 def load_average() -> list[float]:
     """The 1/5/15-minute load averages (``[-1, -1, -1]`` where the OS has none, e.g. Windows)."""
@@ -29,8 +32,6 @@ def load_average() -> list[float]:
 def synchronizer(device: str) -> Callable[[], None]:
     """A no-argument function that waits for queued work on ``device`` (CUDA), or does nothing (CPU)."""
     if device.startswith("cuda"):
-        import torch
-
         return torch.cuda.synchronize
     return lambda: None
 
@@ -113,8 +114,6 @@ class Machine:
 
 def machine_info(device: str) -> Machine:
     """Describe this machine for ``device`` (``"cpu"`` or ``"cuda"``)."""
-    import timm
-    import torch
 
     processor = platform.processor() or platform.machine()
     try:
