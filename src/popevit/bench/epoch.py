@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,35 @@ import torch.nn.functional as F
 
 from popevit.bench.models import autocast
 from popevit.bench.timing import load_average
-from popevit.config import load_config
+from popevit.config import ExperimentConfig, load_config
 from popevit.data.datamodule import MRIDataModule
 from popevit.models import create_model
 from popevit.training.optim import build_optimizer
 from popevit.training.run import model_kwargs
+
+
+def _train_step(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    cfg: ExperimentConfig,
+    weights: torch.Tensor | None,
+    device: str,
+    bf16: bool,
+) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """One optimiser step of the training recipe (class-weighted, label-smoothed cross-entropy, clipped)."""
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(device, bf16):
+            logits = model(x).float()
+        loss = F.cross_entropy(logits, y, weight=weights, label_smoothing=cfg.optim.label_smoothing)
+        loss.backward()
+        if cfg.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
 
 
 def epoch_time(
@@ -67,19 +92,8 @@ def epoch_time(
     weights = dm.class_weights.to(device) if cfg.optim.class_weighted else None
     torch.manual_seed(cfg.train.seed)
     model = create_model(cfg.model.name, **model_kwargs(cfg, len(dm.classes))).to(device).train()
-    opt = build_optimizer(model, cfg.optim)
+    step = _train_step(model, build_optimizer(model, cfg.optim), cfg, weights, device, bf16)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast(device, bf16):
-            logits = model(x).float()
-        loss = F.cross_entropy(logits, y, weight=weights, label_smoothing=cfg.optim.label_smoothing)
-        loss.backward()
-        if cfg.optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
 
     load_before = load_average()
     it = iter(loader)

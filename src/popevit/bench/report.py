@@ -13,15 +13,20 @@ def _load(v: list[float] | None) -> str:
     return "-" if not v else "/".join(f"{x:.1f}" for x in v)
 
 
-def to_markdown(res: dict[str, Any]) -> str:
-    """Every figure of a bench result as Markdown sections and tables."""
+def _machine(res: dict[str, Any]) -> list[str]:
+    """The machine, its threads and the load at start and end."""
     m = res["machine"]
-    lines = [
+    return [
         f"Machine: {m['device_name']}, {m['cpus']} CPUs, torch {m['torch']} ({m['torch_threads']} threads), "
         f"timm {m['timm']}, device `{m['device']}`. Load average (1/5/15 min) at start {_load(res['load_avg_start'])}, "
         f"at end {_load(res.get('load_avg_end'))}.",
         "",
     ]
+
+
+def _peak(res: dict[str, Any]) -> list[str]:
+    """The matmul peak."""
+    lines: list[str] = []
     if "peak" in res:
         p = res["peak"]
         sizes = ", ".join(f"{n}: {g:.1f}" for n, g in p["by_size"].items())
@@ -30,6 +35,12 @@ def to_markdown(res: dict[str, Any]) -> str:
             f"(by side n: {sizes}; load {_load(p['load_avg'])}).",
             "",
         ]
+    return lines
+
+
+def _train(res: dict[str, Any]) -> list[str]:
+    """One table of training-step figures per size."""
+    lines: list[str] = []
     for size_name, t in res.get("train", {}).items():
         lines += [
             f"### Training step, {size_name}: {t['preset']}, {t['img_size']} px ({t['tokens']} tokens), batch "
@@ -55,6 +66,12 @@ def to_markdown(res: dict[str, Any]) -> str:
                 f"{r['gflops']:.1f} | {'-' if share is None else f'{share:.0%}'} |"
             )
         lines.append("")
+    return lines
+
+
+def _inference(res: dict[str, Any]) -> list[str]:
+    """One table of latency and throughput per size."""
+    lines: list[str] = []
     for size_name, t in res.get("inference", {}).items():
         lines += [
             f"### Inference, {size_name}: {t['img_size']} px, {'bf16' if t['bf16'] else 'fp32'}",
@@ -71,6 +88,12 @@ def to_markdown(res: dict[str, Any]) -> str:
                 f"{r['throughput_img_s']:.1f} | {r['ratio_none_batch']:.3f} |"
             )
         lines.append("")
+    return lines
+
+
+def _memory(res: dict[str, Any]) -> list[str]:
+    """One table of peak memory per size."""
+    lines: list[str] = []
     for size_name, t in res.get("memory", {}).items():
         method = next(iter(t["models"].values()))["method"]
         lines += [
@@ -83,6 +106,12 @@ def to_markdown(res: dict[str, Any]) -> str:
         for n, r in t["models"].items():
             lines.append(f"| {n} | {r['params_mb']:.1f} | {r['peak_delta_mb']:.1f} | {r['peak_total_mb']:.1f} |")
         lines.append("")
+    return lines
+
+
+def _loader(res: dict[str, Any]) -> list[str]:
+    """The loader figures."""
+    lines: list[str] = []
     if "loader" in res:
         d = res["loader"]
         lines += [
@@ -95,6 +124,12 @@ def to_markdown(res: dict[str, Any]) -> str:
             f"{_load(d['load_avg_before'])} before, {_load(d['load_avg_after'])} after.",
             "",
         ]
+    return lines
+
+
+def _epoch(res: dict[str, Any]) -> list[str]:
+    """The epoch figure."""
+    lines: list[str] = []
     if "epoch" in res:
         e = res["epoch"]
         how = f"extrapolated from {e['steps_timed']} timed batches" if e["extrapolated"] else "whole epoch timed"
@@ -107,6 +142,12 @@ def to_markdown(res: dict[str, Any]) -> str:
             f"before, {_load(e['load_avg_after'])} after.",
             "",
         ]
+    return lines
+
+
+def _attention(res: dict[str, Any]) -> list[str]:
+    """SDPA backends per PE and PoPE's layouts."""
+    lines: list[str] = []
     if "attention" in res:
         a = res["attention"]
         sb = a["sdpa_backends"]
@@ -133,6 +174,12 @@ def to_markdown(res: dict[str, Any]) -> str:
             diff = pl["max_abs_diff"].get(n)
             lines.append(f"| {n} | {t:.2f} | {pl['ratio_to_unequal'][n]:.3f} | {_f(diff, '.2e')} |")
         lines.append("")
+    return lines
+
+
+def _targets(res: dict[str, Any]) -> list[str]:
+    """The speed targets, when a target table was checked."""
+    lines: list[str] = []
     if res.get("targets"):  # none when no target table was given
         lines += ["### Targets", "", "| target | goal | value | met |", "|---|---|---:|---|"]
         for t in res["targets"]:
@@ -141,6 +188,12 @@ def to_markdown(res: dict[str, Any]) -> str:
             val = "-" if v is None else (f"{v:.0%}" if "peak" in t["name"] else f"{v:.3f}" if v < 10 else f"{v:.0f}")
             lines.append(f"| {t['name']} | {t['target']} | {val} | {met} |")
         lines.append("")
+    return lines
+
+
+def _profile(res: dict[str, Any]) -> list[str]:
+    """The operator profiles of missed targets."""
+    lines: list[str] = []
     for size_name, models in res.get("profile", {}).items():
         for n, p in models.items():
             lines += [
@@ -154,4 +207,10 @@ def to_markdown(res: dict[str, Any]) -> str:
                     f"| `{op['name']}` | {op['ms_per_step']:.1f} | {op['share']:.0%} | {op['calls_per_step']:.0f} |"
                 )
             lines.append("")
-    return "\n".join(lines)
+    return lines
+
+
+def to_markdown(res: dict[str, Any]) -> str:
+    """Every figure of a bench result as Markdown sections and tables (sections not run are left out)."""
+    sections = (_machine, _peak, _train, _inference, _memory, _loader, _epoch, _attention, _targets, _profile)
+    return "\n".join(line for section in sections for line in section(res))

@@ -14,6 +14,9 @@ mode, file size, global mean and std), next to the majority-class rate. On the K
 chance because tumour images are almost all 512x512. The same probe on the preprocessed images (same features of
 the cached S x S array: size, aspect, mode and byte size are now constant) should fall towards chance. Folds are
 grouped by duplicate cluster (``StratifiedGroupKFold``), so copies never sit on both sides of a fold.
+
+scikit-learn and the torch-backed :class:`popevit.data.dataset.ImageDataset` are heavy imports: they are
+imported inside the functions that use them, so ``popevit data`` commands that do not probe start without them.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from typing import Any
 import numpy as np
 
 from popevit.config import PreprocessConfig
+from popevit.data.cache import default_cache_dir
+from popevit.data.confound import PROBE_MARGIN, confound_report, format_confound, probe_features, read_traits
 from popevit.data.dedup import NEAR_THRESHOLD, Fingerprint, duplicate_clusters, fingerprint_files, near_pairs
 from popevit.data.discover import discover
 from popevit.data.manifest import EXCLUDED, read_manifest
@@ -104,6 +109,81 @@ def _cross_pairs(a: list[Fingerprint], b: list[Fingerprint], threshold: int | No
     return [(i, j, dist.get((i, j), 0)) for i, j in sorted(exact | set(dist))]
 
 
+def _sets(train: Path, test: Path | None) -> tuple[list[_Set], list[tuple[_Set, _Set]]]:
+    """The image sets and the pairs of them to compare: ``train`` against ``test``, else every pair of splits."""
+    sets = _load_sets(Path(train))
+    if test is None:
+        return sets, [(a, b) for i, a in enumerate(sets) for b in sets[i + 1 :]]
+    whole = _Set("train", [p for s in sets for p in s.paths], [lab for s in sets for lab in s.labels])
+    tests = _load_sets(Path(test))
+    sets = [whole, _Set("test", [p for s in tests for p in s.paths], [lab for s in tests for lab in s.labels])]
+    return sets, [(sets[0], sets[1])]
+
+
+def _leaks(
+    comparisons: list[tuple[_Set, _Set]], fp_of: dict[Path, Fingerprint], near_threshold: int | None
+) -> tuple[dict[str, Any], list[list[Any]]]:
+    """Exact and near duplicates across each compared pair of sets: the counts, and every leaking pair."""
+    report: dict[str, Any] = {"near_threshold": near_threshold, "comparisons": [], "cross_exact": 0, "cross_near": 0}
+    all_pairs: list[list[Any]] = []
+    for a, b in comparisons:
+        fa = [fp_of[p] for p in a.paths if fp_of[p].ok]
+        fb = [fp_of[p] for p in b.paths if fp_of[p].ok]
+        exact = near = 0
+        leaking: set[Path] = set()
+        for i, j, d in _cross_pairs(fa, fb, near_threshold):
+            kind = "exact" if fa[i].content_hash == fb[j].content_hash else "near"
+            exact += kind == "exact"
+            near += kind == "near"
+            leaking.add(fb[j].path)
+            all_pairs.append([a.name, str(fa[i].path), b.name, str(fb[j].path), kind, d])
+        report["comparisons"].append(
+            {
+                "a": a.name,
+                "b": b.name,
+                "cross_exact": exact,
+                "cross_near": near,
+                "b_images_with_match": len(leaking),
+                "b_images": len(fb),
+            }
+        )
+        report["cross_exact"] += exact
+        report["cross_near"] += near
+    return report, all_pairs
+
+
+def _write_pairs(path: Path, pairs: list[list[Any]]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["set_a", "path_a", "set_b", "path_b", "kind", "hamming"])
+        w.writerows(pairs)
+
+
+def _shortcuts(
+    fps: list[Fingerprint],
+    labels: list[str],
+    near_threshold: int | None,
+    cfg: PreprocessConfig,
+    cache_root: Path,
+    workers: int | None,
+    seed: int,
+) -> dict[str, Any]:
+    """The shortcut probes on raw file traits and on the preprocessed images, folds grouped by duplicate cluster."""
+    from popevit.data.dataset import ImageDataset
+
+    groups, _ = duplicate_clusters(fps, near_threshold)
+    out: dict[str, Any] = {"shortcut_raw": shortcut_probe(_features_raw(fps), labels, groups, seed)}
+    ds = ImageDataset([fp.path for fp in fps], [0] * len(fps), cfg, cache_dir=cache_root,
+                      content_hashes=[fp.content_hash for fp in fps])  # fmt: skip
+    bad = dict(ds.prepare(workers=workers))
+    ok = [i for i, p in enumerate(ds.paths) if p not in bad]
+    x = _features_preprocessed([ds.array(i) for i in ok], "L")
+    out["shortcut_preprocessed"] = shortcut_probe(x, [labels[i] for i in ok], [groups[i] for i in ok], seed)
+    out["preprocess"] = cfg.model_dump(mode="json")
+    return out
+
+
 def audit(
     train: Path,
     test: Path | None = None,
@@ -138,60 +218,18 @@ def audit(
         (probe name -> ``accuracy``, ``chance`` (the majority-class rate) and ``shortcut``: above chance by
         :data:`popevit.data.confound.PROBE_MARGIN` or more).
     """
-    from popevit.data.cache import default_cache_dir
-    from popevit.data.dataset import ImageDataset
-
     for flag, src in (("--train", train), ("--test", test)):
         if src is not None and not Path(src).exists():
             raise ValueError(f"{flag} {str(src)!r} does not exist; pass a data folder or a manifest CSV")
     cache_root = default_cache_dir(cache_dir)
-    sets = _load_sets(Path(train))
-    comparisons: list[tuple[_Set, _Set]] = []
-    if test is not None:
-        whole = _Set("train", [p for s in sets for p in s.paths], [lab for s in sets for lab in s.labels])
-        tests = _load_sets(Path(test))
-        sets = [whole, _Set("test", [p for s in tests for p in s.paths], [lab for s in tests for lab in s.labels])]
-        comparisons = [(sets[0], sets[1])]
-    else:
-        comparisons = [(a, b) for i, a in enumerate(sets) for b in sets[i + 1 :]]
-    fp_of: dict[Path, Fingerprint] = {}
+    sets, comparisons = _sets(Path(train), test)
     every = sorted({p for s in sets for p in s.paths})
-    for fp in fingerprint_files(every, cache_dir=cache_root, workers=workers):
-        fp_of[fp.path] = fp
-
+    fp_of = {fp.path: fp for fp in fingerprint_files(every, cache_dir=cache_root, workers=workers)}
     if near_threshold is not None and near_threshold < 0:
         near_threshold = None
-    report: dict[str, Any] = {"near_threshold": near_threshold, "comparisons": [], "cross_exact": 0, "cross_near": 0}
-    all_pairs: list[list[Any]] = []
-    for a, b in comparisons:
-        fa = [fp_of[p] for p in a.paths if fp_of[p].ok]
-        fb = [fp_of[p] for p in b.paths if fp_of[p].ok]
-        exact = near = 0
-        leaking: set[Path] = set()
-        for i, j, d in _cross_pairs(fa, fb, near_threshold):
-            kind = "exact" if fa[i].content_hash == fb[j].content_hash else "near"
-            exact += kind == "exact"
-            near += kind == "near"
-            leaking.add(fb[j].path)
-            all_pairs.append([a.name, str(fa[i].path), b.name, str(fb[j].path), kind, d])
-        report["comparisons"].append(
-            {
-                "a": a.name,
-                "b": b.name,
-                "cross_exact": exact,
-                "cross_near": near,
-                "b_images_with_match": len(leaking),
-                "b_images": len(fb),
-            }
-        )
-        report["cross_exact"] += exact
-        report["cross_near"] += near
+    report, all_pairs = _leaks(comparisons, fp_of, near_threshold)
     if pairs_csv is not None:
-        Path(pairs_csv).parent.mkdir(parents=True, exist_ok=True)
-        with open(pairs_csv, "w", newline="") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(["set_a", "path_a", "set_b", "path_b", "kind", "hamming"])
-            w.writerows(all_pairs)
+        _write_pairs(pairs_csv, all_pairs)
         report["pairs_csv"] = str(pairs_csv)
 
     # Probes on the training source (every usable image of `train`).
@@ -208,16 +246,8 @@ def audit(
     report["majority"] = float(counts.max() / counts.sum()) if len(labels) else 0.0
     report["classes"] = {str(v): int(n) for v, n in zip(values, counts, strict=True)}
     if probe and len(values) > 1:
-        groups, _ = duplicate_clusters(fps, near_threshold)
-        report["shortcut_raw"] = shortcut_probe(_features_raw(fps), labels, groups, seed)
         cfg = preprocess or PreprocessConfig()
-        ds = ImageDataset([fp.path for fp in fps], [0] * len(fps), cfg, cache_dir=cache_root,
-                          content_hashes=[fp.content_hash for fp in fps])  # fmt: skip
-        bad = dict(ds.prepare(workers=workers))
-        ok = [i for i, p in enumerate(ds.paths) if p not in bad]
-        x = _features_preprocessed([ds.array(i) for i in ok], "L")
-        report["shortcut_preprocessed"] = shortcut_probe(x, [labels[i] for i in ok], [groups[i] for i in ok], seed)
-        report["preprocess"] = cfg.model_dump(mode="json")
+        report.update(_shortcuts(fps, labels, near_threshold, cfg, cache_root, workers, seed))
     else:
         report["shortcut_raw"] = report["shortcut_preprocessed"] = None
     if confound and len(values) > 1:
@@ -236,8 +266,6 @@ def _source_confound(
     report: dict[str, Any],
 ) -> dict[str, Any]:
     """``source_confound`` and ``probes`` of the audit (see :mod:`popevit.data.confound`)."""
-    from popevit.data.confound import PROBE_MARGIN, confound_report, probe_features, read_traits
-
     traits, _ = read_traits([fp.path for fp in fps], workers=workers)
     label_of = dict(zip((fp.path for fp in fps), labels, strict=True))
     y = [label_of[t.path] for t in traits]
@@ -275,8 +303,6 @@ def format_audit(r: dict[str, Any]) -> str:
     lines.append(f"  preprocessed images:  {fmt(r['shortcut_preprocessed'])}")
     lines.append(f"  majority-class rate:  {fmt(r['majority'])}")
     if r.get("source_confound"):
-        from popevit.data.confound import format_confound
-
         lines.append(format_confound(r["source_confound"]))
     if r.get("probes"):
         lines.append("probes that must stay near chance (grouped 5-fold CV, random forest):")

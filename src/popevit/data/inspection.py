@@ -14,13 +14,73 @@ from typing import Any
 
 import numpy as np
 
-from popevit.data.dedup import NEAR_THRESHOLD, UnionFind, exact_groups, fingerprint_files, near_pairs
+from popevit.data.confound import confound_report, format_confound, read_traits
+from popevit.data.dedup import NEAR_THRESHOLD, Fingerprint, UnionFind, exact_groups, fingerprint_files, near_pairs
 from popevit.data.discover import discover
 
 
 def _group_entry(idx: list[int], paths: list[Path], labels: list[str]) -> dict[str, Any]:
     labs = sorted({labels[i] for i in idx})
     return {"paths": [str(paths[i]) for i in idx], "labels": [labels[i] for i in idx], "conflict": len(labs) > 1}
+
+
+def _modes_and_sizes(
+    fps: list[Fingerprint], labels: list[str], ok: list[int], classes: list[str]
+) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, Any]]]:
+    """Per class: image modes with counts, and width/height (min, median, max) with the most common sizes."""
+    modes: dict[str, dict[str, int]] = {c: {} for c in classes}
+    sizes: dict[str, dict[str, Any]] = {}
+    for c in classes:
+        idx = [i for i in ok if labels[i] == c]
+        modes[c] = dict(sorted(Counter(fps[i].mode for i in idx).items()))
+        if not idx:
+            sizes[c] = {}
+            continue
+        w = np.array([fps[i].width for i in idx])
+        h = np.array([fps[i].height for i in idx])
+        common = Counter(f"{fps[i].width}x{fps[i].height}" for i in idx).most_common(3)
+        sizes[c] = {
+            "width": [int(w.min()), int(np.median(w)), int(w.max())],
+            "height": [int(h.min()), int(np.median(h)), int(h.max())],
+            "most_common": [[s, n] for s, n in common],
+            "fraction_most_common": round(common[0][1] / len(idx), 4),
+        }
+    return modes, sizes
+
+
+def _near_duplicates(
+    fps: list[Fingerprint],
+    paths: list[Path],
+    labels: list[str],
+    ok: list[int],
+    exact: list[list[int]],
+    near_threshold: int | None,
+) -> dict[str, Any]:
+    """Near-duplicate groups and pairs (within and across classes) and the label conflicts of every group."""
+    near_groups: list[list[int]] = []
+    pairs = []
+    if near_threshold is not None and near_threshold >= 0:
+        ok_fps = [fps[i] for i in ok]
+        pairs = [(ok[i], ok[j], d) for i, j, d in near_pairs(ok_fps, threshold=near_threshold)]
+        uf = UnionFind(len(paths))
+        for i, j, _ in pairs:
+            uf.union(i, j)
+        # A near group joins at least two different contents (pure byte-identical groups are exact groups).
+        near_groups = [g for g in uf.groups() if len({fps[i].content_hash for i in g}) > 1]
+    non_exact = [(i, j, d) for i, j, d in pairs if fps[i].content_hash != fps[j].content_hash]
+    return {
+        "near_duplicate_groups": len(near_groups),
+        "near_duplicate_pairs": len(non_exact),
+        "near_pairs_within_class": sum(labels[i] == labels[j] for i, j, _ in non_exact),
+        "near_pairs_across_class": sum(labels[i] != labels[j] for i, j, _ in non_exact),
+        "images_in_near_groups": sum(len(g) for g in near_groups),
+        "largest_near_group": max((len(g) for g in near_groups), default=0),
+        "near_groups": [_group_entry(g, paths, labels) for g in near_groups],
+        "label_conflicts": {
+            "exact": sum(len({labels[i] for i in g}) > 1 for g in exact),
+            "near": sum(len({labels[i] for i in g}) > 1 for g in near_groups),
+        },
+    }
 
 
 def inspect_data(
@@ -51,24 +111,7 @@ def inspect_data(
     labels = [s.label for s in disc.samples]
     ok = [i for i, fp in enumerate(fps) if fp.ok]
 
-    modes: dict[str, dict[str, int]] = {c: {} for c in disc.classes}
-    sizes: dict[str, dict[str, Any]] = {}
-    for c in disc.classes:
-        idx = [i for i in ok if labels[i] == c]
-        modes[c] = dict(sorted(Counter(fps[i].mode for i in idx).items()))
-        if not idx:
-            sizes[c] = {}
-            continue
-        w = np.array([fps[i].width for i in idx])
-        h = np.array([fps[i].height for i in idx])
-        common = Counter(f"{fps[i].width}x{fps[i].height}" for i in idx).most_common(3)
-        sizes[c] = {
-            "width": [int(w.min()), int(np.median(w)), int(w.max())],
-            "height": [int(h.min()), int(np.median(h)), int(h.max())],
-            "most_common": [[s, n] for s, n in common],
-            "fraction_most_common": round(common[0][1] / len(idx), 4),
-        }
-
+    modes, sizes = _modes_and_sizes(fps, labels, ok, disc.classes)
     ex = [[ok[k] for k in g] for g in exact_groups([fps[i] for i in ok])]
     report: dict[str, Any] = {
         "root": str(disc.root),
@@ -93,35 +136,8 @@ def inspect_data(
             report["splits"].setdefault(s.split, Counter())[s.label] += 1
         report["splits"] = {k: dict(sorted(v.items())) for k, v in sorted(report["splits"].items())}
 
-    near_groups: list[list[int]] = []
-    pairs = []
-    if near_threshold is not None and near_threshold >= 0:
-        ok_fps = [fps[i] for i in ok]
-        pairs = [(ok[i], ok[j], d) for i, j, d in near_pairs(ok_fps, threshold=near_threshold)]
-        uf = UnionFind(len(paths))
-        for i, j, _ in pairs:
-            uf.union(i, j)
-        # A near group joins at least two different contents (pure byte-identical groups are exact groups).
-        near_groups = [g for g in uf.groups() if len({fps[i].content_hash for i in g}) > 1]
-    non_exact = [(i, j, d) for i, j, d in pairs if fps[i].content_hash != fps[j].content_hash]
-    report.update(
-        {
-            "near_duplicate_groups": len(near_groups),
-            "near_duplicate_pairs": len(non_exact),
-            "near_pairs_within_class": sum(labels[i] == labels[j] for i, j, _ in non_exact),
-            "near_pairs_across_class": sum(labels[i] != labels[j] for i, j, _ in non_exact),
-            "images_in_near_groups": sum(len(g) for g in near_groups),
-            "largest_near_group": max((len(g) for g in near_groups), default=0),
-            "near_groups": [_group_entry(g, paths, labels) for g in near_groups],
-            "label_conflicts": {
-                "exact": sum(len({labels[i] for i in g}) > 1 for g in ex),
-                "near": sum(len({labels[i] for i in g}) > 1 for g in near_groups),
-            },
-        }
-    )
+    report.update(_near_duplicates(fps, paths, labels, ok, ex, near_threshold))
     if len(ok) >= 10 and len({labels[i] for i in ok}) > 1:
-        from popevit.data.confound import confound_report, read_traits
-
         traits, _ = read_traits([paths[i] for i in ok], workers=workers)
         label_of = {paths[i]: labels[i] for i in ok}
         report["source_confound"] = confound_report(traits, [label_of[t.path] for t in traits])
@@ -156,7 +172,5 @@ def format_report(r: dict[str, Any]) -> str:
         f"{r['label_conflicts']['near']} groups with conflicting labels",
     ]
     if r.get("source_confound"):
-        from popevit.data.confound import format_confound
-
         lines += ["", format_confound(r["source_confound"])]
     return "\n".join(lines)

@@ -20,6 +20,7 @@ Everything is drawn from ``numpy.random.default_rng((seed, class_index, image_in
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -70,19 +71,30 @@ def _paint(img: np.ndarray, mask: np.ndarray, value: np.ndarray | float) -> np.n
     return img * (1.0 - mask) + value * mask
 
 
-def render(label: str, rng: np.random.Generator, size: int | None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Render one phantom slice.
+@dataclass
+class _Head:
+    """The head frame of one slice: image size, head units ``u`` (left-right), ``v`` (anterior-/posterior+), both
+    ~1 at the scalp, their polar form, and one pixel in head units."""
 
-    Args:
-        label: one of :data:`CLASSES`.
-        rng: the per-image random generator.
-        size: square side in pixels, or ``None`` for a random size and aspect (as in real collections).
+    h: int
+    w: int
+    a: float
+    b: float
+    th: float
+    dx: np.ndarray
+    dy: np.ndarray
+    u: np.ndarray
+    v: np.ndarray
+    rho: np.ndarray
+    phi: np.ndarray
+    upx: float
 
-    Returns:
-        ``(image, mask, info)``: image float32 (H, W) in [0, 1], mask bool (H, W), and a metadata dict.
-    """
-    if label not in CLASSES:
-        raise ValueError(f"unknown phantom class {label!r}; expected one of {CLASSES}")
+
+_Lesion = tuple[float, float, float]  # centre (u, v) and radius in head units
+
+
+def _head(rng: np.random.Generator, size: int | None) -> _Head:
+    """Image size and aspect (random when ``size`` is None, as in real collections) and the head's placement."""
     if size is None:
         base = int(rng.choice([192, 224, 256, 320, 384, 448, 512]))
         aspect = float(rng.choice([1.0, 1.0, 1.0, rng.uniform(0.8, 1.25)]))
@@ -92,8 +104,6 @@ def render(label: str, rng: np.random.Generator, size: int | None) -> tuple[np.n
     px = 1.0 / min(h, w)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     m = float(min(h, w))
-
-    # Head frame: u left-right, v anterior(-)/posterior(+), both ~1 at the scalp.
     a = m * rng.uniform(0.33, 0.41)
     b = min(a * rng.uniform(1.08, 1.22), 0.47 * h / max(np.cos(0.25), 1e-3))
     cx = w / 2 + rng.uniform(-0.05, 0.05) * w
@@ -105,32 +115,20 @@ def render(label: str, rng: np.random.Generator, size: int | None) -> tuple[np.n
     rho = np.hypot(u, v)
     phi = np.arctan2(v, u)
     rho = rho / _harmonics(rng, phi, 0.025, 5)
-    # Slightly narrower frontal pole (v < 0) than occipital.
-    rho = rho * (1.0 + 0.06 * np.clip(-v, 0, 1))
-    upx = px * m / a  # one pixel in head units
+    rho = rho * (1.0 + 0.06 * np.clip(-v, 0, 1))  # slightly narrower frontal pole (v < 0) than occipital
+    return _Head(h, w, a, b, th, dx, dy, u, v, rho, phi, px * m / a)
 
-    weighting = str(rng.choice(list(_CONTRASTS), p=[0.70, 0.15, 0.15]))  # the Kaggle set is mostly T1 post-contrast
-    t = dict(_CONTRASTS[weighting])
-    les = _LESION[weighting]
-    for k in t:
-        t[k] = float(np.clip(t[k] + rng.normal(0, 0.04), 0.02, 1.0))
-    bright_skull = rng.random() < 0.25
-    if bright_skull:
-        t["bone"] = rng.uniform(0.75, 1.0)
-    bright_bg = rng.random() < 0.2
-    bg = rng.uniform(0.85, 1.0) if bright_bg else rng.uniform(0.0, 0.04)
 
-    # Layers (outer radius in head units, jittered): scalp, skull, CSF rim, brain.
-    r_skull = rng.uniform(0.93, 0.96)
-    r_inner = r_skull - rng.uniform(0.04, 0.065)
-    r_brain = r_inner - rng.uniform(0.01, 0.025)
-    img = np.full((h, w), bg, np.float32)
-    img = _paint(img, _soft(rho - 1.0, upx), t["fat"] * (1 + 0.1 * _smooth_noise(rng, (h, w), 12)))
-    img = _paint(img, _soft(rho - r_skull, upx), t["bone"])
-    img = _paint(img, _soft(rho - r_inner, upx), t["csf"])
+def _cortex(
+    rng: np.random.Generator, g: _Head, img: np.ndarray, t: dict[str, float], r_brain: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Gray-matter ribbon folded into gyri, white matter and the interhemispheric fissure.
 
-    # Cortex: a gray-matter ribbon folded into gyri. Sulci are narrow CSF clefts running inwards from the surface at
-    # quasi-periodic angles; the white matter sends a finger into every gyrus and retreats around every sulcus.
+    Sulci are narrow CSF clefts running inwards from the surface at quasi-periodic angles; the white matter sends a
+    finger into every gyrus and retreats around every sulcus. Returns ``(img, brain, n1, n2)``: the brain mask and
+    the two noise fields the lesions reuse.
+    """
+    h, w, u, v, rho, phi, upx = g.h, g.w, g.u, g.v, g.rho, g.phi, g.upx
     n1 = _smooth_noise(rng, (h, w), 9)
     n2 = _smooth_noise(rng, (h, w), int(rng.integers(14, 22)))
     brain = _soft(rho - r_brain, upx)
@@ -152,9 +150,12 @@ def render(label: str, rng: np.random.Generator, size: int | None) -> tuple[np.n
     img = _paint(img, sulcus * brain * 0.85, t["csf"])
     # Interhemispheric fissure (anterior and posterior) with the falx.
     fissure = _soft(np.abs(u) - 0.01 - 0.004 * n1, upx) * brain * ((v < -0.34) | (v > 0.45))
-    img = _paint(img, fissure, t["csf"])
+    return _paint(img, fissure, t["csf"]), brain, n1, n2
 
-    # Deep gray nuclei (caudate heads, thalami), subtle, and the ventricles (size varies with level and atrophy).
+
+def _deep(rng: np.random.Generator, g: _Head, img: np.ndarray, t: dict[str, float]) -> np.ndarray:
+    """Deep gray nuclei (caudate heads, thalami), subtle, and the ventricles (size varies with level and atrophy)."""
+    u, v, upx = g.u, g.v, g.upx
     vs = rng.uniform(0.45, 1.35)
     for side in (-1, 1):
         for nu, nv, su, sv in ((0.15, -0.12, 0.06, 0.09), (0.1, 0.12, 0.08, 0.1)):
@@ -167,56 +168,74 @@ def render(label: str, rng: np.random.Generator, size: int | None) -> tuple[np.n
         horn = np.hypot(cu / width, vv / (0.3 * vs**0.5))
         img = _paint(img, _soft(horn - 1.0, upx * 15), t["csf"])
     third = np.hypot(u / 0.012, (v - 0.12) / 0.08) - 1.0
-    img = _paint(img, _soft(third, upx * 60) * (vs > 0.8), t["csf"])
+    return _paint(img, _soft(third, upx * 60) * (vs > 0.8), t["csf"])
 
-    # Lesion.
-    mask = np.zeros((h, w), bool)
-    info: dict = {"tumor_u": "", "tumor_v": "", "tumor_radius": ""}
-    if label == "glioma":
-        r0 = rng.uniform(0.16, 0.28)
-        ang0, d0 = rng.uniform(0, 2 * np.pi), rng.uniform(0.15, 0.55)
-        tu, tv = d0 * np.cos(ang0), d0 * np.sin(ang0)
-        du, dv = u - tu, v - tv
-        tphi = np.arctan2(dv, du)
-        dist = np.hypot(du, dv)
-        edema_r = r0 * rng.uniform(1.5, 2.1) * _harmonics(rng, tphi, 0.45, 7) * (1 + 0.15 * n2)
-        edema = _soft(dist - edema_r, upx * 3) * brain
-        img = _paint(img, edema * 0.85, les["edema"])
-        mass_r = r0 * _harmonics(rng, tphi, 0.35, 6) * (1 + 0.1 * n1)
-        mass = _soft(dist - mass_r, upx) * brain
-        het = les["solid"] * (1 + 0.18 * _smooth_noise(rng, (h, w), 30))
-        img = _paint(img, mass, het)
-        core_r = mass_r * rng.uniform(0.3, 0.6) * _harmonics(rng, tphi, 0.3, 5)
-        img = _paint(img, _soft(dist - core_r, upx) * mass * (rng.random() < 0.7), les["necrosis"])
-        mask = mass > 0.5
-        info.update(tumor_u=round(tu, 3), tumor_v=round(tv, 3), tumor_radius=round(r0, 3))
-    elif label == "meningioma":
-        r0 = rng.uniform(0.12, 0.22)
-        ang0 = rng.uniform(0, 2 * np.pi)
-        tu, tv = (r_inner - 0.6 * r0) * np.cos(ang0), (r_inner - 0.6 * r0) * np.sin(ang0)
-        # Round in pixel space: distance in pixels scaled by a.
-        pdx = dx - (tu * a * np.cos(th) - tv * b * np.sin(th))
-        pdy = dy - (tu * a * np.sin(th) + tv * b * np.cos(th))
-        dist = np.hypot(pdx, pdy) / a
-        inside = _soft(rho - r_inner, upx)
-        img = _paint(img, _soft(dist - r0 - 0.02, upx) * inside, t["csf"])  # CSF cleft
-        menin = _soft(dist - r0, upx) * inside
-        img = _paint(img, menin, les["menin"] * (1 + 0.05 * _smooth_noise(rng, (h, w), 20)))
-        mask = menin > 0.5
-        info.update(tumor_u=round(tu, 3), tumor_v=round(tv, 3), tumor_radius=round(r0, 3))
-    elif label == "pituitary":
-        r0 = rng.uniform(0.07, 0.12)
-        tu, tv = rng.uniform(-0.02, 0.02), rng.uniform(-0.42, -0.3)
-        du, dv = u - tu, v - tv
-        dist = np.hypot(du, dv * 1.15)
-        pit = _soft(dist - r0 * _harmonics(rng, np.arctan2(dv, du), 0.15, 4), upx) * brain
-        img = _paint(img, pit, les["pit"] * (1 + 0.05 * _smooth_noise(rng, (h, w), 16)))
-        mask = pit > 0.5
-        info.update(tumor_u=round(tu, 3), tumor_v=round(tv, 3), tumor_radius=round(r0, 3))
 
-    # Acquisition: bias field, contrast/gain, Rician noise.
-    head = _soft(rho - 1.0, upx)
-    bias = 1.0 + rng.uniform(0.05, 0.2) * _smooth_noise(rng, (h, w), 3)
+def _glioma(
+    rng: np.random.Generator,
+    g: _Head,
+    img: np.ndarray,
+    les: dict[str, float],
+    brain: np.ndarray,
+    n1: np.ndarray,
+    n2: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, _Lesion]:
+    """Irregular intra-axial mass with a necrotic core and an oedema halo; returns ``(img, mask, (u, v, r))``."""
+    h, w, u, v, upx = g.h, g.w, g.u, g.v, g.upx
+    r0 = rng.uniform(0.16, 0.28)
+    ang0, d0 = rng.uniform(0, 2 * np.pi), rng.uniform(0.15, 0.55)
+    tu, tv = d0 * np.cos(ang0), d0 * np.sin(ang0)
+    du, dv = u - tu, v - tv
+    tphi = np.arctan2(dv, du)
+    dist = np.hypot(du, dv)
+    edema_r = r0 * rng.uniform(1.5, 2.1) * _harmonics(rng, tphi, 0.45, 7) * (1 + 0.15 * n2)
+    edema = _soft(dist - edema_r, upx * 3) * brain
+    img = _paint(img, edema * 0.85, les["edema"])
+    mass_r = r0 * _harmonics(rng, tphi, 0.35, 6) * (1 + 0.1 * n1)
+    mass = _soft(dist - mass_r, upx) * brain
+    het = les["solid"] * (1 + 0.18 * _smooth_noise(rng, (h, w), 30))
+    img = _paint(img, mass, het)
+    core_r = mass_r * rng.uniform(0.3, 0.6) * _harmonics(rng, tphi, 0.3, 5)
+    img = _paint(img, _soft(dist - core_r, upx) * mass * (rng.random() < 0.7), les["necrosis"])
+    return img, mass > 0.5, (tu, tv, r0)
+
+
+def _meningioma(
+    rng: np.random.Generator, g: _Head, img: np.ndarray, t: dict[str, float], les: dict[str, float], r_inner: float
+) -> tuple[np.ndarray, np.ndarray, _Lesion]:
+    """Round extra-axial mass abutting the inner table, with a CSF cleft; returns ``(img, mask, (u, v, r))``."""
+    h, w, upx = g.h, g.w, g.upx
+    r0 = rng.uniform(0.12, 0.22)
+    ang0 = rng.uniform(0, 2 * np.pi)
+    tu, tv = (r_inner - 0.6 * r0) * np.cos(ang0), (r_inner - 0.6 * r0) * np.sin(ang0)
+    # Round in pixel space: distance in pixels scaled by a.
+    pdx = g.dx - (tu * g.a * np.cos(g.th) - tv * g.b * np.sin(g.th))
+    pdy = g.dy - (tu * g.a * np.sin(g.th) + tv * g.b * np.cos(g.th))
+    dist = np.hypot(pdx, pdy) / g.a
+    inside = _soft(g.rho - r_inner, upx)
+    img = _paint(img, _soft(dist - r0 - 0.02, upx) * inside, t["csf"])  # CSF cleft
+    menin = _soft(dist - r0, upx) * inside
+    img = _paint(img, menin, les["menin"] * (1 + 0.05 * _smooth_noise(rng, (h, w), 20)))
+    return img, menin > 0.5, (tu, tv, r0)
+
+
+def _pituitary(
+    rng: np.random.Generator, g: _Head, img: np.ndarray, les: dict[str, float], brain: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, _Lesion]:
+    """Small midline mass at the skull base; returns ``(img, mask, (u, v, r))``."""
+    r0 = rng.uniform(0.07, 0.12)
+    tu, tv = rng.uniform(-0.02, 0.02), rng.uniform(-0.42, -0.3)
+    du, dv = g.u - tu, g.v - tv
+    dist = np.hypot(du, dv * 1.15)
+    pit = _soft(dist - r0 * _harmonics(rng, np.arctan2(dv, du), 0.15, 4), g.upx) * brain
+    img = _paint(img, pit, les["pit"] * (1 + 0.05 * _smooth_noise(rng, (g.h, g.w), 16)))
+    return img, pit > 0.5, (tu, tv, r0)
+
+
+def _acquire(rng: np.random.Generator, g: _Head, img: np.ndarray, bg: float, bright_bg: bool) -> np.ndarray:
+    """Acquisition: bias field, contrast and gain, Rician noise; float32 in [0, 1]."""
+    head = _soft(g.rho - 1.0, g.upx)
+    bias = 1.0 + rng.uniform(0.05, 0.2) * _smooth_noise(rng, (g.h, g.w), 3)
     img = img * (head * bias + (1 - head))
     gamma = float(np.exp(rng.normal(0, 0.2)))
     img = np.clip(img, 0, 1) ** gamma
@@ -224,7 +243,59 @@ def render(label: str, rng: np.random.Generator, size: int | None) -> tuple[np.n
     img = img * gain + (1 - gain) * (bg if bright_bg else 0.0)
     sigma = rng.uniform(0.005, 0.04)
     img = np.sqrt((img + rng.normal(0, sigma, img.shape)) ** 2 + rng.normal(0, sigma, img.shape) ** 2)
-    img = np.clip(img, 0, 1).astype(np.float32)
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+def render(label: str, rng: np.random.Generator, size: int | None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Render one phantom slice.
+
+    Args:
+        label: one of :data:`CLASSES`.
+        rng: the per-image random generator.
+        size: square side in pixels, or ``None`` for a random size and aspect (as in real collections).
+
+    Returns:
+        ``(image, mask, info)``: image float32 (H, W) in [0, 1], mask bool (H, W), and a metadata dict.
+    """
+    if label not in CLASSES:
+        raise ValueError(f"unknown phantom class {label!r}; expected one of {CLASSES}")
+    g = _head(rng, size)
+    h, w = g.h, g.w
+    weighting = str(rng.choice(list(_CONTRASTS), p=[0.70, 0.15, 0.15]))  # the Kaggle set is mostly T1 post-contrast
+    t = dict(_CONTRASTS[weighting])
+    les = _LESION[weighting]
+    for k in t:
+        t[k] = float(np.clip(t[k] + rng.normal(0, 0.04), 0.02, 1.0))
+    bright_skull = rng.random() < 0.25
+    if bright_skull:
+        t["bone"] = rng.uniform(0.75, 1.0)
+    bright_bg = rng.random() < 0.2
+    bg = rng.uniform(0.85, 1.0) if bright_bg else rng.uniform(0.0, 0.04)
+
+    # Layers (outer radius in head units, jittered): scalp, skull, CSF rim, brain.
+    r_skull = rng.uniform(0.93, 0.96)
+    r_inner = r_skull - rng.uniform(0.04, 0.065)
+    r_brain = r_inner - rng.uniform(0.01, 0.025)
+    img = np.full((h, w), bg, np.float32)
+    img = _paint(img, _soft(g.rho - 1.0, g.upx), t["fat"] * (1 + 0.1 * _smooth_noise(rng, (h, w), 12)))
+    img = _paint(img, _soft(g.rho - r_skull, g.upx), t["bone"])
+    img = _paint(img, _soft(g.rho - r_inner, g.upx), t["csf"])
+    img, brain, n1, n2 = _cortex(rng, g, img, t, r_brain)
+    img = _deep(rng, g, img, t)
+
+    mask = np.zeros((h, w), bool)
+    info: dict = {"tumor_u": "", "tumor_v": "", "tumor_radius": ""}
+    lesion: _Lesion | None = None
+    if label == "glioma":
+        img, mask, lesion = _glioma(rng, g, img, les, brain, n1, n2)
+    elif label == "meningioma":
+        img, mask, lesion = _meningioma(rng, g, img, t, les, r_inner)
+    elif label == "pituitary":
+        img, mask, lesion = _pituitary(rng, g, img, les, brain)
+    if lesion is not None:
+        tu, tv, r0 = lesion
+        info.update(tumor_u=round(tu, 3), tumor_v=round(tv, 3), tumor_radius=round(r0, 3))
+    img = _acquire(rng, g, img, bg, bright_bg)
     info.update(
         width=w, height=h, weighting=weighting, bright_skull=int(bright_skull), bright_background=int(bright_bg)
     )

@@ -146,7 +146,9 @@ def summarize(preds: Predictions, n_boot: int, seed: int) -> dict[str, Any]:
 def _calibration(
     run_dir: Path, classes: list[str], paths: list[str], predict: Callable[[list[str], np.ndarray], np.ndarray]
 ) -> dict[str, Any]:
-    """Fit the temperature on the run's validation split (refused when ``paths`` include validation images)."""
+    """The ``calibration`` record: ``T`` fitted on the run's validation split, the validation NLL before and after,
+    and ``at_bound`` (T not identified: the validation split is separated perfectly, and a warning says so).
+    Refused when ``paths`` include validation images."""
     val_paths, val_y, _ = load_eval_samples(run_dir, classes, EvalSource(split="val"))
     overlap = len({Path(p).resolve() for p in val_paths} & {Path(p).resolve() for p in paths})
     if overlap:
@@ -212,10 +214,8 @@ def evaluate_run(
     Args:
         run_dir: run directory holding ``model.safetensors`` + ``model.json``.
         source: what to evaluate on and how (:class:`popevit.evaluation.source.EvalSource`; default the run's own
-            manifest's ``test`` split). With ``calibrate``, ``metrics.json`` gains a ``calibration`` record with
-            ``T``, the validation NLL before and after, the uncalibrated ECE and log loss, and ``at_bound`` (T not
-            identified: the validation split is separated perfectly); refused when the evaluated images include
-            validation images. With a ``label_map`` the model's probabilities are summed per target, then scored.
+            manifest's ``test`` split). With a ``label_map`` the model's probabilities are summed per target, then
+            scored; with ``calibrate`` ``metrics.json`` gains a ``calibration`` record (:func:`_calibration`).
         out: output folder; default ``RUN/eval/<tag>`` (:meth:`EvalSource.tag`).
         dedup_against: training folder or manifest (its ``train`` split); every metric is also reported on the
             subset of images with no exact or near duplicate there.

@@ -216,6 +216,25 @@ def _extrapolation(
     return out
 
 
+def _group_entry(
+    name: str,
+    runs: list[Path],
+    probas: dict[int, list[np.ndarray]],
+    y: np.ndarray,
+    classes: list[str],
+    train_size: int,
+    n_boot: int,
+    seed: int,
+) -> tuple[dict[str, Any], set[str]]:
+    """A group's row of the study (seed-mean metrics with CIs, cost, extrapolation) and the machines its runs
+    recorded."""
+    costs = [run_cost(r) for r in runs]
+    metrics = seed_mean_with_ci(y, probas[train_size], classes, n_boot=n_boot, seed=seed)
+    entry = {"name": name, "runs": [run_name(r) for r in runs], "metrics": metrics, "cost": _group_cost(costs)}
+    entry["extrapolation"] = _extrapolation(entry, probas, y, classes, train_size, n_boot, seed)
+    return entry, {c["machine"] for c in costs if c["machine"]}
+
+
 def _describe(source: EvalSource) -> str:
     """The images and treatment of a study, for its table's title."""
     where = source.data or source.manifest or "each run manifest.csv"
@@ -261,8 +280,7 @@ def run_study(
     Args:
         groups: groups of run folders (one group per model, one run per seed), all trained at one image size.
         source: what to evaluate on (:class:`popevit.evaluation.source.EvalSource`; default each run's own
-            ``manifest.csv``, which must then share images). With ``calibrate``, temperature-scaled probabilities
-            (``popevit evaluate --calibrate``): accuracy is unchanged, ECE and log loss are the calibrated ones.
+            ``manifest.csv``, which must then share images); with ``calibrate``, ECE and log loss are calibrated.
         sizes: extra test image sizes for the extrapolation curves (the training size is always included).
         out: output folder.
         n_boot: bootstrap resamples for every CI.
@@ -304,11 +322,7 @@ def run_study(
     for g, name in zip(groups, group_names(groups), strict=True):
         probas = {size: [p.proba for p in per_size[size][k : k + len(g)]] for size in all_sizes}
         k += len(g)
-        costs = [run_cost(r) for r in g]
-        machines[name] = {c["machine"] for c in costs if c["machine"]}
-        metrics = seed_mean_with_ci(y, probas[train_size], classes, n_boot=n_boot, seed=seed)
-        entry = {"name": name, "runs": [run_name(r) for r in g], "metrics": metrics, "cost": _group_cost(costs)}
-        entry["extrapolation"] = _extrapolation(entry, probas, y, classes, train_size, n_boot, seed)
+        entry, machines[name] = _group_entry(name, g, probas, y, classes, train_size, n_boot, seed)
         result["groups"].append(entry)
     if (warning := machine_warning(machines)) is not None:
         result["warnings"] = [warning]

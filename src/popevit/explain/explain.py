@@ -209,8 +209,8 @@ def explain_run(
 
     Args:
         run_dir: run folder with ``model.safetensors`` + ``model.json``.
-        source: the images to explain when ``images`` is None (:class:`popevit.evaluation.source.EvalSource`: an
-            image folder, a manifest split; default the run's own ``manifest.csv`` ``test`` split).
+        source: the images when ``images`` is None (:class:`popevit.evaluation.source.EvalSource`; default the run's
+            own ``manifest.csv`` ``test`` split).
         images: image files or folders (labels from class-named parent folders, else unknown).
         method: ``"rollout"``, ``"grad-rollout"``, ``"gradcam"``, a comma list, or ``"all"``; the first one
             drives the galleries.
@@ -235,8 +235,7 @@ def explain_run(
     source = EvalSource.of(source, **source_fields)
     if max_images < 1:
         raise ValueError(f"max_images must be >= 1, got {max_images}")
-    run_dir = Path(run_dir)
-    dev = resolve_device(device)
+    run_dir, dev = Path(run_dir), resolve_device(device)
     model, meta = load_artifact(run_dir, map_location=dev)
     classes, cfg = meta.classes, meta.preprocess
     methods = resolve_methods(method, model)

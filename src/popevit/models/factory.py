@@ -27,6 +27,25 @@ def is_vit(name: str) -> bool:
     return MODELS.get(name).is_vit
 
 
+def _check_options(
+    name: str, *, num_classes: int, in_chans: int, stem: str | None, distill: bool, arch: dict[str, int]
+) -> None:
+    """Raise ``ValueError`` for options that model ``name`` cannot honour (see :func:`create_model`)."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if in_chans not in (1, 3):
+        raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
+    if stem is not None and not MODELS.get(name).is_vit:
+        raise ValueError(f"model {name!r} has its own tokeniser; stem={stem!r} applies to popevit ViT presets only")
+    if not MODELS.get(name).is_vit:
+        reject_options(name, **arch)
+    if distill and name not in PRESETS:
+        raise ValueError(
+            f"distill=True needs a popevit ViT preset ({', '.join(PRESETS)}), got {name!r}; "
+            "use one of them as the student, or drop model.distill"
+        )
+
+
 def create_model(
     name: str,
     *,
@@ -79,21 +98,9 @@ def create_model(
     name = MODELS.canonical(name)  # a preset's former name (recorded in older artefacts) builds the same model
     spec = MODELS.get(name)
     state = None if pretrained is None else read_source(name, pretrained)  # fail before the (slow) build
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    if in_chans not in (1, 3):
-        raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
-    if stem is not None and not spec.is_vit:
-        raise ValueError(f"model {name!r} has its own tokeniser; stem={stem!r} applies to popevit ViT presets only")
     arch = dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim)
     arch = {k: v for k, v in arch.items() if v is not None}
-    if not spec.is_vit:
-        reject_options(name, **arch)
-    if distill and name not in PRESETS:
-        raise ValueError(
-            f"distill=True needs a popevit ViT preset ({', '.join(PRESETS)}), got {name!r}; "
-            "use one of them as the student, or drop model.distill"
-        )
+    _check_options(name, num_classes=num_classes, in_chans=in_chans, stem=stem, distill=distill, arch=arch)
     model = spec.build(
         **({"stem": stem} if stem is not None else {}),
         **({"distill": True} if distill else {}),
