@@ -19,6 +19,8 @@ label does:
 The idea of auditing a data set for shortcuts before trusting a classifier follows DeGrave et al. (2021, Nature
 Machine Intelligence 3:610, "AI for radiographic COVID-19 detection selects shortcuts over signal"), where models
 told the sources of chest X-rays apart instead of the disease.
+
+scikit-learn is a heavy import: it is imported inside :func:`confound_report`, the one function that clusters.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""``popevit data download``: fetch a public dataset through kagglehub, or fail fast with directions when offline."""
+"""``popevit data download``: fetch a public dataset through kagglehub, or fail fast with directions when offline.
+
+kagglehub is a heavy import (a network client): it is imported only when a download is asked for."""
 
 from __future__ import annotations
 

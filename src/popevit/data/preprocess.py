@@ -23,6 +23,9 @@ foreground component with its holes filled, optionally shrunk by ``head_erode`` 
 the square is cropped tight to it (no margin), padded and resized again, the percentile clip is taken over the head's
 pixels only, and everything outside the head is set to 0. The border, the frame, burnt-in text and the background's
 noise then carry nothing of the image's source.
+
+torch is a heavy import and only :func:`to_tensor` needs it: it is imported there, so the data layer (splits,
+audits, the decode-once cache) runs without it.
 """
 
 from __future__ import annotations

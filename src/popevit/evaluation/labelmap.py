@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from popevit.data.discover import NO_TUMOR_NAMES
 from popevit.registry import did_you_mean
 
 TUMOR_CLASSES_HINT = "glioma|meningioma|pituitary=tumor"
@@ -89,8 +90,6 @@ def parse_label_map(text: str | None) -> tuple[tuple[tuple[str, ...], str], ...]
 
 def _suggest(model_classes: list[str], data_classes: list[str]) -> str:
     """A label map for tumour / no-tumour data and models (either side binary), else a generic example."""
-    from popevit.data.discover import NO_TUMOR_NAMES
-
     no = [c for c in data_classes if c.lower() in NO_TUMOR_NAMES]
     if "notumor" in model_classes and len(no) == 1:
         yes_data = [c for c in data_classes if c != no[0]]

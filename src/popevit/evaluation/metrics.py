@@ -28,6 +28,8 @@ Metric definitions (keys of the returned dicts; ``c`` is a class name):
 - With a ``notumor`` class (binary tasks and external sets collapsed to tumour / no tumour included):
   ``tumor_sensitivity`` (a tumour image predicted as any tumour class), ``tumor_specificity`` (a no-tumour image
   predicted ``notumor``) and ``tumor_auroc`` (score ``1 - p_notumor``).
+
+scikit-learn is a heavy import: only :func:`point_metrics` uses it, and imports it there.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 ``predictions.csv`` has one row per image: ``path``, ``label`` (true class name), ``predicted`` (arg-max class name)
 and one ``p_<class>`` column per class in the model's output order, probabilities written with 9 significant digits.
+
+torch is a heavy import: only inference (:func:`predict_proba`, :func:`resolve_device`) imports it, so reading
+and writing predictions needs numpy alone.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torchvision.transforms.functional import gaussian_blur
 
 
 @dataclass
@@ -52,8 +53,6 @@ class Curves:
 
 def blur(x: Tensor, sigma: float) -> Tensor:
     """Gaussian blur of (B, C, S, S) images (the insertion start point); kernel ``2 ceil(3 sigma) + 1``, capped."""
-    from torchvision.transforms.functional import gaussian_blur
-
     k = 2 * math.ceil(3 * sigma) + 1
     k = min(k, 2 * ((min(x.shape[-2:]) - 1) // 2) - 1)
     return gaussian_blur(x, kernel_size=[max(k, 3)] * 2, sigma=[sigma, sigma]) if k >= 3 else x

@@ -6,6 +6,8 @@ no spatial feature map, so its tokens are reshaped to one: the target layer is t
 (the input of the last attention, where patch tokens still reach the CLS readout; after the last block only the CLS
 token feeds the head, so patch gradients there are zero for CLS-pooled models), and the reshape drops the
 ``num_prefix_tokens`` prefix tokens and folds the ``gh * gw`` patches into a (C, gh, gw) map.
+
+``pytorch_grad_cam`` is a heavy import (it loads OpenCV): :func:`grad_cam` imports it when called.
 """
 
 from __future__ import annotations

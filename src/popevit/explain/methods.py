@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from popevit.explain.gradcam import grad_cam
+from popevit.explain.rollout import attention_rollout, gradient_rollout
+from popevit.models import capture_attention
 from popevit.registry import Registry
 
 
@@ -38,8 +41,6 @@ def list_methods() -> list[str]:
 
 def has_attention(model: nn.Module) -> bool:
     """Whether :func:`popevit.models.capture_attention` can record this model's attention (i.e. it is a ViT)."""
-    from popevit.models import capture_attention
-
     try:
         with capture_attention(model):
             return True
@@ -49,8 +50,6 @@ def has_attention(model: nn.Module) -> bool:
 
 def native_grid(model: nn.Module, x: Tensor) -> tuple[int, int]:
     """The resolution a map of ``model`` naturally has: a ViT's patch grid, else the input size over 32 (ResNets)."""
-    from popevit.models import capture_attention
-
     if has_attention(model):
         with capture_attention(model) as rec, torch.no_grad():
             model(x[:1])
@@ -65,8 +64,6 @@ def methods_for(model: nn.Module) -> list[str]:
 
 
 def _capture(model: nn.Module, method: str):
-    from popevit.models import capture_attention
-
     if not has_attention(model):
         raise ValueError(
             f"method {method!r} needs a Vision Transformer with capturable attention, not {type(model).__name__}; "
@@ -80,8 +77,6 @@ def rollout_method(
     model: nn.Module, x: Tensor, target: Tensor, *, head_fusion: str = "mean", discard_ratio: float = 0.0
 ) -> Tensor:
     """Attention rollout (class-agnostic: ``target`` is ignored, as in Abnar & Zuidema 2020). Returns (B, gh, gw)."""
-    from popevit.explain.rollout import attention_rollout
-
     del target
     with _capture(model, "rollout") as rec, torch.no_grad():
         model(x)
@@ -95,8 +90,6 @@ def rollout_method(
 @register_method("grad-rollout")
 def grad_rollout_method(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
     """Gradient-weighted rollout of ``target`` logits (Chefer et al. 2021). Returns (B, gh, gw)."""
-    from popevit.explain.rollout import gradient_rollout
-
     with _capture(model, "grad-rollout") as rec, torch.enable_grad():
         logits = model(x)  # (B, K)
         score = logits.gather(1, target.to(logits.device).view(-1, 1)).sum()
@@ -117,12 +110,8 @@ def grad_rollout_method(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
 @register_method("gradcam")
 def gradcam_method(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
     """Grad-CAM via ``pytorch_grad_cam``; ViTs get the token-to-grid reshape. Returns (B, S, S)."""
-    from popevit.explain.gradcam import grad_cam
-
     layout = None
     if has_attention(model):
-        from popevit.models import capture_attention
-
         with capture_attention(model) as rec, torch.no_grad():
             model(x[:1])
         layout = (rec.num_prefix_tokens, rec.grid)

@@ -20,7 +20,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from timm.layers.attention import Attention as TimmAttention
+from timm.layers.attention import resolve_self_attn_mask
+from timm.models.vision_transformer import VisionTransformer as TimmViT
 from torch import Tensor, nn
+from torchvision.models.vision_transformer import VisionTransformer as TvViT
 
 if TYPE_CHECKING:
     from popevit.models.pos_enc import PositionalEncoding
@@ -148,9 +152,6 @@ class AttentionRecord:
 
 def _readout(model: nn.Module) -> tuple[int, Literal["cls", "mean"], int]:
     """``(num_prefix_tokens, pool, patch_size)`` of a popevit ViT, a timm ViT or a torchvision ViT."""
-    from timm.models.vision_transformer import VisionTransformer as TimmViT
-    from torchvision.models.vision_transformer import VisionTransformer as TvViT
-
     if isinstance(model, TimmViT):
         pool = "cls" if model.global_pool == "token" else "mean"
         return model.num_prefix_tokens, pool, int(model.patch_embed.patch_size[0])
@@ -166,7 +167,6 @@ def _readout(model: nn.Module) -> tuple[int, Literal["cls", "mean"], int]:
 
 def _timm_explicit_forward(m: nn.Module, record: Recorder) -> Callable[..., Tensor]:
     """A replacement ``forward`` for a timm ``Attention`` that runs the explicit path and records probabilities."""
-    from timm.layers.attention import resolve_self_attn_mask
 
     def forward(x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
         B, N, _ = x.shape
@@ -229,8 +229,6 @@ def capture_attention(model: nn.Module) -> Iterator[AttentionRecord]:
     Raises:
         ValueError: the model has no attention layers (e.g. ``resnet18``) or an unknown token readout.
     """
-    from timm.layers.attention import Attention as TimmAttention
-
     num_prefix_tokens, pool, patch_size = _readout(model)
     rec = AttentionRecord(num_prefix_tokens=num_prefix_tokens, pool=pool)
     ours: list[Attention] = []

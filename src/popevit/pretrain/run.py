@@ -15,11 +15,26 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
+from safetensors.torch import save_file
 
+from popevit.artifact import atomic_write_bytes
 from popevit.config import ExperimentConfig, OptimConfig
+from popevit.data.datamodule import MRIDataModule
 from popevit.models import create_model
+from popevit.models.presets import FORMER_NAMES, PRESETS
 from popevit.pretrain.simmim import SimMIM, random_mask
 from popevit.training.module import NonFiniteLossError, configure_warmup_cosine, reseed_epoch
+from popevit.training.run import (
+    _write_json,
+    best_checkpoint,
+    device_precision,
+    fit_and_load_best,
+    make_trainer,
+    model_kwargs,
+    prepare_run_dir,
+    provenance,
+)
 
 
 class MIMModule(L.LightningModule):
@@ -88,23 +103,6 @@ def pretrain(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False
     Returns:
         The run folder, the encoder weights' path, the best validation reconstruction loss, wall time and epochs.
     """
-    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
-    from safetensors.torch import save_file
-
-    from popevit.artifact import atomic_write_bytes
-    from popevit.data.datamodule import MRIDataModule
-    from popevit.models.presets import FORMER_NAMES, PRESETS
-    from popevit.training.run import (
-        _write_json,
-        best_checkpoint,
-        device_precision,
-        fit_and_load_best,
-        make_trainer,
-        model_kwargs,
-        prepare_run_dir,
-        provenance,
-    )
-
     if FORMER_NAMES.get(cfg.model.name, cfg.model.name) not in PRESETS:
         raise ValueError(
             f"SimMIM pretrains popevit's ViT presets ({', '.join(PRESETS)}), got model.name={cfg.model.name!r}; "

@@ -5,6 +5,8 @@ Each row of ``summary.csv`` is one configuration: its searched values, n (finish
 ``optuna.visualization.matplotlib``: parameter importance (fANOVA, Hutter et al., ICML 2014) needs at least two
 searched parameters, each seen with two values, and a handful of finished trials; parallel coordinates need two
 finished trials. When a plot cannot be made, ``summary.md`` says why.
+
+``matplotlib.pyplot`` is a heavy import: only the plots import it.
 """
 
 from __future__ import annotations

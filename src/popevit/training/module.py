@@ -17,11 +17,14 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.data import Mixup
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAUROC, MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
 
+from popevit.artifact import load_artifact, load_meta
 from popevit.config import AugmentConfig, DistillConfig, OptimConfig, PreprocessConfig
 from popevit.models import create_model
+from popevit.training.callbacks import max_time_timer
 from popevit.training.optim import build_optimizer, warmup_cosine
 
 
@@ -37,8 +40,6 @@ def _teacher_dir(run_dir: str | Path) -> Path:
 
 def load_teacher(run_dir: str | Path, classes: list[str], student_kwargs: dict[str, Any]) -> torch.nn.Module:
     """A frozen teacher from a run folder, checked against the student's classes and input format."""
-    from popevit.artifact import load_artifact
-
     run_dir = _teacher_dir(run_dir)
     teacher, meta = load_artifact(run_dir)
     if list(meta.classes) != list(classes):
@@ -60,8 +61,6 @@ def load_teacher(run_dir: str | Path, classes: list[str], student_kwargs: dict[s
 
 def check_teacher_preprocess(run_dir: str | Path, preprocess: PreprocessConfig) -> None:
     """Refuse a teacher trained on differently preprocessed images: it is fed the student's batches as they are."""
-    from popevit.artifact import load_meta
-
     theirs, ours = load_meta(_teacher_dir(run_dir)).preprocess.model_dump(), preprocess.model_dump()
     differ = [k for k in ours if theirs.get(k) != ours[k]]
     if differ:
@@ -118,8 +117,6 @@ def budget_share(trainer: L.Trainer) -> Callable[[], float]:
     Li et al. (2020, "Budgeted training", arXiv:1905.04753) found that under a fixed budget the schedule must decay
     within the budget ("budgeted convergence"); their budget is counted in iterations, this one in seconds.
     """
-    from popevit.training.callbacks import max_time_timer
-
     timer = max_time_timer(trainer)
     remaining = None if timer is None else timer.time_remaining()
     if remaining is None:
@@ -223,8 +220,6 @@ class ClassifierModule(L.LightningModule):
             self._teacher.append(load_teacher(self.distill_cfg.teacher, self.classes, model_kwargs))
         self.mixer = None
         if mix is not None:
-            from timm.data import Mixup
-
             aug = AugmentConfig.model_validate(mix)
             self.mixer = Mixup(
                 mixup_alpha=aug.mixup,

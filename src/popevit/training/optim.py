@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import torch
+from timm.optim import param_groups_layer_decay
 from torch import nn
 
 from popevit.config import OptimConfig
@@ -42,8 +43,6 @@ def layer_decay_groups(model: nn.Module, weight_decay: float, lr: float, decay: 
     embedding, prefix tokens, positional encoding) at ``lr * decay^(L + 1)``. Layers come from the model's
     timm-style ``group_matcher()``; the grouping and the decay/no-decay split are timm's
     ``param_groups_layer_decay``, with our ``no_weight_decay()`` names."""
-    from timm.optim import param_groups_layer_decay
-
     if not hasattr(model, "group_matcher"):
         raise ValueError(
             f"optim.layer_decay needs a model with layers to decay ({type(model).__name__} has no group_matcher()); "
