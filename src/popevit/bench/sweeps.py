@@ -81,42 +81,31 @@ def throughput_vs_batch(
     return {"preset": preset, "img_size": img_size, "points": points}
 
 
+def _plot(sweep: dict[str, Any], x: str, y: str, path: Path, **axes: str) -> Path:
+    """One line per model of ``sweep["points"][i][y][model]`` against ``[i][x]`` (timm dashed), saved to ``path``."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    xs = [p[x] for p in sweep["points"]]
+    for n in sweep["points"][0][y]:
+        ax.plot(xs, [p[y][n] for p in sweep["points"]], marker="o", label=n, ls="--" if n == TIMM else "-")
+    ax.set(**axes)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
 def plot_sweeps(tokens: dict[str, Any] | None, batches: dict[str, Any] | None, out_dir: Path) -> list[Path]:
     """Write ``step_time_vs_tokens.png`` and ``throughput_vs_batch.png`` (log-log) into ``out_dir``; returns paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     if tokens:
-        fig = Figure(figsize=(6, 4))
-        ax = fig.subplots()
-        xs = [p["tokens"] for p in tokens["points"]]
-        for n in tokens["points"][0]["ms"]:
-            ax.plot(xs, [p["ms"][n] for p in tokens["points"]], marker="o", label=n, ls="--" if n == TIMM else "-")
-        ax.set(
-            xscale="log",
-            yscale="log",
-            xlabel="tokens per image",
-            ylabel="training step, ms (median)",
-            title=f"{tokens['preset']}, batch {tokens['batch']}: step time vs tokens",
-        )
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        written.append(out_dir / "step_time_vs_tokens.png")
-        fig.savefig(written[-1], dpi=120)
+        title = f"{tokens['preset']}, batch {tokens['batch']}: step time vs tokens"
+        axes = dict(xscale="log", yscale="log", xlabel="tokens per image", ylabel="training step, ms (median)")
+        written.append(_plot(tokens, "tokens", "ms", out_dir / "step_time_vs_tokens.png", title=title, **axes))
     if batches:
-        fig = Figure(figsize=(6, 4))
-        ax = fig.subplots()
-        xs = [p["batch"] for p in batches["points"]]
-        for n in batches["points"][0]["img_s"]:
-            ax.plot(xs, [p["img_s"][n] for p in batches["points"]], marker="o", label=n, ls="--" if n == TIMM else "-")
-        ax.set(
-            xscale="log",
-            xlabel="batch size",
-            ylabel="training images/s (median)",
-            title=f"{batches['preset']}, {batches['img_size']} px: throughput vs batch",
-        )
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        written.append(out_dir / "throughput_vs_batch.png")
-        fig.savefig(written[-1], dpi=120)
+        title = f"{batches['preset']}, {batches['img_size']} px: throughput vs batch"
+        axes = dict(xscale="log", xlabel="batch size", ylabel="training images/s (median)")
+        written.append(_plot(batches, "batch", "img_s", out_dir / "throughput_vs_batch.png", title=title, **axes))
     return written

@@ -196,26 +196,6 @@ def _predictions_by_size(
     return per_size
 
 
-def _extrapolation(
-    entry: dict[str, Any],
-    probas: dict[int, list[np.ndarray]],
-    y: np.ndarray,
-    classes: list[str],
-    train_size: int,
-    n_boot: int,
-    seed: int,
-) -> list[dict[str, Any]]:
-    """A group's seed-mean metrics at each size; at the training size the table's own intervals (same resamples)."""
-    out = []
-    for size, p in probas.items():
-        if size == train_size:
-            m = {k: entry["metrics"][k] for k in EXTRAPOLATION_METRICS}
-        else:
-            m = seed_mean_with_ci(y, p, classes, metrics=EXTRAPOLATION_METRICS, n_boot=n_boot, seed=seed)
-        out.append({"size": size, "metrics": m})
-    return out
-
-
 def _group_entry(
     name: str,
     runs: list[Path],
@@ -226,12 +206,19 @@ def _group_entry(
     n_boot: int,
     seed: int,
 ) -> tuple[dict[str, Any], set[str]]:
-    """A group's row of the study (seed-mean metrics with CIs, cost, extrapolation) and the machines its runs
-    recorded."""
+    """A group's row of the study (seed-mean metrics with CIs, cost, the same at each test size) and the machines
+    its runs recorded. At the training size the extrapolation reuses the table's own intervals (same resamples)."""
     costs = [run_cost(r) for r in runs]
     metrics = seed_mean_with_ci(y, probas[train_size], classes, n_boot=n_boot, seed=seed)
+    extrapolation = []
+    for size, p in probas.items():
+        if size == train_size:
+            m = {k: metrics[k] for k in EXTRAPOLATION_METRICS}
+        else:
+            m = seed_mean_with_ci(y, p, classes, metrics=EXTRAPOLATION_METRICS, n_boot=n_boot, seed=seed)
+        extrapolation.append({"size": size, "metrics": m})
     entry = {"name": name, "runs": [run_name(r) for r in runs], "metrics": metrics, "cost": _group_cost(costs)}
-    entry["extrapolation"] = _extrapolation(entry, probas, y, classes, train_size, n_boot, seed)
+    entry["extrapolation"] = extrapolation
     return entry, {c["machine"] for c in costs if c["machine"]}
 
 
