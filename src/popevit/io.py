@@ -12,10 +12,12 @@ back to the same path. :func:`shown` makes such a name printable.
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,9 +95,23 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> P
     return atomic_write(path, lambda tmp: tmp.write_bytes(text.encode(encoding, "surrogateescape")))
 
 
+def atomic_write_csv(path: str | Path, rows: Iterable[Sequence[Any]], lineterminator: str = "\r\n") -> Path:
+    """Write rows as UTF-8 CSV atomically (the csv module's line ends unless given); the first row is the header."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator=lineterminator).writerows(rows)
+    return atomic_write_text(path, buf.getvalue())
+
+
 def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2, **kwargs: Any) -> Path:
     """Write ``obj`` as JSON atomically (a trailing newline; ``kwargs`` go to :func:`json.dumps`)."""
     return atomic_write_text(path, json.dumps(obj, indent=indent, **kwargs) + "\n")
+
+
+def atomic_savefig(fig: Any, path: str | Path, **kwargs: Any) -> Path:
+    """``fig.savefig(path, **kwargs)`` through :func:`atomic_write` (the format follows the extension)."""
+    path = Path(path)
+    kwargs.setdefault("format", path.suffix[1:].lower() or "png")
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, **kwargs))
 
 
 def read_json(path: str | Path, what: str = "file") -> Any:

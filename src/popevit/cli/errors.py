@@ -98,7 +98,7 @@ def exit_code(err: BaseException) -> int:
     return 1
 
 
-def message(err: BaseException) -> str:
+def message(err: BaseException, code: int | None = None) -> str:
     """The ``error:`` text of ``err``: the library's message, with the file of an ``OSError`` in front."""
     from popevit.io import shown
 
@@ -113,7 +113,8 @@ def message(err: BaseException) -> str:
         text = err.args[0]  # KeyError's str() quotes its message
     else:
         text = str(err) or type(err).__name__
-    if exit_code(err) == 1 and not isinstance(err, OSError | RuntimeError | MemoryError | Terminated):
+    code = exit_code(err) if code is None else code
+    if code == 1 and not isinstance(err, OSError | RuntimeError | MemoryError | Terminated):
         # Neither an input problem nor the machine's: a bug. Say so, and how to see where.
         text = (
             f"internal error ({type(err).__name__}: {text}); this is a bug in popevit: please report it with "
@@ -122,26 +123,30 @@ def message(err: BaseException) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")  # never fail to print a name
 
 
-def fail(err: BaseException) -> NoReturn:
-    """Print ``err`` as one ``error:`` line on stderr and exit with :func:`exit_code` (re-raise under --debug)."""
+def fail(err: BaseException, code: int | None = None) -> NoReturn:
+    """Print ``err`` as one ``error:`` line on stderr and exit with ``code`` (default :func:`exit_code`); under
+    ``--debug`` re-raise it instead."""
     if debug_enabled():
         raise err
     prefix = "" if isinstance(err, Terminated | KeyboardInterrupt) or getattr(err, "plain", False) else "error: "
-    typer.echo(f"{prefix}{message(err)}", err=True)
-    raise typer.Exit(exit_code(err)) from None
+    code = exit_code(err) if code is None else code
+    typer.echo(f"{prefix}{message(err, code)}", err=True)
+    raise typer.Exit(code) from None
 
 
 @contextmanager
 def user_errors(*extra: type[BaseException]) -> Iterator[None]:
-    """Turn exceptions raised inside into one ``error:`` line and an exit code (2 for input errors, 1 at runtime).
+    """Turn exceptions raised inside into one ``error:`` line and an exit code.
 
-    ``extra`` names further exception types the block expects; every exception is reported through :func:`fail`
-    in any case, so the argument only documents the block.
+    ``ValueError``, ``FileNotFoundError`` and the types in ``extra`` are the block's expected input errors (exit 2;
+    an ``OSError`` of the machine such as a full disk still exits 1); anything else gets :func:`exit_code`.
     """
     try:
         yield
     except _PASS_THROUGH:
         raise
+    except (*USER_ERRORS, *extra) as err:
+        fail(err, 1 if isinstance(err, OSError) and err.errno in _RUNTIME_ERRNOS else 2)
     except (Exception, KeyboardInterrupt) as err:
         fail(err)
 

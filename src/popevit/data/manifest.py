@@ -35,6 +35,7 @@ import numpy as np
 
 from popevit.data.dedup import NEAR_THRESHOLD, Fingerprint, duplicate_clusters, fingerprint_files
 from popevit.data.discover import Discovery, discover
+from popevit.io import atomic_write_csv, shown
 from popevit.registry import did_you_mean
 
 SPLITS = ("train", "val", "test")
@@ -255,20 +256,18 @@ def check_rows(rows: Sequence[ManifestRow], where: Path | str) -> None:
 def write_manifest(rows: Sequence[ManifestRow], out: Path) -> Path:
     """Write rows as UTF-8 CSV (``\\n`` line endings, fixed column order): byte-identical for identical rows.
 
+    The file is replaced atomically. A file name that is not valid UTF-8 is written as its original bytes, and
+    :func:`read_manifest` reads it back to the same path.
+
     Raises:
         ValueError: the rows break the leakage invariant (see :func:`check_rows`); nothing is written.
     """
     out = Path(out)
     check_rows(rows, out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    for r in rows:
-        writer.writerow([str(r.path), r.label, r.split, r.group, r.content_hash, r.width, r.height, r.mode,
-                         r.format, r.note])  # fmt: skip
-    out.write_text(buf.getvalue(), encoding="utf-8")
-    return out
+    table = [[str(r.path), r.label, r.split, r.group, r.content_hash, r.width, r.height, r.mode, r.format, r.note]
+             for r in rows]  # fmt: skip
+    # atomic: an existing manifest stays whole until the new one is complete (a full disk, a kill, an odd name)
+    return atomic_write_csv(out, [COLUMNS, *table], lineterminator="\n")
 
 
 def make_split(
@@ -319,6 +318,10 @@ def same_images(a: Path | str, b: Path | str) -> bool:
         return False
 
 
+def _row_text(rec: dict[str, str | None]) -> str:
+    return shown(",".join(v or "" for v in rec.values() if isinstance(v, str)))[:120]
+
+
 def read_manifest(path: Path | str) -> Manifest:
     """Parse a manifest CSV written by :func:`make_split` (or by hand: only ``path,label,split`` are required).
 
@@ -327,20 +330,32 @@ def read_manifest(path: Path | str) -> Manifest:
             in more than one split.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"manifest {shown(path)!r} is a folder; pass the CSV file (or use --data for an image folder)")
     if not path.is_file():
-        raise ValueError(f"manifest {str(path)!r} not found; create one with `popevit data split DATA --out {path}`")
+        raise ValueError(f"manifest {shown(path)!r} not found; create one with `popevit data split DATA --out {path}`")
     raw = path.read_bytes()
-    reader = csv.DictReader(io.StringIO(raw.decode("utf-8-sig")))  # -sig: a BOM (Excel's "CSV UTF-8") is dropped
+    # -sig: a BOM (Excel's "CSV UTF-8") is dropped; surrogateescape: file names that are not UTF-8 (write_manifest)
+    reader = csv.DictReader(io.StringIO(raw.decode("utf-8-sig", "surrogateescape")))
     missing = {"path", "label", "split"} - set(reader.fieldnames or [])
     if missing:
         raise ValueError(f"manifest {str(path)!r} lacks columns {sorted(missing)} (has {reader.fieldnames})")
     rows = []
     base = path.resolve().parent
     for n, rec in enumerate(reader, start=2):
+        where = f"{shown(path)}:{n}"
+        if not rec.get("path") or not rec.get("label") or rec.get("split") is None:
+            raise ValueError(
+                f"{where}: the row lacks a path, label or split ({_row_text(rec)}); fill it in or delete it"
+            )
         p = Path(rec["path"])
         split = rec["split"]
         if split not in (*SPLITS, EXCLUDED):
-            raise ValueError(f"{path}:{n}: split {split!r} is not one of {[*SPLITS, EXCLUDED]}")
+            raise ValueError(f"{where}: split {split!r} is not one of {[*SPLITS, EXCLUDED]}")
+        try:
+            width, height = int(rec.get("width") or 0), int(rec.get("height") or 0)
+        except ValueError:
+            raise ValueError(f"{where}: width/height must be whole numbers ({_row_text(rec)})") from None
         rows.append(
             ManifestRow(
                 path=p if p.is_absolute() else base / p,
@@ -348,8 +363,8 @@ def read_manifest(path: Path | str) -> Manifest:
                 split=split,
                 group=rec.get("group") or "",
                 content_hash=rec.get("content_hash") or "",
-                width=int(rec.get("width") or 0),
-                height=int(rec.get("height") or 0),
+                width=width,
+                height=height,
                 mode=rec.get("mode") or "",
                 format=rec.get("format") or "",
                 note=rec.get("note") or "",

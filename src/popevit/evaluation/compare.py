@@ -47,6 +47,7 @@ from popevit.evaluation.evaluate import (
 from popevit.evaluation.metrics import point_metrics
 from popevit.evaluation.predictions import PREDICTIONS, Predictions
 from popevit.evaluation.stats import delong_test, mcnemar_exact, paired_bootstrap
+from popevit.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -511,7 +512,7 @@ def compare_runs(
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "compare.json", result)
-        (out / "compare.md").write_text(to_markdown(result), encoding="utf-8")
+        atomic_write_text(out / "compare.md", to_markdown(result))
         result["out"] = str(out)
     return result
 

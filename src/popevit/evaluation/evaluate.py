@@ -14,7 +14,6 @@ Outputs, in ``out`` (default ``RUN/eval/<tag>``, e.g. ``RUN/eval/test`` or ``RUN
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -26,6 +25,7 @@ from popevit.evaluation.calibration import apply_temperature, fit_temperature, n
 from popevit.evaluation.metrics import metrics_with_ci, point_metrics
 from popevit.evaluation.plots import plot_all
 from popevit.evaluation.predictions import PREDICTIONS, Predictions, predict_proba
+from popevit.io import atomic_write_json
 
 METRICS = "metrics.json"
 EVAL_DIR = "eval"
@@ -234,7 +234,7 @@ def jsonable(obj: Any) -> Any:
 
 def write_json(path: Path, obj: Any) -> None:
     """Strict JSON (NaN -> null), indented."""
-    Path(path).write_text(json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n")
+    atomic_write_json(path, jsonable(obj), allow_nan=False)
 
 
 def summarize(preds: Predictions, n_boot: int, seed: int) -> dict[str, Any]:

@@ -69,22 +69,22 @@ class Predictions:
         return Predictions(self.paths, inv[self.y], self.proba[:, perm], list(classes), self.source_fingerprint)
 
     def save(self, path: Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        from popevit.io import atomic_write_csv
+
         pred = self.pred
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "label", "predicted", *[f"p_{c}" for c in self.classes]])
-            for i, p in enumerate(self.paths):
-                w.writerow([p, self.classes[self.y[i]], self.classes[pred[i]], *(f"{v:.9g}" for v in self.proba[i])])
-        return path
+        header = ["path", "label", "predicted", *[f"p_{c}" for c in self.classes]]
+        rows = (
+            [p, self.classes[self.y[i]], self.classes[pred[i]], *(f"{v:.9g}" for v in self.proba[i])]
+            for i, p in enumerate(self.paths)
+        )
+        return atomic_write_csv(path, [header, *rows])
 
     @classmethod
     def load(cls, path: Path) -> Predictions:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{str(path)!r} not found; run `popevit evaluate RUN` first")
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
             reader = csv.reader(f)
             header = next(reader)
             rows = list(reader)

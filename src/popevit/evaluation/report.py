@@ -35,6 +35,7 @@ from popevit.evaluation.compare import (
 from popevit.evaluation.evaluate import EVAL_DIR, METRICS
 from popevit.evaluation.plots import plot_training_curves
 from popevit.evaluation.predictions import PREDICTIONS, Predictions
+from popevit.io import atomic_write_text
 
 HEADLINE = (
     "accuracy",
@@ -315,5 +316,5 @@ def build_report(
         + "</body></html>\n"
     )
     out_html.parent.mkdir(parents=True, exist_ok=True)
-    out_html.write_text(page, encoding="utf-8")
+    atomic_write_text(out_html, page)
     return out_html

@@ -19,8 +19,6 @@ Outputs, in ``out`` (default ``RUN/explain/<method>``)::
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ import torch
 from PIL import Image
 
 from popevit.config import PreprocessConfig
+from popevit.io import atomic_write, atomic_write_csv, atomic_write_json
 
 EXPLAIN_DIR = "explain"
 FAITHFULNESS = "faithfulness.json"
@@ -412,16 +411,20 @@ def explain_run(
         )
     )  # fmt: skip
     _write_table(out_dir / "explanations.csv", items, proba[chosen], tgt, classes)
-    np.savez_compressed(
-        out_dir / "maps.npz", paths=np.array([it.path for it in items]),
-        **{m.replace("-", "_"): maps[m].numpy().astype(np.float16) for m in methods},
-    )  # fmt: skip
+    arrays = {m.replace("-", "_"): maps[m].numpy().astype(np.float16) for m in methods}
+    paths_arr = np.array([it.path for it in items])
+
+    def write_maps(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file object: given a name, numpy would append ".npz" to it
+            np.savez_compressed(fh, paths=paths_arr, **arrays)
+
+    atomic_write(out_dir / "maps.npz", write_maps)
 
     report = None
     if faithfulness:
         report = measure_faithfulness(model, x, tgt, maps, items, steps=steps, seed=seed, batch_size=batch_size)
         report.update({"run": str(run_dir), "model": meta.name, "target": target, "images": len(items)})
-        (out_dir / FAITHFULNESS).write_text(json.dumps(report, indent=2))
+        atomic_write_json(out_dir / FAITHFULNESS, report)
     return ExplainResult(out_dir, methods, [it.path for it in items], figures, report)
 
 
@@ -494,9 +497,8 @@ def measure_faithfulness(
 
 
 def _write_table(path: Path, items: Sequence[Item], proba: np.ndarray, target: np.ndarray, classes: list[str]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "predicted", "target", *[f"p_{c}" for c in classes]])
-        for it, p, t in zip(items, proba, target, strict=True):
-            label = classes[it.label] if it.label >= 0 else ""
-            w.writerow([it.path, label, classes[int(p.argmax())], classes[int(t)], *(f"{v:.6g}" for v in p)])
+    rows: list[list[Any]] = [["path", "label", "predicted", "target", *[f"p_{c}" for c in classes]]]
+    for it, p, t in zip(items, proba, target, strict=True):
+        label = classes[it.label] if it.label >= 0 else ""
+        rows.append([it.path, label, classes[int(p.argmax())], classes[int(t)], *(f"{v:.6g}" for v in p)])
+    atomic_write_csv(path, rows)

@@ -91,8 +91,8 @@ def pretrain(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
     from safetensors.torch import save_file
 
-    from popevit.io import atomic_write_bytes
     from popevit.data.datamodule import MRIDataModule
+    from popevit.io import atomic_write_bytes
     from popevit.models.presets import PRESETS
     from popevit.training.run import (
         _write_json,
