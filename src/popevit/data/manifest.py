@@ -270,6 +270,41 @@ def write_manifest(rows: Sequence[ManifestRow], out: Path) -> Path:
     return atomic_write_csv(out, [COLUMNS, *table], lineterminator="\n")
 
 
+def split_data(
+    data: Path,
+    *,
+    seed: int = 0,
+    ratios: Sequence[float] = (0.8, 0.1, 0.1),
+    class_map: dict[str, str] | None = None,
+    classes: list[str] | None = None,
+    binary: bool = False,
+    near_threshold: int | None = NEAR_THRESHOLD,
+    cache_dir: Path | None = None,
+    workers: int | None = None,
+) -> tuple[Discovery, list[ManifestRow]]:
+    """Discover ``data``, fingerprint every file, group duplicates and assign splits, writing nothing.
+
+    Arguments as in :func:`make_split`.
+
+    Returns:
+        The discovery (with every skipped file and class warnings) and the manifest rows.
+
+    Raises:
+        ValueError: no usable image (an empty folder, or every image unreadable), or a bad argument.
+    """
+    disc = discover(data, class_map=class_map, classes=classes, binary=binary)
+    fps = fingerprint_files([s.path for s in disc.samples], cache_dir=cache_dir, workers=workers)
+    rows = build_rows(disc, fps, seed=seed, ratios=ratios, near_threshold=near_threshold)
+    if not any(r.split != EXCLUDED for r in rows):
+        unreadable = [r for r in rows if r.note]
+        detail = f"; {len(unreadable)} could not be read, e.g. {shown(unreadable[0].path)}: {unreadable[0].note}"
+        raise ValueError(
+            f"no usable images under {shown(data)!r} ({len(disc.samples)} image file(s) found"
+            f"{detail if unreadable else ''}); expected <root>/<class>/*.jpg or <root>/Training/<class>/*.jpg"
+        )
+    return disc, rows
+
+
 def make_split(
     data: Path,
     out: Path,
@@ -287,7 +322,7 @@ def make_split(
 
     Args:
         data: data folder in any layout of :func:`popevit.data.discover`.
-        out: manifest CSV to write.
+        out: manifest CSV to write (replaced atomically, only once the split is complete).
         seed: split seed.
         ratios: train/val/test fractions (summing to 1).
         class_map: class-folder -> class-name map for numeric folders.
@@ -300,9 +335,8 @@ def make_split(
     Returns:
         ``out``.
     """
-    disc = discover(data, class_map=class_map, classes=classes, binary=binary)
-    fps = fingerprint_files([s.path for s in disc.samples], cache_dir=cache_dir, workers=workers)
-    rows = build_rows(disc, fps, seed=seed, ratios=ratios, near_threshold=near_threshold)
+    _, rows = split_data(data, seed=seed, ratios=ratios, class_map=class_map, classes=classes, binary=binary,
+                         near_threshold=near_threshold, cache_dir=cache_dir, workers=workers)  # fmt: skip
     return write_manifest(rows, out)
 
 

@@ -98,11 +98,25 @@ class Predictions:
 
 
 def resolve_device(device: str | None) -> Any:
+    """``--device`` as a ``torch.device``, checked: default CUDA when available; a device this machine lacks (or a
+    misspelt one) is a ``ValueError`` naming the option, not a CUDA error in the middle of a run."""
     import torch
 
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0 or (dev.index is not None and dev.index >= n):
+            raise ValueError(f"--device {device!r}: this machine has {n} CUDA device(s) visible; use --device cpu")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device!r}: MPS is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {device!r}: popevit runs on cpu, cuda or mps")
+    return dev
 
 
 def predict_proba(

@@ -45,6 +45,17 @@ class RankMetricsRecorder(L.Callback):
         atomic_write_json(path, record)
 
 
+class InterruptRecorder(L.Callback):
+    """Remembers why ``trainer.fit`` stopped early: Lightning turns Ctrl-C into ``SystemExit(1)`` after its own
+    cleanup, and SIGTERM into ``SIGTERMException`` at the next batch boundary; both pass through ``on_exception``."""
+
+    def __init__(self) -> None:
+        self.exception: BaseException | None = None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.exception = exception
+
+
 def max_time_timer(trainer: L.Trainer) -> Timer | None:
     """The ``Timer`` that Lightning adds to enforce ``max_time`` (``train.max_minutes``), or None without a cap."""
     return next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
