@@ -132,7 +132,8 @@ def load_meta(run_dir: str | Path) -> ModelMeta:
     if not meta_path.is_file():
         if not run_dir.exists():
             raise FileNotFoundError(
-                f"run folder {shown(run_dir)!r} not found; pass the --out folder of a popevit train run"
+                f"run folder {shown(run_dir)!r} not found, so it is not a finished popevit run; pass the --out "
+                "folder of a `popevit train` run"
             )
         raise FileNotFoundError(
             f"{shown(meta_path)!r} not found: {shown(run_dir)!r} is not a finished popevit run "

@@ -8,6 +8,7 @@ class names one typo apart (``gliomaa`` next to ``glioma``), which usually mean 
 
 from __future__ import annotations
 
+import csv
 import itertools
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,17 +29,23 @@ class Skip:
     reason: str
 
 
-def group_skipped(skipped: Iterable[Skip]) -> dict[str, list[Path]]:
-    """Paths per reason, reasons in order of first appearance, paths sorted."""
-    out: dict[str, list[Path]] = {}
-    for s in skipped:
-        out.setdefault(s.reason, []).append(Path(s.path))
-    return {reason: sorted(paths, key=str) for reason, paths in out.items()}
-
-
 def reason_kind(reason: str) -> str:
-    """The part of a decode reason before its details, to group e.g. many ``truncated or corrupt image data (...)``."""
-    return re.split(r" \(|: ", reason, maxsplit=1)[0]
+    """The part of a reason before its details, to group e.g. many ``truncated or corrupt image data (...)``."""
+    return re.split(r" \(|: |; ", reason, maxsplit=1)[0]
+
+
+def group_skipped(skipped: Iterable[Skip]) -> dict[str, list[Path]]:
+    """Paths per reason, reasons in order of first appearance, paths sorted. Reasons that differ only in their
+    details (a decoder's message) share a group, headed by their common kind."""
+    by_kind: dict[str, list[Skip]] = {}
+    for s in skipped:
+        by_kind.setdefault(reason_kind(s.reason), []).append(s)
+    out = {}
+    for kind, items in by_kind.items():
+        reasons = {s.reason for s in items}
+        head = reasons.pop() if len(reasons) == 1 else f"{kind} (each file's reason is in the listing)"
+        out[head] = sorted((Path(s.path) for s in items), key=str)
+    return out
 
 
 def format_skipped(
@@ -80,6 +87,15 @@ def write_skipped(path: str | Path, skipped: Sequence[Skip]) -> Path:
     """Write every skipped file as ``path,reason`` rows (atomically) and return ``path``."""
     rows = [["path", "reason"], *([str(s.path), s.reason] for s in sorted(skipped, key=lambda s: str(s.path)))]
     return atomic_write_csv(path, rows, lineterminator="\n")
+
+
+def read_skipped(path: str | Path) -> list[Skip]:
+    """The rows :func:`write_skipped` wrote (none when the file does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        return [Skip(Path(r["path"]), r["reason"]) for r in csv.DictReader(f)]
 
 
 def _edit_distance(a: str, b: str) -> int:

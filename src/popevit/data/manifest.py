@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from popevit.data.checks import Skip, write_skipped
 from popevit.data.dedup import NEAR_THRESHOLD, Fingerprint, duplicate_clusters, fingerprint_files
 from popevit.data.discover import Discovery, discover
 from popevit.io import atomic_write_csv, shown
@@ -322,7 +323,8 @@ def make_split(
 
     Args:
         data: data folder in any layout of :func:`popevit.data.discover`.
-        out: manifest CSV to write (replaced atomically, only once the split is complete).
+        out: manifest CSV to write (replaced atomically, only once the split is complete). Files not used are
+            listed with their reasons in :func:`skipped_file` beside it.
         seed: split seed.
         ratios: train/val/test fractions (summing to 1).
         class_map: class-folder -> class-name map for numeric folders.
@@ -335,9 +337,28 @@ def make_split(
     Returns:
         ``out``.
     """
-    _, rows = split_data(data, seed=seed, ratios=ratios, class_map=class_map, classes=classes, binary=binary,
-                         near_threshold=near_threshold, cache_dir=cache_dir, workers=workers)  # fmt: skip
-    return write_manifest(rows, out)
+    disc, rows = split_data(data, seed=seed, ratios=ratios, class_map=class_map, classes=classes, binary=binary,
+                            near_threshold=near_threshold, cache_dir=cache_dir, workers=workers)  # fmt: skip
+    write_manifest(rows, out)
+    listing = skipped_file(out)
+    skips = split_skips(disc, rows)
+    if skips:
+        write_skipped(listing, skips)
+    elif listing.is_file():
+        listing.unlink()  # from an earlier split of other files: it would list files this split did use
+    return Path(out)
+
+
+def skipped_file(manifest: Path | str) -> Path:
+    """Where :func:`make_split` lists the files a split did not use: ``NAME.skipped.csv`` beside ``NAME.csv``."""
+    manifest = Path(manifest)
+    return manifest.with_name(f"{manifest.stem}.skipped.csv")
+
+
+def split_skips(disc: Discovery, rows: Sequence[ManifestRow]) -> list[Skip]:
+    """Every file a split does not use: what discovery skipped, and the manifest's excluded rows with their note."""
+    excluded = [Skip(r.path, r.note or "excluded") for r in rows if r.split == EXCLUDED]
+    return [*disc.skipped, *excluded]
 
 
 def same_images(a: Path | str, b: Path | str) -> bool:

@@ -137,7 +137,7 @@ def run_predictions(
     if stale is not None:
         if (eval_dir / PREDICTIONS).is_file():
             log.warning("re-evaluating %s: the predictions in %s cannot be reused (%s)", run, eval_dir, stale)
-        evaluate_run(
+        done = evaluate_run(
             run,
             data=data,
             manifest=manifest,
@@ -148,6 +148,9 @@ def run_predictions(
             calibrate=calibrate,
             **eval_kwargs,
         )
+        if done["source"].get("skipped"):
+            log.warning("%s: %d files skipped, each with its reason in %s", run, len(done["source"]["skipped"]),
+                        eval_dir / "skipped.csv")  # fmt: skip
     preds = Predictions.load(eval_dir / PREDICTIONS)
     preds.source_fingerprint = made_on_fingerprint(run, eval_dir)
     return preds

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from popevit.data.checks import Skip, write_skipped
 from popevit.evaluation.calibration import apply_temperature, fit_temperature, nll, temperature_at_bound
 from popevit.evaluation.metrics import metrics_with_ci, point_metrics
 from popevit.evaluation.plots import plot_all
@@ -28,6 +29,7 @@ from popevit.evaluation.predictions import PREDICTIONS, Predictions, predict_pro
 from popevit.io import atomic_write_json
 
 METRICS = "metrics.json"
+SKIPPED = "skipped.csv"
 EVAL_DIR = "eval"
 CI_METHOD = "percentile"
 CI_LEVEL = 0.95
@@ -171,6 +173,7 @@ def load_eval_samples(
         raise ValueError(f"no images found in {source}; check the path and split name")
     y = np.array([model_classes.index(lbl) for lbl in samples.labels], dtype=np.int64)
     source["skipped"] = [[str(p), reason] for p, reason in samples.skipped]
+    source["warnings"] = samples.warnings
     return [str(p) for p in samples.paths], y, source
 
 
@@ -361,6 +364,10 @@ def evaluate_run(
                 k: p.name for k, p in plot_all(sub.y, sub.proba, classes, out_dir, prefix="dedup_").items()
             }
     write_json(out_dir / METRICS, result)
+    if source["skipped"]:  # every file not evaluated, with the reason (also in metrics.json)
+        write_skipped(out_dir / SKIPPED, [Skip(Path(p), reason) for p, reason in source["skipped"]])
+    elif (out_dir / SKIPPED).is_file():  # an earlier evaluation's list, of files this one used
+        (out_dir / SKIPPED).unlink()
     return {**jsonable(result), "out": str(out_dir)}
 
 
