@@ -61,12 +61,22 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(21, "is a folder, not a file; pass a file path", str(path))
+    for parent in map(str, path.parents):  # the first one that exists must be a folder
+        if os.path.exists(parent):
+            if not os.path.isdir(parent):
+                raise NotADirectoryError(20, f"is a file, so it cannot hold {path.name}; pass another path", parent)
+            break
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except OSError as err:
+            if err.filename is None:  # a failed write() names no file: name the one being written
+                raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+            raise
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         try:

@@ -27,15 +27,33 @@ from typing import Any, NoReturn
 import click
 import typer
 from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
 DEBUG_ENV = "POPEVIT_DEBUG"
 USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError)
 # OSError numbers that are the machine's problem, not the user's input: exit 1.
-_RUNTIME_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.ENOMEM, errno.EROFS, errno.EMFILE, errno.ENFILE}
+_RUNTIME_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EFBIG,
+    errno.EIO,
+    errno.ENOMEM,
+    errno.EROFS,
+    errno.EMFILE,
+    errno.ENFILE,
+}
 
 _debug = [False]
 # How Typer and click end a command on purpose (an exit code, an abort, a usage error): never reported again.
-_PASS_THROUGH = (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException)
+# (Typer vendors its own click: its usage errors are TyperExceptions.)
+_PASS_THROUGH = (
+    typer.Exit,
+    typer.Abort,
+    TyperException,
+    click.exceptions.Exit,
+    click.exceptions.Abort,
+    click.ClickException,
+)
 
 
 def debug_enabled() -> bool:
@@ -106,7 +124,7 @@ def message(err: BaseException, code: int | None = None) -> str:
         return "interrupted (Ctrl-C); files popevit was writing are left as they were before"
     if isinstance(err, OSError) and err.filename is not None:  # e.g. "out/m.csv: No space left on device"
         text = f"{shown(err.filename)}: {err.strerror or err}"
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             text += " (free disk space or write elsewhere; the files there are unchanged)"
         return text
     if isinstance(err, KeyError) and len(err.args) == 1 and isinstance(err.args[0], str) and " " in err.args[0]:

@@ -98,9 +98,9 @@ def _fingerprint_bytes(path: Path, data: bytes, digest: str) -> Fingerprint:
         "extension_format": extension_format(path),
     }
     try:
+        img = decode_bytes(data, path, draft=_DRAFT)  # first: its errors say what a non-image looks like
         header = Image.open(io.BytesIO(data))
         mode, (w, h) = header.mode, header.size
-        img = decode_bytes(data, path, draft=_DRAFT)
         gray = to_gray(img)
         ph = imagehash.phash(Image.fromarray(canonical_view(img)), hash_size=HASH_SIZE)
     except DecodeError as err:

@@ -47,7 +47,7 @@ from popevit.evaluation.evaluate import (
 from popevit.evaluation.metrics import point_metrics
 from popevit.evaluation.predictions import PREDICTIONS, Predictions
 from popevit.evaluation.stats import delong_test, mcnemar_exact, paired_bootstrap
-from popevit.io import atomic_write_text
+from popevit.io import atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def made_on_fingerprint(run: Path, eval_dir: Path) -> str | None:
     archived = read_archive(run)
     if archived is not None:
         return archived["evaluations"].get(eval_dir.name, {}).get("source_fingerprint")
-    source = json.loads((eval_dir / METRICS).read_text()).get("source", {})
+    source = read_json(eval_dir / METRICS, "metrics.json of an evaluation").get("source", {})
     made_on = Path(source.get("resolved") or source.get("manifest") or "")
     if "data" in source or not made_on.is_file():
         return None
@@ -255,7 +255,7 @@ def stale_predictions(
         return archived_stale(archived, eval_dir, data=data, manifest=manifest, split=split)
     if not (preds.is_file() and metrics.is_file()):
         return "none there"
-    record = json.loads(metrics.read_text())
+    record = read_json(metrics, "metrics.json of an evaluation")
     weights = Path(run) / WEIGHTS
     if weights.is_file():
         recorded = record.get("model", {}).get("weights_sha256")

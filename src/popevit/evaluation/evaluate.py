@@ -25,7 +25,7 @@ from popevit.data.checks import Skip, write_skipped
 from popevit.evaluation.calibration import apply_temperature, fit_temperature, nll, temperature_at_bound
 from popevit.evaluation.metrics import metrics_with_ci, point_metrics
 from popevit.evaluation.plots import plot_all
-from popevit.evaluation.predictions import PREDICTIONS, Predictions, predict_proba
+from popevit.evaluation.predictions import PREDICTIONS, Predictions, predict_proba, resolve_device
 from popevit.io import atomic_write_json
 
 METRICS = "metrics.json"
@@ -165,7 +165,7 @@ def load_eval_samples(
         missing = sorted(set(model_classes) - set(data_classes))
         extra = sorted(set(data_classes) - set(model_classes))
         raise ClassMismatchError(
-            f"the data's classes {data_classes} do not match the model's classes {model_classes} "
+            f"the classes of {source['resolved']!r} {data_classes} do not match the model's classes {model_classes} "
             f"(missing: {missing}, not known to the model: {extra}); evaluate on data with the model's classes, "
             "or map/filter them in the run's config (data.class_map, data.classes, data.binary)"
         )
@@ -303,6 +303,7 @@ def evaluate_run(
     from popevit.data.dataset import ImageDataset
 
     run_dir = Path(run_dir)
+    resolve_device(device)  # a bad --device is refused before anything is read or written
     model, meta = load_artifact(run_dir)
     classes = list(meta.classes)
     split = resolve_split(data, split)

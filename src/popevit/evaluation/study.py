@@ -18,7 +18,6 @@ measures test-set sampling of the seed-averaged model; the seed-to-seed spread i
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from popevit.evaluation.compare import (
 from popevit.evaluation.evaluate import write_json
 from popevit.evaluation.metrics import normalize_proba, percentile_ci, weighted_metrics
 from popevit.evaluation.stats import bootstrap_seed_means
-from popevit.io import atomic_savefig, atomic_write_csv, atomic_write_text
+from popevit.io import atomic_savefig, atomic_write_csv, atomic_write_text, read_json
 
 STUDY_METRICS = ("auroc_macro", "accuracy", "balanced_accuracy", "ece")
 EXTRAPOLATION_METRICS = ("auroc_macro", "accuracy")
@@ -102,7 +101,7 @@ def run_cost(run: Path) -> dict[str, Any]:
     from popevit.evaluation.archive import read_archive, train_images
     from popevit.training.run import stages_wall_s
 
-    info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
+    info = read_json(run / "run.json", "run.json of a run") if (run / "run.json").is_file() else {}
     archived = read_archive(run)
     params = archived["params"] if archived is not None else param_count(run / WEIGHTS)
     n_train = 0

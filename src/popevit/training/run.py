@@ -43,7 +43,7 @@ from popevit.artifact import ModelMeta, file_sha256, save_artifact
 from popevit.config import ConfigError, ExperimentConfig, dump_config, load_config
 from popevit.data.checks import Skip, write_skipped
 from popevit.data.manifest import Manifest
-from popevit.io import atomic_write_bytes
+from popevit.io import atomic_write_bytes, read_json
 
 SKIPPED = "skipped.csv"  # every file the run did not use, with the reason
 
@@ -271,6 +271,7 @@ def check_out_dir(
         if cfg is not None:
             _check_resume(cfg, out_dir)
         record_init(out_dir, None if init is None else Path(init), resume=True)  # reads only: refuses other weights
+        _check_checkpoint(out_dir / "checkpoints" / "last.ckpt")
         if (out_dir / "run.json").is_file():
             raise RunDirError(
                 f"--resume: the run in {str(out_dir)!r} is finished (it has run.json and its model); nothing was "
@@ -292,6 +293,23 @@ def check_out_dir(
                 f"--out {str(out_dir)!r} is not empty and holds no popevit run ({shown_names}); popevit never writes "
                 f"among other files: pass a new or empty folder, e.g. --out {out_dir / 'run'}"
             )
+
+
+def _check_checkpoint(path: Path) -> None:
+    """Refuse a damaged ``last.ckpt`` (truncated by a full disk before popevit wrote atomically, or edited) before
+    ``--resume`` builds anything; a missing one is fine (the run starts again)."""
+    if not path.is_file():
+        return
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        missing = [k for k in ("epoch", "global_step", "state_dict") if k not in ckpt]  # what --resume needs
+        if missing:
+            raise KeyError(f"no {missing}")
+    except Exception as err:
+        raise RunDirError(
+            f"--resume: {str(path)!r} is damaged ({type(err).__name__}: {str(err).splitlines()[0][:160]}); restore "
+            f"it from a copy, or delete it to start the run again from the beginning"
+        ) from None
 
 
 def prepare_run_dir(
@@ -639,7 +657,7 @@ def record_init(out_dir: Path, init: Path | None, resume: bool) -> Path | None:
         return init
     if not record.is_file():
         return init
-    started = json.loads(record.read_text())
+    started = read_json(record, "record of a run")
     if init is not None and file_sha256(init) != started["sha256"]:
         began = "without --init" if started["path"] is None else f"from --init {started['path']}"
         raise RunDirError(
@@ -662,7 +680,7 @@ def upstream_stages(teacher: Path | None, init: Path | None) -> list[dict[str, A
         if folder is None:
             continue
         record = next((folder / n for n in STAGE_RECORDS if (folder / n).is_file()), None)
-        info = json.loads(record.read_text()) if record is not None else {}
+        info = read_json(record, "record of a run") if record is not None else {}
         stages.append(
             {
                 "role": role,
@@ -850,9 +868,9 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _load_init(model: torch.nn.Module, path: Path) -> None:
-    from safetensors.torch import load_file
+    from popevit.artifact import load_weights
 
-    state = load_file(str(path))
+    state = load_weights(path)
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:
