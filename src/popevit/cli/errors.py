@@ -65,8 +65,11 @@ def set_debug(value: bool) -> None:
     _debug[0] = bool(value)
 
 
-class Terminated(Exception):
-    """The process received SIGTERM outside training (training handles it itself and says how to resume)."""
+class Terminated(BaseException):
+    """The process received SIGTERM outside training (training handles it itself and says how to resume).
+
+    A ``BaseException``, as ``KeyboardInterrupt``: the ``except Exception`` that turns a hostile image into a skip
+    reason must not turn the signal into one."""
 
     exit_code = 128 + signal.SIGTERM
 
@@ -165,7 +168,7 @@ def user_errors(*extra: type[BaseException]) -> Iterator[None]:
         raise
     except (*USER_ERRORS, *extra) as err:
         fail(err, 1 if isinstance(err, OSError) and err.errno in _RUNTIME_ERRNOS else 2)
-    except (Exception, KeyboardInterrupt) as err:
+    except (Exception, KeyboardInterrupt, Terminated) as err:
         fail(err)
 
 
@@ -179,6 +182,7 @@ class ErrorHandlingGroup(TyperGroup):
     """The ``popevit`` command group: every command's exceptions, Ctrl-C and SIGTERM end in one line (see above)."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        set_debug(False)  # the root callback sets it again when --debug is given
         previous = signal.getsignal(signal.SIGTERM)
         if previous in (signal.SIG_DFL, None) and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _raise_terminated)
@@ -186,8 +190,9 @@ class ErrorHandlingGroup(TyperGroup):
             return super().invoke(ctx)
         except _PASS_THROUGH:
             raise
-        except (Exception, KeyboardInterrupt) as err:
+        except (Exception, KeyboardInterrupt, Terminated) as err:
             fail(err)
         finally:
+            set_debug(False)
             if signal.getsignal(signal.SIGTERM) is _raise_terminated:
                 signal.signal(signal.SIGTERM, previous or signal.SIG_DFL)
