@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
-import click
 import typer
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
@@ -46,14 +45,7 @@ _RUNTIME_ERRNOS = {
 _debug = [False]
 # How Typer and click end a command on purpose (an exit code, an abort, a usage error): never reported again.
 # (Typer vendors its own click: its usage errors are TyperExceptions.)
-_PASS_THROUGH = (
-    typer.Exit,
-    typer.Abort,
-    TyperException,
-    click.exceptions.Exit,
-    click.exceptions.Abort,
-    click.ClickException,
-)
+_PASS_THROUGH = (typer.Exit, typer.Abort, TyperException)
 
 
 def debug_enabled() -> bool:
@@ -181,7 +173,7 @@ def _raise_terminated(signum: int, frame: Any) -> None:
 class ErrorHandlingGroup(TyperGroup):
     """The ``popevit`` command group: every command's exceptions, Ctrl-C and SIGTERM end in one line (see above)."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:
         set_debug(False)  # the root callback sets it again when --debug is given
         previous = signal.getsignal(signal.SIGTERM)
         if previous in (signal.SIG_DFL, None) and threading.current_thread() is threading.main_thread():
