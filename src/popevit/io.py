@@ -32,16 +32,6 @@ def shown(path: str | Path) -> str:
     return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable (POSIX); folders cannot be opened on Windows, where the rename already is."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     """Write a file through a temporary file in the same folder, fsync it, then rename it over ``path``.
 
@@ -89,7 +79,6 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
     return path
 
 

@@ -231,7 +231,7 @@ def test_resume_accepts_a_run_saved_before_a_config_key_existed(tmp_path):
     cfg = load_config(None, TINY)
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    torch.save({"epoch": 0, "global_step": 0, "state_dict": {}}, run / "checkpoints" / "last.ckpt")  # resumable
     older = "".join(ln for ln in dump_config(cfg).splitlines(True) if "ema_warmup" not in ln)
     (run / "config.yaml").write_text(older)  # as written before train.ema_warmup existed
     prepare_run_dir(cfg, run, resume=True)  # the missing key is at its default: not a change
