@@ -1,4 +1,7 @@
-"""Every file popevit writes goes through :func:`atomic_write`, and every JSON file it reads through :func:`read_json`.
+"""The files popevit writes itself go through :func:`atomic_write`; JSON records it reads, through :func:`read_json`.
+
+(Lightning appends its own logs and TensorBoard events; the decode and fingerprint caches, which are rebuilt when a
+file is unreadable, write through their own temporary files.)
 
 A write goes to a temporary file in the target's own folder, is flushed to disk (``fsync``) and then renamed over the
 target (``os.replace``, atomic on POSIX and Windows). A crash, a full disk, a kill or an encoding error mid-write
