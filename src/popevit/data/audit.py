@@ -18,7 +18,6 @@ grouped by duplicate cluster (``StratifiedGroupKFold``), so copies never sit on 
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from popevit.config import PreprocessConfig
 from popevit.data.dedup import NEAR_THRESHOLD, Fingerprint, duplicate_clusters, fingerprint_files, near_pairs
 from popevit.data.discover import discover
 from popevit.data.manifest import EXCLUDED, read_manifest
+from popevit.io import atomic_write_csv
 
 _MODES = ("L", "RGB", "RGBA", "P")
 
@@ -187,11 +187,8 @@ def audit(
         report["cross_exact"] += exact
         report["cross_near"] += near
     if pairs_csv is not None:
-        Path(pairs_csv).parent.mkdir(parents=True, exist_ok=True)
-        with open(pairs_csv, "w", newline="") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(["set_a", "path_a", "set_b", "path_b", "kind", "hamming"])
-            w.writerows(all_pairs)
+        header = ["set_a", "path_a", "set_b", "path_b", "kind", "hamming"]
+        atomic_write_csv(pairs_csv, [header, *all_pairs], lineterminator="\n")
         report["pairs_csv"] = str(pairs_csv)
 
     # Probes on the training source (every usable image of `train`).

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from popevit.data.checks import class_warnings
 from popevit.data.decode import DecodeError, load_image
 from popevit.data.discover import NO_TUMOR, NO_TUMOR_NAMES, TUMOR, discover
 from popevit.data.manifest import EXCLUDED, SPLITS, read_manifest
@@ -19,6 +20,7 @@ class SampleSet:
     labels: list[str]
     classes: list[str]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # doubtful classes (popevit.data.checks.class_warnings)
 
     def targets(self, classes: list[str] | None = None) -> list[int]:
         """Integer targets against ``classes`` (default: this set's classes); unknown labels raise."""
@@ -104,6 +106,7 @@ def load_samples(
             samples = [s for s in samples if s.split == split]
         pairs = [(s.path, s.label) for s in samples]
         all_classes = disc.classes
+        skipped.extend((k.path, k.reason) for k in disc.skipped)
     paths, labels = [], []
     for p, lab in pairs:
         if verify:
@@ -114,4 +117,7 @@ def load_samples(
                 continue
         paths.append(p)
         labels.append(lab)
-    return SampleSet(paths=paths, labels=labels, classes=list(all_classes), skipped=skipped)
+    counts = {c: labels.count(c) for c in all_classes}
+    source = data if data is not None else manifest
+    return SampleSet(paths=paths, labels=labels, classes=list(all_classes), skipped=skipped,
+                     warnings=class_warnings(counts, source))  # fmt: skip

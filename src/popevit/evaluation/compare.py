@@ -48,6 +48,7 @@ from popevit.evaluation.labelmap import parse_label_map
 from popevit.evaluation.metrics import point_metrics
 from popevit.evaluation.predictions import PREDICTIONS, Predictions
 from popevit.evaluation.stats import delong_test, mcnemar_exact, paired_bootstrap
+from popevit.io import atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def run_predictions(
     if stale is not None:
         if (eval_dir / PREDICTIONS).is_file():
             log.warning("re-evaluating %s: the predictions in %s cannot be reused (%s)", run, eval_dir, stale)
-        evaluate_run(
+        done = evaluate_run(
             run,
             data=data,
             manifest=manifest,
@@ -160,6 +161,9 @@ def run_predictions(
             source_name=source_name,
             **eval_kwargs,
         )
+        if done["source"].get("skipped"):
+            log.warning("%s: %d files skipped, each with its reason in %s", run, len(done["source"]["skipped"]),
+                        eval_dir / "skipped.csv")  # fmt: skip
     preds = Predictions.load(eval_dir / PREDICTIONS)
     preds.source_fingerprint = made_on_fingerprint(run, eval_dir)
     return preds
@@ -198,7 +202,7 @@ def made_on_fingerprint(run: Path, eval_dir: Path) -> str | None:
     archived = read_archive(run)
     if archived is not None:
         return archived["evaluations"].get(eval_dir.name, {}).get("source_fingerprint")
-    source = json.loads((eval_dir / METRICS).read_text()).get("source", {})
+    source = read_json(eval_dir / METRICS, "metrics.json of an evaluation").get("source", {})
     made_on = Path(source.get("resolved") or source.get("manifest") or "")
     if "data" in source or not made_on.is_file():
         return None
@@ -272,7 +276,7 @@ def stale_predictions(
         return archived_stale(archived, eval_dir, data=data, manifest=manifest, split=split)
     if not (preds.is_file() and metrics.is_file()):
         return "none there"
-    record = json.loads(metrics.read_text())
+    record = read_json(metrics, "metrics.json of an evaluation")
     weights = Path(run) / WEIGHTS
     if weights.is_file():
         recorded = record.get("model", {}).get("weights_sha256")
@@ -548,7 +552,7 @@ def compare_runs(
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "compare.json", result)
-        (out / "compare.md").write_text(to_markdown(result), encoding="utf-8")
+        atomic_write_text(out / "compare.md", to_markdown(result))
         result["out"] = str(out)
     return result
 

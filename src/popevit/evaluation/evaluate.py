@@ -14,7 +14,6 @@ Outputs, in ``out`` (default ``RUN/eval/<tag>``, e.g. ``RUN/eval/test`` or ``RUN
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -22,13 +21,16 @@ from typing import Any
 
 import numpy as np
 
+from popevit.data.checks import Skip, write_skipped
 from popevit.evaluation.calibration import apply_temperature, fit_temperature, nll, temperature_at_bound
 from popevit.evaluation.labelmap import LabelMap, LabelMapError, parse_label_map, resolve_label_map
 from popevit.evaluation.metrics import metrics_with_ci, point_metrics
 from popevit.evaluation.plots import plot_all
-from popevit.evaluation.predictions import PREDICTIONS, Predictions, predict_proba
+from popevit.evaluation.predictions import PREDICTIONS, Predictions, predict_proba, resolve_device
+from popevit.io import atomic_write_json
 
 METRICS = "metrics.json"
+SKIPPED = "skipped.csv"
 EVAL_DIR = "eval"
 CI_METHOD = "percentile"
 CI_LEVEL = 0.95
@@ -198,6 +200,7 @@ def load_mapped_samples(
         raise ValueError(f"no images found in {source['resolved']}; check the path and split name")
     y = np.array([lmap.targets.index(lmap.data[lbl]) for lbl in samples.labels], dtype=np.int64)
     source["skipped"] = [[str(p), reason] for p, reason in samples.skipped]
+    source["warnings"] = samples.warnings
     return [str(p) for p in samples.paths], y, source, lmap
 
 
@@ -261,7 +264,7 @@ def jsonable(obj: Any) -> Any:
 
 def write_json(path: Path, obj: Any) -> None:
     """Strict JSON (NaN -> null), indented."""
-    Path(path).write_text(json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n")
+    atomic_write_json(path, jsonable(obj), allow_nan=False)
 
 
 def summarize(preds: Predictions, n_boot: int, seed: int) -> dict[str, Any]:
@@ -337,6 +340,7 @@ def evaluate_run(
     from popevit.data.dataset import ImageDataset
 
     run_dir = Path(run_dir)
+    resolve_device(device)  # a bad --device is refused before anything is read or written
     model, meta = load_artifact(run_dir)
     classes = list(meta.classes)
     split = resolve_split(data, split)
@@ -409,6 +413,10 @@ def evaluate_run(
                 k: p.name for k, p in plot_all(sub.y, sub.proba, eval_classes, out_dir, prefix="dedup_").items()
             }
     write_json(out_dir / METRICS, result)
+    if source["skipped"]:  # every file not evaluated, with the reason (also in metrics.json)
+        write_skipped(out_dir / SKIPPED, [Skip(Path(p), reason) for p, reason in source["skipped"]])
+    elif (out_dir / SKIPPED).is_file():  # an earlier evaluation's list, of files this one used
+        (out_dir / SKIPPED).unlink()
     return {**jsonable(result), "out": str(out_dir)}
 
 

@@ -18,8 +18,6 @@ measures test-set sampling of the seed-averaged model; the seed-to-seed spread i
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ from popevit.evaluation.compare import (
 from popevit.evaluation.evaluate import write_json
 from popevit.evaluation.metrics import normalize_proba, percentile_ci, weighted_metrics
 from popevit.evaluation.stats import bootstrap_seed_means
+from popevit.io import atomic_savefig, atomic_write_csv, atomic_write_text, read_json
 
 STUDY_METRICS = ("auroc_macro", "accuracy", "balanced_accuracy", "ece")
 EXTRAPOLATION_METRICS = ("auroc_macro", "accuracy")
@@ -102,7 +101,7 @@ def run_cost(run: Path) -> dict[str, Any]:
     from popevit.evaluation.archive import read_archive, train_images
     from popevit.training.run import stages_wall_s
 
-    info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
+    info = read_json(run / "run.json", "run.json of a run") if (run / "run.json").is_file() else {}
     archived = read_archive(run)
     params = archived["params"] if archived is not None else param_count(run / WEIGHTS)
     n_train = 0
@@ -227,8 +226,7 @@ def plot_extrapolation(result: dict[str, Any], path: Path, metric: str = "auroc_
     ax.set_title("Resolution extrapolation")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
     return path
 
@@ -372,18 +370,17 @@ def run_study(
     if warning is not None:
         result["warnings"] = [warning]
     write_json(out / "study.json", result)
-    (out / "study.md").write_text(to_markdown(result), encoding="utf-8")
-    with open(out / "study.csv", "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["group", "seeds", "metric", "test_size", "value", "lo", "hi", "sd"])
-        for g in result["groups"]:
-            for m, e in g["metrics"].items():
-                w.writerow([g["name"], len(g["runs"]), m, train_size, e["value"], e["lo"], e["hi"], e["sd"]])
-            for ex in g["extrapolation"]:
-                if ex["size"] == train_size:
-                    continue
-                for m, e in ex["metrics"].items():
-                    w.writerow([g["name"], len(g["runs"]), m, ex["size"], e["value"], e["lo"], e["hi"], e["sd"]])
+    atomic_write_text(out / "study.md", to_markdown(result))
+    rows = [["group", "seeds", "metric", "test_size", "value", "lo", "hi", "sd"]]
+    for g in result["groups"]:
+        for m, e in g["metrics"].items():
+            rows.append([g["name"], len(g["runs"]), m, train_size, e["value"], e["lo"], e["hi"], e["sd"]])
+        for ex in g["extrapolation"]:
+            if ex["size"] == train_size:
+                continue
+            for m, e in ex["metrics"].items():
+                rows.append([g["name"], len(g["runs"]), m, ex["size"], e["value"], e["lo"], e["hi"], e["sd"]])
+    atomic_write_csv(out / "study.csv", rows)
     if len(all_sizes) > 1:
         result["plot"] = str(plot_extrapolation(result, out / "extrapolation.png"))
     if paired_tests and len(groups) > 1:
