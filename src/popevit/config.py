@@ -203,7 +203,7 @@ class OptimConfig(StrictModel):
 
 
 class TrainConfig(StrictModel):
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32, description="training seed (numpy accepts 0 .. 2**32 - 1)")
     max_epochs: int = Field(30, ge=1)
     max_minutes: float | None = Field(
         None,
@@ -240,6 +240,8 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check_ema(self) -> TrainConfig:
+        if self.devices != "auto" and self.devices < 1:
+            raise ValueError(f"train.devices must be >= 1 or auto, got {self.devices}; e.g. --devices 1")
         if self.ema_warmup and self.ema_decay is None:
             raise ValueError("train.ema_warmup ramps the EMA decay, but train.ema_decay is null; set e.g. 0.99")
         return self
@@ -395,7 +397,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(
                 f"config file {str(path)!r} not found; see configs/experiments/ for the shipped experiments"
             )
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = read_yaml(path) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"config {str(path)!r} must be a YAML mapping, got {type(raw).__name__}")
         raw = resolve_bases(raw, path)
@@ -405,6 +407,50 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         return ExperimentConfig.model_validate(raw)
     except ValidationError as err:
         raise _explain(err, source) from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error.
+
+    Plain YAML keeps the last of two equal keys, so a config with two ``optim:`` blocks silently loses the first.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} appears twice in one mapping (first on line {seen[key] + 1}); a YAML mapping "
+                    "keeps only the last one, so delete or merge one of them",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file safely (no Python objects), refusing duplicate keys; every error names the file and line.
+
+    Raises:
+        ConfigError: not UTF-8, a syntax error, or a key given twice in one mapping.
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config {str(path)!r} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: builds plain data only
+    except yaml.YAMLError as err:
+        where = ""
+        mark = getattr(err, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"config {str(path)!r} is not valid YAML{where}: {problem}; fix that line") from None
 
 
 def dump_config(cfg: BaseModel) -> str:

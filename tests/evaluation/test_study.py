@@ -281,7 +281,8 @@ def test_archived_runs_refuse_predictions_they_cannot_vouch_for(study_runs, tmp_
         run_study([[b]], out=tmp_path / "s3", **kw)
     # predictions of other weights are not archived, and an archive of other weights is not overwritten
     _make_run(tmp_path / "other", "pope", 1, runs[0] / "manifest.csv")
-    shutil.copy(tmp_path / "other" / "model.safetensors", run / "model.safetensors")
+    for name in ("model.safetensors", "model.json"):  # the whole artefact: model.json records the weights' sha256
+        shutil.copy(tmp_path / "other" / name, run / name)
     with pytest.raises(ValueError, match=r"other weights than .*re-run `popevit evaluate`"):
         archive_run(run, tmp_path / "archive2")
     assert not (tmp_path / "archive2").exists() or not any((tmp_path / "archive2").iterdir())

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import torch
 
 from popevit.bench.models import SIZES, TIMM, BenchSize
-from popevit.models import list_pos_encs
+from popevit.models import POS_ENCS, list_pos_encs
 
 SECTIONS = ("peak", "train", "inference", "memory", "loader", "epoch", "attention", "profile")
 
@@ -77,9 +77,16 @@ class BenchConfig:
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+            raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
         if self.repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
+        for pe in self.pes or []:
+            if pe != TIMM:
+                POS_ENCS.get(pe)  # unknown names raise with a did-you-mean hint, before any timing
+        if self.data is not None and not Path(self.data).is_dir():
+            raise FileNotFoundError(f"--data {str(self.data)!r} is not a folder; pass an image folder")
+        if self.epoch_manifest is not None and not Path(self.epoch_manifest).is_file():
+            raise FileNotFoundError(f"--manifest {str(self.epoch_manifest)!r} not found; pass a manifest CSV")
 
 
 def quick_config(**changes: Any) -> BenchConfig:

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from popevit.bench.models import TIMM, BenchSize, batch_for, build_model, make_train_step
 from popevit.bench.timing import interleaved, load_average, synchronizer
+from popevit.io import atomic_savefig
 
 
 def _point(names: list[str], size: BenchSize, device: str, repeats: int, warmup: int) -> dict[str, float]:
@@ -91,8 +92,7 @@ def _plot(sweep: dict[str, Any], x: str, y: str, path: Path, **axes: str) -> Pat
     ax.set(**axes)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+    return atomic_savefig(fig, path, dpi=120)
 
 
 def plot_sweeps(tokens: dict[str, Any] | None, batches: dict[str, Any] | None, out_dir: Path) -> list[Path]:

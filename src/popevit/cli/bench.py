@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -31,6 +30,7 @@ def bench(
 ) -> None:
     """Benchmark every positional encoding: step time, ratios to `none` and timm, GFLOP/s, latency, memory, loader."""
     from popevit.bench import SECTIONS, BenchConfig, quick_config, run_bench, to_markdown
+    from popevit.io import atomic_write_json, atomic_write_text
 
     chosen = sections.split(",") if sections else list(SECTIONS)
     options = dict(
@@ -58,9 +58,7 @@ def bench(
     text = to_markdown(res)
     typer.echo(text)
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(res, indent=1))
+        atomic_write_json(json_out, res, indent=1)
         typer.echo(f"wrote {json_out}", err=True)
     if markdown is not None:
-        markdown.parent.mkdir(parents=True, exist_ok=True)
-        markdown.write_text(text)
+        atomic_write_text(markdown, text)

@@ -9,6 +9,17 @@ import typer
 from popevit.cli.errors import user_errors
 
 
+def report_skipped(source: dict, listing: Path) -> None:
+    """Print on stderr the files an evaluation skipped (grouped by reason) and warnings about its classes."""
+    from popevit.data.checks import Skip, format_skipped
+
+    skipped = [Skip(Path(p), reason) for p, reason in source.get("skipped", [])]
+    if text := format_skipped(skipped, listing=listing):
+        typer.echo(text, err=True)
+    for warning in source.get("warnings", []):
+        typer.echo(f"warning: {warning}", err=True)
+
+
 def evaluate(
     run: Path = typer.Argument(..., help="Run folder (holds model.safetensors + model.json)."),
     data: Path | None = typer.Option(None, "--data", help="Image folder to evaluate on (all images; any layout)."),
@@ -44,7 +55,7 @@ def evaluate(
     ),
 ) -> None:
     """Evaluate a run: predictions.csv, metrics.json (95% bootstrap CIs) and PNG plots."""
-    from popevit.evaluation.evaluate import evaluate_run, format_metrics
+    from popevit.evaluation.evaluate import SKIPPED, evaluate_run, format_metrics
 
     with user_errors():
         result = evaluate_run(
@@ -68,6 +79,7 @@ def evaluate(
     if result["source"].get("external"):
         mapped = f" with label map {','.join(result['label_map']['rules'])}" if result.get("label_map") else ""
         typer.echo(f"external validation on {result['source']['name']!r}{mapped}: classes {result['classes']}\n")
+    report_skipped(result["source"], Path(result["out"]) / SKIPPED)
     typer.echo(format_metrics(result))
     if calibrate:
         c = result["calibration"]

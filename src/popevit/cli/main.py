@@ -11,6 +11,7 @@ from popevit.cli import (
     compare,
     data,
     demo,
+    errors,
     evaluate,
     explain,
     models,
@@ -27,6 +28,7 @@ app = typer.Typer(
     "for brain-tumor MRI.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=errors.ErrorHandlingGroup,
     add_completion=False,
 )
 app.add_typer(data.app, name="data")
@@ -51,8 +53,14 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print version.")):
-    """popevit command line."""
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print version."),
+    debug: bool = typer.Option(
+        False, "--debug", help=f"Show the traceback of an error instead of one line (or set {errors.DEBUG_ENV}=1)."
+    ),
+):
+    """popevit command line. Errors print one line and exit 2 (bad usage or input) or 1 (runtime failure)."""
+    errors.set_debug(debug)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ imported inside the functions that use them, so ``popevit data`` commands that d
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from popevit.data.confound import PROBE_MARGIN, confound_report, format_confound
 from popevit.data.dedup import NEAR_THRESHOLD, Fingerprint, duplicate_clusters, fingerprint_files, near_pairs
 from popevit.data.discover import discover
 from popevit.data.manifest import EXCLUDED, read_manifest
+from popevit.io import atomic_write_csv
 
 _MODES = ("L", "RGB", "RGBA", "P")
 
@@ -153,11 +153,8 @@ def _leaks(
 
 
 def _write_pairs(path: Path, pairs: list[list[Any]]) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["set_a", "path_a", "set_b", "path_b", "kind", "hamming"])
-        w.writerows(pairs)
+    header = ["set_a", "path_a", "set_b", "path_b", "kind", "hamming"]
+    atomic_write_csv(path, [header, *pairs], lineterminator="\n")
 
 
 def _shortcuts(

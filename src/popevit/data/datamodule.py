@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from popevit.config import DataConfig
 from popevit.data.dataset import ImageDataset
-from popevit.data.manifest import EXCLUDED, SPLITS, read_manifest
+from popevit.data.manifest import EXCLUDED, SPLITS, Manifest, read_manifest
 from popevit.data.transforms import build_eval_transform, build_train_transform
 
 log = logging.getLogger(__name__)
@@ -150,15 +150,15 @@ class MRIDataModule(SplitDataModule):
 
     Args:
         cfg: data settings (batch size, workers, cache, preprocessing, augmentation).
-        manifest: manifest CSV from ``popevit data split``.
+        manifest: manifest CSV from ``popevit data split`` (or one already read).
         seed: seed of the training order and of worker RNGs.
     """
 
-    def __init__(self, cfg: DataConfig, manifest: Path, seed: int = 0) -> None:
+    def __init__(self, cfg: DataConfig, manifest: Path | Manifest, seed: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
         self.seed = seed
-        self.manifest = read_manifest(manifest)
+        self.manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
         self.classes: list[str] = list(self.manifest.classes)
         # partial labels (e.g. Br35H's "tumor" beside the tumour types) are targets k, k+1, ...: sets of classes
         self.label_sets: list[list[int]] = [[self.classes.index(c) for c in members]
@@ -180,15 +180,13 @@ class MRIDataModule(SplitDataModule):
                               [r.content_hash for r in rows])  # fmt: skip
             bad = ds.prepare(workers=None)
             if bad:
-                for p, reason in bad:
-                    log.warning("skipping %s (%s): %s", p, split, reason)
+                for p, reason in bad:  # the caller reports them (popevit.data.checks.format_skipped)
+                    log.info("skipping %s (%s): %s", p, split, reason)
                 bad_set = {p for p, _ in bad}
                 ds = ds.subset([i for i, p in enumerate(ds.paths) if p not in bad_set])
                 self.skipped.extend(bad)
             self.datasets[split] = ds
             source_of = {r.path: r.source for r in rows}
             self.sources[split] = [source_of[p] for p in ds.paths]
-        if self.skipped:
-            log.warning("%d files skipped before training (listed in datamodule.skipped)", len(self.skipped))
         if len(self.datasets["train"]) == 0:
-            raise RuntimeError(f"manifest {self.manifest.path} has no usable training images")
+            raise ValueError(f"manifest {self.manifest.path} has no usable training images (none of them decodes)")

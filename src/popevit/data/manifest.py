@@ -40,8 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
+from popevit.data.checks import Skip, write_skipped
 from popevit.data.dedup import NEAR_THRESHOLD, Fingerprint, duplicate_clusters, fingerprint_files
 from popevit.data.discover import Discovery, discover
+from popevit.io import atomic_write_csv, shown
 from popevit.registry import did_you_mean
 
 SPLITS = ("train", "val", "test")
@@ -313,21 +315,72 @@ def check_rows(rows: Sequence[ManifestRow], where: Path | str) -> None:
 def write_manifest(rows: Sequence[ManifestRow], out: Path) -> Path:
     """Write rows as UTF-8 CSV (``\\n`` line endings, fixed column order): byte-identical for identical rows.
 
+    The file is replaced atomically. A file name that is not valid UTF-8 is written as its original bytes, and
+    :func:`read_manifest` reads it back to the same path.
+
     Raises:
         ValueError: the rows break the leakage invariant (see :func:`check_rows`); nothing is written.
     """
     out = Path(out)
     check_rows(rows, out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
     several = any(r.source for r in rows)
-    writer.writerow((*COLUMNS, SOURCE) if several else COLUMNS)
-    for r in rows:
-        writer.writerow([str(r.path), r.label, r.split, r.group, r.content_hash, r.width, r.height, r.mode,
-                         r.format, r.note, *([r.source] if several else [])])  # fmt: skip
-    out.write_text(buf.getvalue(), encoding="utf-8")
-    return out
+    table = [[str(r.path), r.label, r.split, r.group, r.content_hash, r.width, r.height, r.mode, r.format, r.note,
+              *([r.source] if several else [])] for r in rows]  # fmt: skip
+    # atomic: an existing manifest stays whole until the new one is complete (a full disk, a kill, an odd name)
+    return atomic_write_csv(out, [(*COLUMNS, SOURCE) if several else COLUMNS, *table], lineterminator="\n")
+
+
+def split_data(
+    data: Path,
+    *,
+    seed: int = 0,
+    ratios: Sequence[float] = (0.8, 0.1, 0.1),
+    class_map: dict[str, str] | None = None,
+    classes: list[str] | None = None,
+    binary: bool = False,
+    near_threshold: int | None = NEAR_THRESHOLD,
+    cache_dir: Path | None = None,
+    workers: int | None = None,
+    extra: dict[str, Path] | None = None,
+    source_name: str | None = None,
+    base: Path | None = None,
+) -> tuple[Discovery, list[ManifestRow]]:
+    """Discover ``data`` (and the ``extra`` sources), fingerprint every file, group duplicates and assign splits,
+    writing nothing.
+
+    Arguments as in :func:`make_split`.
+
+    Returns:
+        The discovery (with every skipped file and class warnings) and the manifest rows.
+
+    Raises:
+        ValueError: no usable image (an empty folder, or every image unreadable), a ``base`` that does not list
+            every image of ``data``, or a bad argument.
+    """
+    disc = discover(data, class_map=class_map, classes=classes, binary=binary)
+    primary = [s.path for s in disc.samples]
+    sources = None
+    if extra:
+        disc, sources = _with_sources(disc, extra, source_name or Path(data).resolve().name)
+    kept = None
+    if base is not None:
+        kept = {r.path.resolve(): r for r in read_manifest(base).rows}
+        missing = [p for p in primary if p.resolve() not in kept]
+        if missing:
+            raise ValueError(
+                f"--base {shown(base)!r} does not list {len(missing)} image(s) of {shown(data)!r} (e.g. "
+                f"{shown(missing[0])!r}); pass the manifest that was made of this folder"
+            )
+    fps = fingerprint_files([s.path for s in disc.samples], cache_dir=cache_dir, workers=workers)
+    rows = build_rows(disc, fps, seed=seed, ratios=ratios, near_threshold=near_threshold, sources=sources, base=kept)
+    if not any(r.split != EXCLUDED for r in rows):
+        unreadable = [r for r in rows if r.note]
+        detail = f"; {len(unreadable)} could not be read, e.g. {shown(unreadable[0].path)}: {unreadable[0].note}"
+        raise ValueError(
+            f"no usable images under {shown(data)!r} ({len(disc.samples)} image file(s) found"
+            f"{detail if unreadable else ''}); expected <root>/<class>/*.jpg or <root>/Training/<class>/*.jpg"
+        )
+    return disc, rows
 
 
 def make_split(
@@ -350,7 +403,8 @@ def make_split(
 
     Args:
         data: data folder in any layout of :func:`popevit.data.discover`.
-        out: manifest CSV to write.
+        out: manifest CSV to write (replaced atomically, only once the split is complete). Files not used are
+            listed with their reasons in :func:`skipped_file` beside it.
         seed: split seed.
         ratios: train/val/test fractions (summing to 1).
         class_map: class-folder -> class-name map for numeric folders.
@@ -368,23 +422,29 @@ def make_split(
     Returns:
         ``out``.
     """
-    disc = discover(data, class_map=class_map, classes=classes, binary=binary)
-    primary = [s.path for s in disc.samples]
-    sources = None
-    if extra:
-        disc, sources = _with_sources(disc, extra, source_name or Path(data).resolve().name)
-    kept = None
-    if base is not None:
-        kept = {r.path.resolve(): r for r in read_manifest(base).rows}
-        missing = [p for p in primary if p.resolve() not in kept]
-        if missing:
-            raise ValueError(
-                f"--base {str(base)!r} does not list {len(missing)} image(s) of {str(data)!r} (e.g. "
-                f"{str(missing[0])!r}); pass the manifest that was made of this folder"
-            )
-    fps = fingerprint_files([s.path for s in disc.samples], cache_dir=cache_dir, workers=workers)
-    rows = build_rows(disc, fps, seed=seed, ratios=ratios, near_threshold=near_threshold, sources=sources, base=kept)
-    return write_manifest(rows, out)
+    disc, rows = split_data(data, seed=seed, ratios=ratios, class_map=class_map, classes=classes, binary=binary,
+                            near_threshold=near_threshold, cache_dir=cache_dir, workers=workers, extra=extra,
+                            source_name=source_name, base=base)  # fmt: skip
+    write_manifest(rows, out)
+    listing = skipped_file(out)
+    skips = split_skips(disc, rows)
+    if skips:
+        write_skipped(listing, skips)
+    elif listing.is_file():
+        listing.unlink()  # from an earlier split of other files: it would list files this split did use
+    return Path(out)
+
+
+def skipped_file(manifest: Path | str) -> Path:
+    """Where :func:`make_split` lists the files a split did not use: ``NAME.skipped.csv`` beside ``NAME.csv``."""
+    manifest = Path(manifest)
+    return manifest.with_name(f"{manifest.stem}.skipped.csv")
+
+
+def split_skips(disc: Discovery, rows: Sequence[ManifestRow]) -> list[Skip]:
+    """Every file a split does not use: what discovery skipped, and the manifest's excluded rows with their note."""
+    excluded = [Skip(r.path, r.note or "excluded") for r in rows if r.split == EXCLUDED]
+    return [*disc.skipped, *excluded]
 
 
 def _with_sources(disc: Discovery, extra: dict[str, Path], name: str) -> tuple[Discovery, list[str]]:
@@ -428,6 +488,10 @@ def same_images(a: Path | str, b: Path | str) -> bool:
         return False
 
 
+def _row_text(rec: dict[str, str | None]) -> str:
+    return shown(",".join(v or "" for v in rec.values() if isinstance(v, str)))[:120]
+
+
 def read_manifest(path: Path | str) -> Manifest:
     """Parse a manifest CSV written by :func:`make_split` (or by hand: only ``path,label,split`` are required).
 
@@ -436,20 +500,32 @@ def read_manifest(path: Path | str) -> Manifest:
             in more than one split.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"manifest {shown(path)!r} is a folder; pass the CSV file (or use --data for an image folder)")
     if not path.is_file():
-        raise ValueError(f"manifest {str(path)!r} not found; create one with `popevit data split DATA --out {path}`")
+        raise ValueError(f"manifest {shown(path)!r} not found; create one with `popevit data split DATA --out {path}`")
     raw = path.read_bytes()
-    reader = csv.DictReader(io.StringIO(raw.decode("utf-8-sig")))  # -sig: a BOM (Excel's "CSV UTF-8") is dropped
+    # -sig: a BOM (Excel's "CSV UTF-8") is dropped; surrogateescape: file names that are not UTF-8 (write_manifest)
+    reader = csv.DictReader(io.StringIO(raw.decode("utf-8-sig", "surrogateescape")))
     missing = {"path", "label", "split"} - set(reader.fieldnames or [])
     if missing:
         raise ValueError(f"manifest {str(path)!r} lacks columns {sorted(missing)} (has {reader.fieldnames})")
     rows = []
     base = path.resolve().parent
     for n, rec in enumerate(reader, start=2):
+        where = f"{shown(path)}:{n}"
+        if not rec.get("path") or not rec.get("label") or rec.get("split") is None:
+            raise ValueError(
+                f"{where}: the row lacks a path, label or split ({_row_text(rec)}); fill it in or delete it"
+            )
         p = Path(rec["path"])
         split = rec["split"]
         if split not in (*SPLITS, EXCLUDED):
-            raise ValueError(f"{path}:{n}: split {split!r} is not one of {[*SPLITS, EXCLUDED]}")
+            raise ValueError(f"{where}: split {split!r} is not one of {[*SPLITS, EXCLUDED]}")
+        try:
+            width, height = int(rec.get("width") or 0), int(rec.get("height") or 0)
+        except ValueError:
+            raise ValueError(f"{where}: width/height must be whole numbers ({_row_text(rec)})") from None
         rows.append(
             ManifestRow(
                 path=p if p.is_absolute() else base / p,
@@ -457,8 +533,8 @@ def read_manifest(path: Path | str) -> Manifest:
                 split=split,
                 group=rec.get("group") or "",
                 content_hash=rec.get("content_hash") or "",
-                width=int(rec.get("width") or 0),
-                height=int(rec.get("height") or 0),
+                width=width,
+                height=height,
                 mode=rec.get("mode") or "",
                 format=rec.get("format") or "",
                 note=rec.get("note") or "",

@@ -34,6 +34,7 @@ from popevit.data.manifest import read_manifest
 from popevit.evaluation.evaluate import METRICS
 from popevit.evaluation.predictions import PREDICTIONS
 from popevit.evaluation.source import EVAL_DIR
+from popevit.io import read_json
 
 FORMAT = "popevit-archive/1"
 # copied when there (model.json is required): the run's facts and config, and what `popevit report` shows of training
@@ -66,7 +67,7 @@ def read_archive(run: str | Path) -> dict[str, Any] | None:
 def _evaluation(run: Path, eval_dir: Path, weights_sha: str) -> dict[str, Any]:
     """The archive's record of one evaluation, after checking that its predictions are those of the current weights
     and that the manifest they were made on is still there to be hashed."""
-    record = json.loads((eval_dir / METRICS).read_text())
+    record = read_json(eval_dir / METRICS, "metrics.json of an evaluation")
     recorded = record.get("model", {}).get("weights_sha256")
     if recorded is None:
         if (run / WEIGHTS).stat().st_mtime > (eval_dir / PREDICTIONS).stat().st_mtime:

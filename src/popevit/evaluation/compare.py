@@ -48,6 +48,7 @@ from popevit.evaluation.predictions import Predictions
 from popevit.evaluation.render import compare_markdown as to_markdown
 from popevit.evaluation.source import EvalSource
 from popevit.evaluation.stats import delong_test, mcnemar_exact, paired_bootstrap
+from popevit.io import atomic_write_text
 
 __all__ = [  # the grouping and the Markdown are re-exported for the command line and the report
     "add_q_values",
@@ -263,6 +264,6 @@ def compare_runs(
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "compare.json", result)
-        (out / "compare.md").write_text(to_markdown(result), encoding="utf-8")
+        atomic_write_text(out / "compare.md", to_markdown(result))
         result["out"] = str(out)
     return result

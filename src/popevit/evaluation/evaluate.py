@@ -14,7 +14,6 @@ Outputs, in ``out`` (default ``RUN/eval/<tag>``, e.g. ``RUN/eval/test`` or ``RUN
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Callable
@@ -26,20 +25,23 @@ import numpy as np
 from popevit.artifact import WEIGHTS, file_sha256, load_artifact
 from popevit.data import load_samples
 from popevit.data.cache import default_cache_dir
+from popevit.data.checks import Skip, write_skipped
 from popevit.data.dataset import ImageDataset
 from popevit.data.dedup import NEAR_THRESHOLD, fingerprint_files, near_pairs
 from popevit.evaluation.calibration import apply_temperature, fit_temperature, nll, temperature_at_bound
 from popevit.evaluation.labelmap import LabelMap, LabelMapError
 from popevit.evaluation.metrics import metrics_with_ci, point_metrics
 from popevit.evaluation.plots import plot_all
-from popevit.evaluation.predictions import PREDICTIONS, Predictions, predict_proba
+from popevit.evaluation.predictions import PREDICTIONS, Predictions, predict_proba, resolve_device
 from popevit.evaluation.source import EVAL_DIR, RUN_MANIFEST, EvalSource, load_eval_samples, load_mapped_samples
+from popevit.io import atomic_write_json
 
 __all__ = [  # EVAL_DIR is re-exported: archived runs and the report name eval folders by it
     "CI_LEVEL",
     "CI_METHOD",
     "EVAL_DIR",
     "METRICS",
+    "SKIPPED",
     "ClassMismatchError",
     "evaluate_run",
     "format_metrics",
@@ -51,6 +53,7 @@ __all__ = [  # EVAL_DIR is re-exported: archived runs and the report name eval f
 ]
 
 METRICS = "metrics.json"
+SKIPPED = "skipped.csv"
 CI_METHOD = "percentile"
 CI_LEVEL = 0.95
 
@@ -130,7 +133,7 @@ def jsonable(obj: Any) -> Any:
 
 def write_json(path: Path, obj: Any) -> None:
     """Strict JSON (NaN -> null), indented."""
-    Path(path).write_text(json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n")
+    atomic_write_json(path, jsonable(obj), allow_nan=False)
 
 
 def summarize(preds: Predictions, n_boot: int, seed: int) -> dict[str, Any]:
@@ -194,6 +197,15 @@ def _dedup_record(
     return record
 
 
+def _write_records(out_dir: Path, result: dict[str, Any], skipped: list[list[str]]) -> None:
+    """``metrics.json``, and ``skipped.csv``: every file not evaluated, with the reason (also in ``metrics.json``)."""
+    write_json(out_dir / METRICS, result)
+    if skipped:
+        write_skipped(out_dir / SKIPPED, [Skip(Path(p), reason) for p, reason in skipped])
+    elif (out_dir / SKIPPED).is_file():  # an earlier evaluation's list, of files this one used
+        (out_dir / SKIPPED).unlink()
+
+
 def evaluate_run(
     run_dir: str | Path,
     source: EvalSource | None = None,
@@ -232,8 +244,8 @@ def evaluate_run(
     Returns:
         The content of ``metrics.json`` (with ``out`` added).
     """
-    source = EvalSource.of(source, **source_fields)
-    run_dir = Path(run_dir)
+    source, run_dir = EvalSource.of(source, **source_fields), Path(run_dir)
+    resolve_device(device)  # a bad --device is refused before anything is read or written
     model, meta = load_artifact(run_dir)
     source = source.resolved()
     classes = list(meta.classes)
@@ -272,7 +284,7 @@ def evaluate_run(
     if dedup_against is not None:
         opts = {"plots": plots, "n_boot": n_boot, "seed": seed, "cache_dir": cache_dir}
         result["dedup"] = _dedup_record(preds, dedup_against, out_dir, **opts)
-    write_json(out_dir / METRICS, result)
+    _write_records(out_dir, result, info["skipped"])
     return {**jsonable(result), "out": str(out_dir)}
 
 

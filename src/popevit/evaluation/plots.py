@@ -16,15 +16,14 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from popevit.evaluation.metrics import DEFAULT_N_BINS, _bin_index, expected_calibration_error
+from popevit.io import atomic_savefig
 
 DPI = 110
 
 
 def _save(fig: Figure, path: Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    return path
+    return atomic_savefig(fig, path, dpi=DPI, bbox_inches="tight")
 
 
 def plot_confusion(y: np.ndarray, pred: np.ndarray, classes: Sequence[str], path: Path) -> Path:

@@ -10,7 +10,6 @@ predictions stand only for the evaluations it holds, and anything else is refuse
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
@@ -24,6 +23,7 @@ from popevit.evaluation.evaluate import METRICS, evaluate_run
 from popevit.evaluation.labelmap import parse_label_map
 from popevit.evaluation.predictions import PREDICTIONS, Predictions
 from popevit.evaluation.source import EvalSource
+from popevit.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,10 @@ def run_predictions(run: Path, source: EvalSource, **eval_kwargs: Any) -> Predic
     if stale is not None:
         if (eval_dir / PREDICTIONS).is_file():
             log.warning("re-evaluating %s: the predictions in %s cannot be reused (%s)", run, eval_dir, stale)
-        evaluate_run(run, source, out=eval_dir, **eval_kwargs)
+        done = evaluate_run(run, source, out=eval_dir, **eval_kwargs)
+        if done["source"].get("skipped"):
+            log.warning("%s: %d files skipped, each with its reason in %s", run, len(done["source"]["skipped"]),
+                        eval_dir / "skipped.csv")  # fmt: skip
     preds = Predictions.load(eval_dir / PREDICTIONS)
     preds.source_fingerprint = made_on_fingerprint(run, eval_dir)
     return preds
@@ -78,7 +81,7 @@ def made_on_fingerprint(run: Path, eval_dir: Path) -> str | None:
     archived = read_archive(run)
     if archived is not None:
         return archived["evaluations"].get(eval_dir.name, {}).get("source_fingerprint")
-    source = json.loads((eval_dir / METRICS).read_text()).get("source", {})
+    source = read_json(eval_dir / METRICS, "metrics.json of an evaluation").get("source", {})
     made_on = Path(source.get("resolved") or source.get("manifest") or "")
     if "data" in source or not made_on.is_file():
         return None
@@ -133,7 +136,7 @@ def stale_predictions(eval_dir: Path, run: Path, source: EvalSource) -> str | No
         return archived_stale(archived, eval_dir, data=source.data, manifest=source.manifest, split=source.split)
     if not (preds.is_file() and metrics.is_file()):
         return "none there"
-    record = json.loads(metrics.read_text())
+    record = read_json(metrics, "metrics.json of an evaluation")
     weights = Path(run) / WEIGHTS
     if weights.is_file():
         recorded = record.get("model", {}).get("weights_sha256")

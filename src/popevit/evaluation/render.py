@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from popevit.evaluation.metrics import STUDY_METRICS, SUMMARY_METRICS, with_tumor_metrics
+from popevit.io import atomic_savefig
 
 
 def _fmt_p(p: float) -> str:
@@ -142,6 +143,4 @@ def plot_extrapolation(result: dict[str, Any], path: Path, metric: str = "auroc_
     ax.set_title("Resolution extrapolation")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    return atomic_savefig(fig, path, dpi=120)

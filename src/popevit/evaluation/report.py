@@ -35,6 +35,7 @@ from popevit.evaluation.compare import (
 from popevit.evaluation.evaluate import EVAL_DIR, METRICS
 from popevit.evaluation.plots import plot_training_curves
 from popevit.evaluation.predictions import PREDICTIONS, Predictions
+from popevit.io import atomic_write_text, read_json
 
 HEADLINE = (
     "accuracy",
@@ -213,7 +214,7 @@ def _run_section(run: Path, tmp: Path) -> str:
     if not evals:
         out.append(f"<p class='warn'>No evaluation found: run <code>popevit evaluate {_e(run)}</code> first.</p>")
     for d in evals:
-        out.append(_eval_section(d, json.loads((d / METRICS).read_text())))
+        out.append(_eval_section(d, read_json(d / METRICS, "metrics.json of an evaluation")))
     return "\n".join(out)
 
 
@@ -315,5 +316,5 @@ def build_report(
         + "</body></html>\n"
     )
     out_html.parent.mkdir(parents=True, exist_ok=True)
-    out_html.write_text(page, encoding="utf-8")
+    atomic_write_text(out_html, page)
     return out_html

@@ -175,6 +175,7 @@ def load_mapped_samples(
         raise ValueError(f"no images found in {info['resolved']}; check the path and split name")
     y = np.array([lmap.targets.index(lmap.data[lbl]) for lbl in samples.labels], dtype=np.int64)
     info["skipped"] = [[str(p), reason] for p, reason in samples.skipped]
+    info["warnings"] = samples.warnings
     return [str(p) for p in samples.paths], y, info, lmap
 
 

@@ -18,8 +18,6 @@ measures test-set sampling of the seed-averaged model; the seed-to-seed spread i
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +41,7 @@ from popevit.evaluation.predictions import Predictions
 from popevit.evaluation.render import plot_extrapolation, study_markdown
 from popevit.evaluation.source import EvalSource
 from popevit.evaluation.stats import bootstrap_seed_means
+from popevit.io import atomic_write_csv, atomic_write_text, read_json
 from popevit.training.run import stages_wall_s
 
 
@@ -102,7 +101,7 @@ def _machine(info: dict[str, Any]) -> str | None:
 
 def run_cost(run: Path) -> dict[str, Any]:
     """Parameters, wall time, epochs, training images seen and per wall-clock second of a run folder."""
-    info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
+    info = read_json(run / "run.json", "run.json of a run") if (run / "run.json").is_file() else {}
     archived = read_archive(run)
     params = archived["params"] if archived is not None else param_count(run / WEIGHTS)
     n_train = 0
@@ -236,17 +235,16 @@ def _describe(source: EvalSource) -> str:
 
 def _write_csv(path: Path, result: dict[str, Any]) -> None:
     """``study.csv``: one row per group, metric and test size."""
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["group", "seeds", "metric", "test_size", "value", "lo", "hi", "sd"])
-        for g in result["groups"]:
-            for m, e in g["metrics"].items():
-                w.writerow([g["name"], len(g["runs"]), m, result["train_size"], e["value"], e["lo"], e["hi"], e["sd"]])
-            for ex in g["extrapolation"]:
-                if ex["size"] == result["train_size"]:
-                    continue
-                for m, e in ex["metrics"].items():
-                    w.writerow([g["name"], len(g["runs"]), m, ex["size"], e["value"], e["lo"], e["hi"], e["sd"]])
+    rows = [["group", "seeds", "metric", "test_size", "value", "lo", "hi", "sd"]]
+    for g in result["groups"]:
+        for m, e in g["metrics"].items():
+            rows.append([g["name"], len(g["runs"]), m, result["train_size"], e["value"], e["lo"], e["hi"], e["sd"]])
+        for ex in g["extrapolation"]:
+            if ex["size"] == result["train_size"]:
+                continue
+            for m, e in ex["metrics"].items():
+                rows.append([g["name"], len(g["runs"]), m, ex["size"], e["value"], e["lo"], e["hi"], e["sd"]])
+    atomic_write_csv(path, rows)
 
 
 def run_study(
@@ -314,7 +312,7 @@ def run_study(
     if (warning := machine_warning(machines)) is not None:
         result["warnings"] = [warning]
     write_json(out / "study.json", result)
-    (out / "study.md").write_text(study_markdown(result), encoding="utf-8")
+    atomic_write_text(out / "study.md", study_markdown(result))
     _write_csv(out / "study.csv", result)
     if len(all_sizes) > 1:
         result["plot"] = str(plot_extrapolation(result, out / "extrapolation.png"))

@@ -19,10 +19,8 @@ Outputs, in ``out`` (default ``RUN/explain/<method>``)::
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,8 @@ import numpy as np
 import torch
 
 from popevit.artifact import load_artifact
+from popevit.config import PreprocessConfig
+from popevit.data.decode import DecodeError
 from popevit.data.preprocess import to_tensor
 from popevit.evaluation.predictions import resolve_device
 from popevit.evaluation.source import EvalSource, load_eval_samples
@@ -37,6 +37,7 @@ from popevit.explain import overlay
 from popevit.explain.faithfulness import area_fraction, deletion_insertion, mask_mass, pointing_game
 from popevit.explain.inputs import Item, image_labels, load_item
 from popevit.explain.methods import METHODS, explain_batch, methods_for, native_grid
+from popevit.io import atomic_write, atomic_write_csv, atomic_write_json
 from popevit.registry import did_you_mean
 
 EXPLAIN_DIR = "explain"
@@ -84,6 +85,7 @@ class ExplainResult:
     paths: list[str]
     figures: list[Path]
     faithfulness: dict[str, Any] | None
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # files not explained, with the reason
 
 
 def _targets(target: str, pred: np.ndarray, y: np.ndarray, paths: list[str], classes: list[str]) -> np.ndarray:
@@ -176,14 +178,54 @@ def _figures(
 
 def _images(
     run_dir: Path, classes: list[str], images: Sequence[str | Path] | None, source: EvalSource
-) -> tuple[list[str], np.ndarray]:
-    """The images to explain and their labels: given one by one, or those of ``source``."""
+) -> tuple[list[str], np.ndarray, set[str], list[tuple[Path, str]]]:
+    """The images to explain and their labels: given one by one, or those of ``source``.
+
+    Returns:
+        ``(paths, y, named, skipped)``: as :func:`popevit.explain.inputs.image_labels` (nothing is named one by one
+        in a source; its skipped files come from the data layer).
+    """
     if images is None:
-        paths, y, _ = load_eval_samples(run_dir, classes, source)
-        return paths, y
+        paths, y, info = load_eval_samples(run_dir, classes, source)
+        return paths, y, set(), [(Path(p), reason) for p, reason in info["skipped"]]
     if source.data is not None or source.manifest is not None:
         raise ValueError("pass either images, data or manifest, not several")
     return image_labels(images, classes)
+
+
+def _load_items(
+    paths: list[str], y: np.ndarray, cfg: PreprocessConfig, named: set[str]
+) -> tuple[list[Item], np.ndarray, list[tuple[Path, str]]]:
+    """Decode and preprocess every image (:func:`popevit.explain.inputs.load_item`).
+
+    An image that cannot be decoded is skipped with the reason, unless the user named it one by one: then its error
+    stands rather than an explanation made without it.
+
+    Returns:
+        ``(items, y, skipped)``: the decoded images, their (n,) labels, and the files skipped with the reason.
+    """
+    items, kept, skipped = [], [], []
+    for i, (p, lbl) in enumerate(zip(paths, y, strict=True)):
+        try:
+            items.append(load_item(p, int(lbl), cfg))
+            kept.append(i)
+        except DecodeError as err:
+            if p in named:
+                raise
+            skipped.append((Path(p), err.reason))
+    return items, y[kept], skipped
+
+
+def _write_maps(path: Path, items: Sequence[Item], maps: dict[str, torch.Tensor]) -> None:
+    """``maps.npz``: the (n, S, S) float16 maps per method, with the paths, written atomically."""
+    arrays = {m.replace("-", "_"): v.numpy().astype(np.float16) for m, v in maps.items()}
+    paths_arr = np.array([it.path for it in items])
+
+    def write_maps(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file object: given a name, numpy would append ".npz" to it
+            np.savez_compressed(fh, paths=paths_arr, **arrays)
+
+    atomic_write(path, write_maps)
 
 
 def explain_run(
@@ -239,10 +281,13 @@ def explain_run(
     model, meta = load_artifact(run_dir, map_location=dev)
     classes, cfg = meta.classes, meta.preprocess
     methods = resolve_methods(method, model)
-    paths, y = _images(run_dir, classes, images, source)
+    paths, y, named, skipped = _images(run_dir, classes, images, source)
 
     # 1. predict everything (cheap), 2. explain a selection: mistakes, confident hits, random fill.
-    items_all = [load_item(p, int(lbl), cfg) for p, lbl in zip(paths, y, strict=True)]
+    items_all, y, unreadable = _load_items(paths, y, cfg, named)
+    skipped += unreadable
+    if not items_all:
+        raise ValueError(f"none of the {len(paths)} images could be read (e.g. {skipped[0][0]}: {skipped[0][1]})")
     x_all = torch.stack([to_tensor(it.pre, cfg) for it in items_all])  # (n, C, S, S)
     with torch.inference_mode():
         proba = torch.cat([model(xb.to(dev)).float().softmax(-1).cpu() for xb in x_all.split(batch_size)]).numpy()
@@ -256,16 +301,13 @@ def explain_run(
     (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
     figures = _figures(out_dir, items, maps, proba, chosen, mistakes, confident, tgt, classes)
     _write_table(out_dir / "explanations.csv", items, proba[chosen], tgt, classes)
-    np.savez_compressed(
-        out_dir / "maps.npz", paths=np.array([it.path for it in items]),
-        **{m.replace("-", "_"): maps[m].numpy().astype(np.float16) for m in methods},
-    )  # fmt: skip
+    _write_maps(out_dir / "maps.npz", items, maps)
     report = None
     if faithfulness:
         report = measure_faithfulness(model, x, tgt, maps, items, steps=steps, seed=seed, batch_size=batch_size)
         report.update({"run": str(run_dir), "model": meta.name, "target": target, "images": len(items)})
-        (out_dir / FAITHFULNESS).write_text(json.dumps(report, indent=2))
-    return ExplainResult(out_dir, methods, [it.path for it in items], figures, report)
+        atomic_write_json(out_dir / FAITHFULNESS, report)
+    return ExplainResult(out_dir, methods, [it.path for it in items], figures, report, skipped)
 
 
 def measure_faithfulness(
@@ -334,9 +376,8 @@ def measure_faithfulness(
 
 
 def _write_table(path: Path, items: Sequence[Item], proba: np.ndarray, target: np.ndarray, classes: list[str]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "predicted", "target", *[f"p_{c}" for c in classes]])
-        for it, p, t in zip(items, proba, target, strict=True):
-            label = classes[it.label] if it.label >= 0 else ""
-            w.writerow([it.path, label, classes[int(p.argmax())], classes[int(t)], *(f"{v:.6g}" for v in p)])
+    rows: list[list[Any]] = [["path", "label", "predicted", "target", *[f"p_{c}" for c in classes]]]
+    for it, p, t in zip(items, proba, target, strict=True):
+        label = classes[it.label] if it.label >= 0 else ""
+        rows.append([it.path, label, classes[int(p.argmax())], classes[int(t)], *(f"{v:.6g}" for v in p)])
+    atomic_write_csv(path, rows)

@@ -16,7 +16,8 @@ import numpy as np
 from PIL import Image
 
 from popevit.config import PreprocessConfig
-from popevit.data.decode import IMAGE_EXTENSIONS, decode_bytes, read_bytes, to_gray
+from popevit.data.decode import decode_bytes, read_bytes, to_gray
+from popevit.data.discover import classify_file
 from popevit.data.phantoms import mask_path
 from popevit.data.preprocess import decode_for_model, preprocess_framed
 
@@ -76,22 +77,35 @@ def load_item(path: str | Path, label: int, cfg: PreprocessConfig) -> Item:
     return Item(str(path), label, to_gray(full), framed.image, mask)
 
 
-def image_labels(images: Sequence[str | Path], classes: list[str]) -> tuple[list[str], np.ndarray]:
+def image_labels(
+    images: Sequence[str | Path], classes: list[str]
+) -> tuple[list[str], np.ndarray, set[str], list[tuple[Path, str]]]:
     """Paths given one by one (files or folders); the label is the parent folder's name when it is a class.
 
     Returns:
-        ``(paths, y)``: image paths and (n,) class indices into ``classes`` (-1 when the folder is not a class).
+        ``(paths, y, named, skipped)``: image paths, (n,) class indices into ``classes`` (-1 when the folder is not
+        a class), the paths named one by one (a file among them that cannot be decoded is an error; one found in a
+        folder is skipped), and the files in the folders that are not images, with the reason.
     """
     paths: list[str] = []
+    named: set[str] = set()
+    skipped: list[tuple[Path, str]] = []
     for p in map(Path, images):
         if p.is_dir():
-            paths += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and "masks" not in
-                            f.relative_to(p).parts)  # fmt: skip
+            for f in sorted(p.rglob("*")):
+                if not f.is_file() or "masks" in f.relative_to(p).parts:
+                    continue
+                reason = classify_file(f)
+                if reason is None:
+                    paths.append(str(f))
+                else:
+                    skipped.append((f, reason))
         elif p.is_file():
             paths.append(str(p))
+            named.add(str(p))
         else:
             raise FileNotFoundError(f"image {str(p)!r} not found; pass existing files or folders to --images")
     if not paths:
         raise ValueError(f"no images found in {[str(i) for i in images]}")
     labels = [classes.index(Path(p).parent.name) if Path(p).parent.name in classes else -1 for p in paths]
-    return paths, np.array(labels, dtype=np.int64)
+    return paths, np.array(labels, dtype=np.int64), named, skipped

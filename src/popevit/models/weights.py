@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from timm.models import adapt_input_conv
 from torch import nn
 
+from popevit.io import shown
 from popevit.models.spec import MODELS
 
 log = logging.getLogger(__name__)
@@ -52,9 +55,22 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"or pretrained={HUB!r} to download (needs network)"
         )
     if path.suffix == ".safetensors":
-        state: Any = load_file(str(path), device="cpu")
+        try:
+            state: Any = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError) as err:
+            raise ValueError(
+                f"{shown(path)}: not a readable safetensors file ({err}); it is damaged or truncated: restore it "
+                "from a copy, or train again"
+            ) from None
     elif path.suffix in WEIGHT_SUFFIXES:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # weights_only: a pickle that names anything but tensors is refused before it runs
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+            raise ValueError(
+                f"{str(path)!r} is not a plain state dict of tensors ({type(err).__name__}: "
+                f"{str(err).splitlines()[0][:160]}); popevit loads weights without running code: use weights saved "
+                "with torch.save(model.state_dict()) or safetensors"
+            ) from None
     else:
         raise ValueError(f"unsupported weight file {str(path)!r}; expected one of {WEIGHT_SUFFIXES}")
     for key in ("model", "state_dict", "model_state_dict"):

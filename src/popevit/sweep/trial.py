@@ -8,7 +8,6 @@ error of a failed trial) is all that :mod:`popevit.sweep.summary` reads.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -19,6 +18,7 @@ import optuna
 from optuna.trial import TrialState
 
 from popevit.config import ExperimentConfig, dump_config, load_config
+from popevit.io import read_json
 from popevit.sweep.space import SEED_KEY, SearchSpace, config_id, overrides_for, run_name, trial_key
 from popevit.training import RunDirError, train
 
@@ -114,8 +114,8 @@ class Objective:
                 "use a fresh --out for a different sweep"
             )
         if (run_dir / "val_metrics.json").is_file() and (run_dir / "model.safetensors").is_file():
-            metrics = json.loads((run_dir / "val_metrics.json").read_text())
-            info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+            metrics = read_json(run_dir / "val_metrics.json", "val_metrics.json of a run")
+            info = read_json(run_dir / "run.json", "run.json of a run") if (run_dir / "run.json").is_file() else {}
             print(f"[sweep] trial {number}: reusing the finished run in {run_dir}", flush=True)
             self.reused += 1
             return metrics, float(info.get("wall_s", 0.0)), int(info.get("epochs", 0))
