@@ -13,9 +13,12 @@ from popevit.cli import (
     demo,
     evaluate,
     explain,
+    export,
     models,
+    predict,
     pretrain,
     report,
+    serve,
     study,
     sweep,
     train,
@@ -42,6 +45,9 @@ app.command("sweep")(sweep.sweep)
 app.command("bench")(bench.bench)
 app.command("models")(models.models)
 app.command("demo")(demo.demo)
+app.command("predict")(predict.predict)
+app.command("export")(export.export)
+app.command("serve")(serve.serve)
 
 
 def _version(value: bool) -> None:

@@ -361,6 +361,9 @@ def evaluate_run(
                 k: p.name for k, p in plot_all(sub.y, sub.proba, classes, out_dir, prefix="dedup_").items()
             }
     write_json(out_dir / METRICS, result)
+    from popevit.serve.card import write_model_card
+
+    write_model_card(run_dir)
     return {**jsonable(result), "out": str(out_dir)}
 
 
