@@ -8,7 +8,8 @@ torch.export, so the three cannot drift apart. Everything after the numpy/PIL pr
    channel replication), then the model -> ``logits`` (B, K);
 2. ``energy`` (B,) = ``-logsumexp(logits)`` (Liu et al. 2020, arXiv:2010.03759, Eq. 4 with T = 1);
 3. ``input_score`` (B,): how atypical the preprocessed input is for the training images (see
-   :mod:`popevit.serve.ood`), NaN when the run has no fitted input model.
+   :mod:`popevit.serve.ood`), NaN when the run has no fitted input model;
+4. ``contrast_score`` (B,): how atypical its intensity spread is (a flat field has none), NaN likewise.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import Tensor, nn
 from popevit.config import PreprocessConfig
 from popevit.serve.ood import InputDensity
 
-OUTPUTS = ("logits", "energy", "input_score")
+OUTPUTS = ("logits", "energy", "input_score", "contrast_score")
 
 
 class ServingModule(nn.Module):
@@ -46,6 +47,7 @@ class ServingModule(nn.Module):
             self.register_buffer("variances", torch.as_tensor(density.variances, dtype=torch.float32))  # (k,)
             self.register_buffer("noise_variance", torch.tensor(float(density.noise_variance)))
             self.register_buffer("center", torch.tensor(float(density.center)))
+            self.register_buffer("contrast_center", torch.tensor(float(density.contrast_center)))
 
     def log_distance(self, x: Tensor) -> Tensor:
         """log of the PPCA Mahalanobis distance of the average-pooled input: (B, 1, S, S) -> (B,)."""
@@ -67,9 +69,15 @@ class ServingModule(nn.Module):
         """Typicality: ``|log distance - its median on the training images|``, (B, 1, S, S) -> (B,)."""
         return (self.log_distance(x) - self.center).abs()
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(B, 1, S, S) in [0, 1] -> ``(logits (B, K), energy (B,), input_score (B,))``."""
+    def contrast_score(self, x: Tensor) -> Tensor:
+        """Typicality of the intensity spread: ``|log std(x) - its median on the training images|``, (B,)."""
+        return (x.flatten(1).std(dim=1).clamp_min(1e-6).log() - self.contrast_center).abs()
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(B, 1, S, S) in [0, 1] -> ``(logits (B, K), energy (B,), input_score (B,), contrast_score (B,))``."""
         logits = self.model(self.transform(x))
         energy = -torch.logsumexp(logits.float(), dim=-1)
-        score = self.input_score(x) if self.pool else torch.full_like(energy, float("nan"))
-        return logits, energy, score
+        if not self.pool:
+            nan = torch.full_like(energy, float("nan"))
+            return logits, energy, nan, nan
+        return logits, energy, self.input_score(x), self.contrast_score(x)

@@ -1,6 +1,6 @@
 """Out-of-distribution flag: should the model be trusted on this image at all?
 
-Two scores per image, each with a threshold fitted on the run's own data, and an image is flagged when either is
+Three scores per image, each with a threshold fitted on the run's own data, and an image is flagged when any is
 above its threshold:
 
 - ``energy`` = ``-logsumexp(logits)`` (Liu et al. 2020, "Energy-based out-of-distribution detection",
@@ -11,13 +11,17 @@ above its threshold:
   (within the ``k`` components, plus the residual over the noise variance). Two-sided on purpose, a typicality test
   (Nalisnick et al. 2019, arXiv:1906.02994): a blank image sits *closer* to the training mean than any real slice
   and would pass a one-sided test.
+- ``contrast``: the same typicality test on the standard deviation of the [0, 1] input. The percentile clip
+  stretches every real slice to the full range; a flat field (a blank or saturated image) stays flat, and when the
+  training backgrounds vary between dark and bright (as the phantoms' do) the flat image is a typical PPCA distance
+  away from the mean, so the input score alone can miss it.
 
 Why both: a classifier trained briefly, or on a narrow task, is no more confident on MRI than on noise, so energy
 alone misses photos, noise and blank images (measured in ``tests/serve/test_ood.py``); the input score does not
 depend on how well the classifier learned, energy catches MRI-like inputs on which the classifier behaves unlike
 on its validation images.
 
-Thresholds: each at the ``1 - (1 - recall) / 2`` quantile of the run's validation images (``recall`` = 0.95), so
+Thresholds: each at the ``1 - (1 - recall) / 3`` quantile of the run's validation images (``recall`` = 0.95), so
 that at least 95% of in-distribution validation images pass both (Bonferroni); the measured validation recall of
 the combined flag is recorded. Fitted files: ``RUN/ood.json`` (thresholds, what they were fitted on) and
 ``RUN/ood.safetensors`` (the PPCA arrays). This module's records are torch-free; fitting needs torch.
@@ -40,11 +44,12 @@ RECALL = 0.95
 MAX_POOL = 32  # the input model sees the image average-pooled to at most 32 x 32
 COMPONENTS = 32
 MAX_FIT_IMAGES = 2000
-SCORES = ("energy", "input")
+SCORES = ("energy", "input", "contrast")
 REFERENCES = {
     "energy": "energy -logsumexp(logits), Liu et al. 2020, arXiv:2010.03759",
     "input": "typicality of a PPCA distance of the preprocessed input (Tipping & Bishop 1999; Nalisnick et al. 2019, "
     "arXiv:1906.02994)",
+    "contrast": "typicality of the standard deviation of the preprocessed input",
 }
 
 
@@ -68,6 +73,7 @@ class InputDensity:
         variances: (k,) variance along each direction.
         noise_variance: mean variance of the discarded directions.
         center: median log distance of the fitting images.
+        contrast_center: median log standard deviation of the fitting images.
     """
 
     pool: int
@@ -76,19 +82,21 @@ class InputDensity:
     variances: np.ndarray
     noise_variance: float
     center: float
+    contrast_center: float = 0.0
 
     def arrays(self) -> dict[str, np.ndarray]:
+        # C order: safetensors writes the raw buffer, and sklearn's components_ may be Fortran-ordered
         return {
-            "mean": self.mean.astype(np.float32),
-            "components": self.components.astype(np.float32),
-            "variances": self.variances.astype(np.float32),
-            "scalars": np.array([self.pool, self.noise_variance, self.center], dtype=np.float64),
+            "mean": np.ascontiguousarray(self.mean, dtype=np.float32),
+            "components": np.ascontiguousarray(self.components, dtype=np.float32),
+            "variances": np.ascontiguousarray(self.variances, dtype=np.float32),
+            "scalars": np.array([self.pool, self.noise_variance, self.center, self.contrast_center], dtype=np.float64),
         }
 
     @classmethod
     def from_arrays(cls, a: dict[str, np.ndarray]) -> InputDensity:
-        pool, noise, center = (float(v) for v in a["scalars"])
-        return cls(int(pool), a["mean"], a["components"], a["variances"], noise, center)
+        pool, noise, center, contrast = (float(v) for v in a["scalars"])
+        return cls(int(pool), a["mean"], a["components"], a["variances"], noise, center, contrast)
 
 
 @dataclass
@@ -127,7 +135,7 @@ def load_ood(run_dir: str | Path) -> OODDetector | None:
     if record.get("format") != FORMAT:
         raise ValueError(f"{path} has format {record.get('format')!r}, expected {FORMAT!r}; delete it to refit")
     density = None
-    if (run_dir / OOD_ARRAYS).is_file() and "input" in record["thresholds"]:
+    if (run_dir / OOD_ARRAYS).is_file():
         density = InputDensity.from_arrays(load_file(str(run_dir / OOD_ARRAYS)))
     return OODDetector({k: float(v) for k, v in record["thresholds"].items()}, record, density)
 
@@ -236,26 +244,27 @@ def fit_ood(
     variances = np.maximum(pca.explained_variance_, noise)
     density = InputDensity(pool, pca.mean_, pca.components_, variances, noise, 0.0)
 
-    def run(module: ServingModule, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def run(module: ServingModule, x: torch.Tensor) -> dict[str, np.ndarray]:
         dev = next(module.parameters()).device
-        energy, score = [], []
+        parts: list[list[np.ndarray]] = [[], [], []]
         with torch.inference_mode():
             for xb in x.split(batch_size):
-                _, e, s = module(xb.to(dev))
-                energy.append(e.double().cpu().numpy())
-                score.append(s.double().cpu().numpy())
-        return np.concatenate(energy), np.concatenate(score)
+                for part, out in zip(parts, module(xb.to(dev))[1:], strict=True):
+                    part.append(out.double().cpu().numpy())
+        return {name: np.concatenate(part) for name, part in zip(SCORES, parts, strict=True)}
 
     raw = ServingModule(model, cfg, density).to(next(model.parameters()).device)
     with torch.inference_mode():
         log_d = torch.cat([raw.log_distance(xb.to(raw.mean.device)) for xb in x_train.split(batch_size)])
     density.center = float(np.median(log_d.double().cpu().numpy()))
+    log_std = x_train.flatten(1).double().std(dim=1).clamp_min(1e-6).log()
+    density.contrast_center = float(np.median(log_std.numpy()))
     module = ServingModule(model, cfg, density).to(raw.mean.device)
-    energy_val, input_val = run(module, x_val)
+    val = run(module, x_val)
 
     q = 1 - (1 - recall) / len(SCORES)
-    thresholds = {"energy": _quantile_threshold(energy_val, q), "input": _quantile_threshold(input_val, q)}
-    flagged = (energy_val > thresholds["energy"]) | (input_val > thresholds["input"])
+    thresholds = {name: _quantile_threshold(val[name], q) for name in SCORES}
+    flagged = np.any([val[name] > thresholds[name] for name in SCORES], axis=0)
     arrays = density.arrays()
     atomic_write_bytes(run_dir / OOD_ARRAYS, lambda tmp: save_file(arrays, tmp, metadata={"format": FORMAT}))
     record = {
@@ -283,8 +292,8 @@ def fit_ood(
 
     write_model_card(run_dir)  # the card lists the flag
     say(
-        f"OOD flag fitted: energy > {thresholds['energy']:.3f} or input > {thresholds['input']:.3f} "
-        f"(validation recall {record['val_recall']:.3f}); saved {run_dir / OOD_JSON}"
+        "OOD flag fitted: " + " or ".join(f"{k} > {v:.3f}" for k, v in thresholds.items())
+        + f" (validation recall {record['val_recall']:.3f}); saved {run_dir / OOD_JSON}"
     )
     return OODDetector(thresholds, record, density)
 

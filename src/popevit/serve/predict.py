@@ -41,6 +41,7 @@ PREDICTIONS_JSON = "predictions.json"
 ONNX_FORMAT = "popevit-onnx/1"
 META_KEY = "popevit.json"  # metadata_props key (ONNX) / extra file (torch.export) holding the model's record
 NO_TUMOR = "notumor"
+SCORE_NAMES = ("energy", "input", "contrast")  # the OOD scores, in the order ServingModule returns them
 
 
 # ------------------------------------------------------------------------------------------------ temperature
@@ -150,8 +151,8 @@ class TorchBackend:
             record={"run": str(run_dir), "model": {"name": meta.name, "kwargs": meta.kwargs}, "weights_sha256": sha},
         )  # fmt: skip
 
-    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(B, 1, S, S) float32 in [0, 1] -> logits (B, K), energy (B,), input_score (B,)."""
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(B, 1, S, S) float32 in [0, 1] -> logits (B, K) and the (B,) scores of ``ServingModule.forward``."""
         import torch
 
         with torch.inference_mode():
@@ -221,9 +222,8 @@ class OnnxBackend:
         self.info = info_from_record(path, "onnx", record)
         self.input = self.session.get_inputs()[0].name
 
-    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        logits, energy, score = self.session.run(None, {self.input: np.ascontiguousarray(x, dtype=np.float32)})
-        return logits, energy, score
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        return tuple(self.session.run(None, {self.input: np.ascontiguousarray(x, dtype=np.float32)}))
 
 
 class ProgramBackend:
@@ -247,7 +247,7 @@ class ProgramBackend:
         self.module = program.module()
         self.info = info_from_record(path, "pt2", read_metadata(path, {k: v for k, v in extra.items() if v}))
 
-    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
         import torch
 
         with torch.inference_mode():
@@ -403,17 +403,19 @@ class Predictor:
     def classes(self) -> list[str]:
         return self.info.classes
 
-    def predict_arrays(self, pre: np.ndarray) -> dict[str, np.ndarray]:
-        """Preprocessed uint8 (B, S, S) -> ``proba`` (B, K), ``logits``, ``energy``, ``input_score``, ``ood``."""
+    def predict_arrays(self, pre: np.ndarray) -> dict[str, Any]:
+        """Preprocessed uint8 (B, S, S) -> ``proba`` (B, K), ``logits``, ``scores`` {name: (B,)}, ``ood`` (B,) and
+        ``flagged_by`` (the scores above their threshold, per image)."""
         x = pre[:, None].astype(np.float32) / 255.0  # (B, 1, S, S) in [0, 1]
-        logits, energy, score = self.backend(x)
+        logits, *rest = self.backend(x)
+        scores = dict(zip(SCORE_NAMES, rest, strict=True))
         proba = softmax(logits, self.info.temperature)
         if self.tta:  # average probabilities over the horizontal flip; the OOD scores stay those of the image
             flipped = self.backend(np.ascontiguousarray(x[..., ::-1]))[0]
             proba = 0.5 * (proba + softmax(flipped, self.info.temperature))
-        out = {"proba": proba, "logits": logits, "energy": energy, "input_score": score}
+        out: dict[str, Any] = {"proba": proba, "logits": logits, "scores": scores}
         if self.info.ood is not None:
-            out["ood"], out["flagged_by"] = self.info.ood.flag({"energy": energy, "input": score})
+            out["ood"], out["flagged_by"] = self.info.ood.flag(scores)
         else:
             out["ood"], out["flagged_by"] = np.zeros(len(x), dtype=bool), [[] for _ in range(len(x))]
         return out
@@ -491,7 +493,7 @@ class Predictor:
                 "predicted": self.classes[int(pred[i])], "probability": float(proba[i, pred[i]]),
                 "probabilities": {c: float(proba[i, k]) for k, c in enumerate(self.classes)},
                 "ood": bool(out["ood"][i]), "flagged_by": list(out["flagged_by"][i]),
-                "scores": {"energy": float(out["energy"][i]), "input": float(out["input_score"][i])},
+                "scores": {name: float(v[i]) for name, v in out["scores"].items()},
                 "explanation": overlays[i],
             }
             for i, (s, _) in enumerate(batch)
@@ -535,14 +537,14 @@ def csv_text(result: PredictionSet) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["id", "path", "kind", "volume", "index", "predicted", "probability",
-                *[f"p_{c}" for c in result.classes], "ood", "flagged_by", "energy", "input_score",
+                *[f"p_{c}" for c in result.classes], "ood", "flagged_by", *[f"{n}_score" for n in SCORE_NAMES],
                 "explanation"])  # fmt: skip
     for r in result.records:
         w.writerow([
             r["id"], r["path"], r["kind"], r["volume"] or "", "" if r["index"] is None else r["index"],
             r["predicted"], f"{r['probability']:.6f}", *(f"{r['probabilities'][c]:.6f}" for c in result.classes),
-            int(r["ood"]), "+".join(r["flagged_by"]), f"{r['scores']['energy']:.6g}",
-            f"{r['scores']['input']:.6g}", r["explanation"] or "",
+            int(r["ood"]), "+".join(r["flagged_by"]), *(f"{r['scores'][n]:.6g}" for n in SCORE_NAMES),
+            r["explanation"] or "",
         ])  # fmt: skip
     return buf.getvalue()
 
