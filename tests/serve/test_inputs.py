@@ -61,7 +61,8 @@ def phantom(serve_phantoms) -> np.ndarray:
 def test_slice_selection():
     assert select_slices(7, "all") == list(range(7))
     assert select_slices(7, "middle") == [3]
-    assert select_slices(7, "2:5") == [2, 3, 4] and select_slices(7, ":2") == [0, 1] and select_slices(7, "5:") == [5, 6]
+    assert select_slices(7, "2:5") == [2, 3, 4] and select_slices(7, ":2") == [0, 1]
+    assert select_slices(7, "5:") == [5, 6]
     assert parse_slices("-3:") == ("range", -3, None)
     for bad in ("half", "1:2:3", "a:b", ""):
         with pytest.raises(ValueError, match="--slices"):

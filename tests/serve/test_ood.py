@@ -85,7 +85,7 @@ def test_fit_is_reused_and_refitted_when_the_weights_change(tiny_run):
 def test_unavailable_flag_says_why_and_prediction_goes_on(tiny_run, serve_phantoms, tmp_path):
     for name in (OOD_JSON, OOD_ARRAYS, "manifest.csv"):
         (tiny_run / name).unlink()
-    with pytest.raises(RuntimeError, match="manifest.csv not found"):
+    with pytest.raises(RuntimeError, match=r"manifest\.csv not found"):
         fit_ood(tiny_run)
     predictor = Predictor(tiny_run, device="cpu")
     assert predictor.info.ood is None and "manifest.csv not found" in predictor.info.ood_note

@@ -268,7 +268,7 @@ def _ci(m: dict[str, Any] | None) -> str:
     return f"{m['value']:.3f} [{m['lo']:.3f}, {m['hi']:.3f}]"
 
 
-def _eval_table(evals: list[dict[str, Any]]) -> list[str]:
+def _eval_table(evals: list[dict[str, Any]], train_size: int | None) -> list[str]:
     lines = [
         "| evaluation | source | n | accuracy | macro AUROC | ECE | tumour sensitivity | tumour specificity |",
         "|---|---|---:|---|---|---|---|---|",
@@ -276,7 +276,8 @@ def _eval_table(evals: list[dict[str, Any]]) -> list[str]:
     for e in evals:
         m = e["metrics"]
         src = e["source"]["name"] + (f" ({e['source']['split']})" if e["source"].get("split") else "")
-        extras = [x for x in ("TTA" if e.get("tta") else "", f"{e['img_size']} px" if e.get("img_size") else "") if x]
+        other_size = e.get("img_size") and e["img_size"] != train_size
+        extras = [x for x in ("TTA" if e.get("tta") else "", f"{e['img_size']} px" if other_size else "") if x]
         name = e["tag"] + (f" ({', '.join(extras)})" if extras else "")
         lines.append(
             f"| {name} | {src} | {e['n']} | {_ci(m.get('accuracy'))} | {_ci(m.get('auroc_macro'))} | "
@@ -350,10 +351,11 @@ def render_markdown(card: dict[str, Any]) -> str:
     lines += ["## Evaluation", "", "95% percentile-bootstrap CIs over images in brackets; ECE = top-label expected "
               "calibration error (15 bins).", ""]  # fmt: skip
     lines += ["### Internal evaluation", ""]
-    lines += (_eval_table(internal) if internal else ["None yet: `popevit evaluate RUN`."]) + [""]
+    size = pre.get("img_size")
+    lines += (_eval_table(internal, size) if internal else ["None yet: `popevit evaluate RUN`."]) + [""]
     lines += ["### External validation", ""]
     if external:
-        lines += _eval_table(external)
+        lines += _eval_table(external, size)
         for e in external:
             if e.get("label_map"):
                 lines += ["", f"{e['tag']}: labels mapped as `{json.dumps(e['label_map'])}`."]

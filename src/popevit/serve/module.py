@@ -48,6 +48,7 @@ class ServingModule(nn.Module):
             self.register_buffer("noise_variance", torch.tensor(float(density.noise_variance)))
             self.register_buffer("center", torch.tensor(float(density.center)))
             self.register_buffer("contrast_center", torch.tensor(float(density.contrast_center)))
+        self.eval()  # serving only: dropout and stochastic depth off, also when exported
 
     def log_distance(self, x: Tensor) -> Tensor:
         """log of the PPCA Mahalanobis distance of the average-pooled input: (B, 1, S, S) -> (B,)."""
