@@ -12,7 +12,9 @@ Every prediction goes through :class:`popevit.serve.predict.Predictor`, the code
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -69,7 +71,8 @@ class ServeSession:
         if explain is None:
             explain = "rollout" if "rollout" in methods_for(self.predictor.backend.model) else "gradcam"
         self.predictor.use_explanation(explain)
-        self.scratch = Path(tempfile.mkdtemp(prefix="popevit-serve-"))
+        self.scratch = Path(tempfile.mkdtemp(prefix="popevit-serve-"))  # overlays of this session, removed at exit
+        atexit.register(shutil.rmtree, self.scratch, True)
         self.counter = 0
         if not (run_dir / CARD_MD).is_file():
             write_model_card(run_dir)

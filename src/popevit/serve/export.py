@@ -2,10 +2,10 @@
 
 The exported graph is :class:`popevit.serve.module.ServingModule`: input ``image``, float32 (B, 1, S, S) in [0, 1]
 (the output of :func:`popevit.data.preprocess.preprocess_image` divided by 255); outputs ``logits`` (B, K) and the
-OOD scores ``energy``, ``input_score`` and ``contrast_score`` (B,) each. The eval transform (per-image standardisation, channel replication) is
-inside the graph, so a consumer needs only numpy and Pillow for the preprocessing. The batch axis is dynamic; the
-image side is fixed at the run's training size (or ``img_size``), because every positional encoding builds its
-tables for the patch grid in Python.
+OOD scores ``energy``, ``input_score`` and ``contrast_score`` (B,) each. The eval transform (per-image
+standardisation, channel replication) is inside the graph, so a consumer needs only numpy and Pillow for the
+preprocessing. The batch axis is dynamic; the image side is fixed at the run's training size (or ``img_size``),
+because every positional encoding builds its tables for the patch grid in Python.
 
 - **ONNX** (opset 18 by default, >= 17): ``torch.onnx.export(dynamo=True)``. The record below is stored in the
   model's ``metadata_props`` under ``popevit.json``; each part is also under its own key (``popevit.classes``,

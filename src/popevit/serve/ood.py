@@ -292,7 +292,8 @@ def fit_ood(
 
     write_model_card(run_dir)  # the card lists the flag
     say(
-        "OOD flag fitted: " + " or ".join(f"{k} > {v:.3f}" for k, v in thresholds.items())
+        "OOD flag fitted: "
+        + " or ".join(f"{k} > {v:.3f}" for k, v in thresholds.items())
         + f" (validation recall {record['val_recall']:.3f}); saved {run_dir / OOD_JSON}"
     )
     return OODDetector(thresholds, record, density)
