@@ -78,6 +78,11 @@ def serving_module(run_dir: Path, *, img_size: int | None = None, ood: bool = Tr
             "export a finished run"
         )
     model, meta = load_artifact(run_dir)
+    if meta.extra.get("dataset", "folder") != "folder":
+        raise ValueError(
+            f"{run_dir} was trained on {meta.extra['dataset']} (channel statistics, not per-image standardisation): "
+            "popevit export serves MRI runs trained on image folders"
+        )
     preprocess = resize_preprocess(meta, model, img_size)
     detector, note = ensure_ood(run_dir, device="cpu", echo=echo) if ood else (None, "not requested at export")
     density = detector.density if detector is not None else None
