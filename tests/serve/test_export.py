@@ -68,10 +68,11 @@ def _export_and_check(model: nn.Module, size: int, tmp_path: Path, fmt: str) -> 
     return _check(module, path, size)
 
 
-# One export costs 5-20 s here (torch.export traces every op), so the default suite checks the encodings whose
-# export needed care (rel_bias: attention with a bias; PoPE: q/k twice as wide as v; rope_mixed: learned angles)
-# and the slow suite every registered model, encoding and format.
-DEFAULT_CASES = {("vit_tiny", "rel_bias", "onnx"), ("vit_tiny", "pope", "onnx"), ("vit_tiny", "rope_mixed", "pt2")}
+# One export costs 5-20 s here (torch.export traces every op; 70-140 s per case with its second size on the 2-core
+# machine under load), so the default suite checks the export that needed care (rel_bias: attention with a bias, which
+# the fused kernel's decomposition cannot export) and PoPE's pt2, the run export covers RoPE-axial end to end, and the
+# slow suite checks every registered model, encoding and format.
+DEFAULT_CASES = {("vit_tiny", "rel_bias", "onnx"), ("vit_tiny", "pope", "pt2")}
 
 
 def _cases() -> list:
