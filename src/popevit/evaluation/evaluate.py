@@ -417,6 +417,9 @@ def evaluate_run(
         write_skipped(out_dir / SKIPPED, [Skip(Path(p), reason) for p, reason in source["skipped"]])
     elif (out_dir / SKIPPED).is_file():  # an earlier evaluation's list, of files this one used
         (out_dir / SKIPPED).unlink()
+    from popevit.serve.card import write_model_card
+
+    write_model_card(run_dir)
     return {**jsonable(result), "out": str(out_dir)}
 
 
