@@ -195,12 +195,21 @@ def load_mapped_samples(
             source["source"] = source_name
     source["resolved"] = source_location(run_dir, data, manifest)
     source["external"] = source["resolved"] != str(own.resolve())
-    lmap = resolve_label_map(parse_label_map(label_map), list(model_classes), list(samples.classes))
+    try:
+        lmap = resolve_label_map(parse_label_map(label_map), list(model_classes), list(samples.classes))
+    except LabelMapError as err:
+        raise LabelMapError(f"{source['resolved']}: {err}") from None
     if len(samples.paths) == 0:
         raise ValueError(f"no images found in {source['resolved']}; check the path and split name")
     y = np.array([lmap.targets.index(lmap.data[lbl]) for lbl in samples.labels], dtype=np.int64)
     source["skipped"] = [[str(p), reason] for p, reason in samples.skipped]
     source["warnings"] = samples.warnings
+    absent = [c for c in lmap.targets if c not in {lmap.data[d] for d in samples.classes}]
+    if absent:  # a subset of the classes: scored as it is, but said
+        source["warnings"].append(
+            f"{source['resolved']} has no images of the model's classes {absent}: the metrics are on the classes it "
+            "has, and the model still predicts all of its own"
+        )
     return [str(p) for p in samples.paths], y, source, lmap
 
 
