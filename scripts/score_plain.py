@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from popevit.data.manifest import read_manifest
 from popevit.evaluation.evaluate import novel_mask, summarize
 from popevit.evaluation.labelmap import parse_label_map, resolve_label_map
 from popevit.evaluation.predictions import Predictions
@@ -28,6 +29,7 @@ def main() -> None:
     ap.add_argument("--manifest", type=Path, required=True, help="the split the plain run trained on")
     ap.add_argument("--label-map", default="yes=tumor,no=notumor,glioma|meningioma|pituitary=tumor")
     ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--joint", type=Path, help="a manifest of several sources: also score its held-out br35h rows")
     a = ap.parse_args()
     out = {}
     for path in sorted(a.run.glob("*.csv")):
@@ -40,13 +42,20 @@ def main() -> None:
         lmap = resolve_label_map(rules, model_classes, data_classes)
         y = np.array([lmap.targets.index(lmap.data[r["label"]]) for r in rows])
         preds = Predictions([r["path"] for r in rows], y, lmap.collapse(proba, model_classes), lmap.targets)
-        preds.save(a.run / "eval" / path.stem / "predictions.csv")
+        tag = f"data-{path.stem}" if rules else path.stem  # the folders popevit evaluate would write
+        preds.save(a.run / "eval" / tag / "predictions.csv")
         result = {"n": len(rows), "classes": lmap.targets, **summarize(preds, a.n_boot, 0)}
         if rules:
             mask, info = novel_mask(preds.paths, a.manifest)
             result["dedup"] = {**info, **summarize(preds.subset(mask), a.n_boot, 0)}
-        (a.run / "eval" / path.stem / "metrics.json").write_text(json.dumps(result, indent=2))
+        (a.run / "eval" / tag / "metrics.json").write_text(json.dumps(result, indent=2))
         out[path.stem] = result
+        if rules and a.joint is not None:
+            held = {str(r.path) for r in read_manifest(a.joint).select("test") if r.source == path.stem}
+            sub = preds.subset(np.array([str(Path(p).resolve()) in held for p in preds.paths]))
+            tag = a.run / "eval" / f"{a.joint.stem}-test-{path.stem}"
+            sub.save(tag / "predictions.csv")
+            (tag / "metrics.json").write_text(json.dumps({"n": len(sub.paths), **summarize(sub, a.n_boot, 0)}, indent=2))
         m = result["metrics"]
         keys = ["accuracy", "auroc_macro"] + (["tumor_sensitivity", "tumor_specificity"] if rules else [])
         print(path.stem, {k: round(m[k]["value"], 4) for k in keys})

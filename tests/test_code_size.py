@@ -30,7 +30,7 @@ NEXT = {
     "training/run.py",
 }
 NEXT_PACKAGES = ("cli/",)
-LONG_MODULES: set[str] = set()  # modules over MAX_MODULE_LINES whose docstring says why (none today)
+LONG_MODULES = {"serve/inputs.py"}  # modules over MAX_MODULE_LINES whose docstring says why
 
 MODULES = sorted(
     str(p.relative_to(PACKAGE))

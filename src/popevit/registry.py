@@ -60,7 +60,10 @@ class Registry(Generic[T]):
         try:
             return self._items[self._aliases.get(name, name)]
         except KeyError:
-            hint = did_you_mean(name, self._items)
+            hint = did_you_mean(name, [*self._items, *self._aliases])
+            old = hint.split("'")[1] if hint else None
+            if old in self._aliases:  # a former name: say what it is called now
+                hint = f"; did you mean {old!r} (now named {self._aliases[old]!r})?"
             raise ValueError(f"unknown {self.kind} {name!r}{hint} (known: {', '.join(sorted(self._items))})") from None
 
     def names(self) -> list[str]:

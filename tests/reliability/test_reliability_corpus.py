@@ -862,7 +862,8 @@ def _option_evaluate_data_and_manifest(c: Case) -> Built:
 def _option_evaluate_data_other_classes(c: Case) -> Built:
     data = c.data()
     shutil.rmtree(data / "pituitary")
-    return ["evaluate", c.run(), "--data", data, "--out", c.dir / "ev"], 2, ["pituitary", str(data)]
+    # a subset of the model's classes is scored as it is (cross-dataset evaluation), with a warning naming them
+    return ["evaluate", c.run(), "--data", data, "--out", c.dir / "ev", "--n-boot", "10"], 0, ["pituitary", str(data)]
 
 
 def _option_evaluate_n_boot_zero(c: Case) -> Built:

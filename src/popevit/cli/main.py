@@ -14,9 +14,12 @@ from popevit.cli import (
     errors,
     evaluate,
     explain,
+    export,
     models,
+    predict,
     pretrain,
     report,
+    serve,
     study,
     sweep,
     train,
@@ -44,6 +47,9 @@ app.command("sweep")(sweep.sweep)
 app.command("bench")(bench.bench)
 app.command("models")(models.models)
 app.command("demo")(demo.demo)
+app.command("predict")(predict.predict)
+app.command("export")(export.export)
+app.command("serve")(serve.serve)
 
 
 def _version(value: bool) -> None:

@@ -35,6 +35,7 @@ from popevit.evaluation.plots import plot_all
 from popevit.evaluation.predictions import PREDICTIONS, Predictions, predict_proba, resolve_device
 from popevit.evaluation.source import EVAL_DIR, RUN_MANIFEST, EvalSource, load_eval_samples, load_mapped_samples
 from popevit.io import atomic_write_json
+from popevit.serve.card import write_model_card
 
 __all__ = [  # EVAL_DIR is re-exported: archived runs and the report name eval folders by it
     "CI_LEVEL",
@@ -197,13 +198,15 @@ def _dedup_record(
     return record
 
 
-def _write_records(out_dir: Path, result: dict[str, Any], skipped: list[list[str]]) -> None:
-    """``metrics.json``, and ``skipped.csv``: every file not evaluated, with the reason (also in ``metrics.json``)."""
+def _write_records(run_dir: Path, out_dir: Path, result: dict[str, Any], skipped: list[list[str]]) -> None:
+    """``metrics.json``; ``skipped.csv``: every file not evaluated, with the reason (also in ``metrics.json``); and
+    the run's model card, which shows every evaluation of the run, this one included."""
     write_json(out_dir / METRICS, result)
     if skipped:
         write_skipped(out_dir / SKIPPED, [Skip(Path(p), reason) for p, reason in skipped])
     elif (out_dir / SKIPPED).is_file():  # an earlier evaluation's list, of files this one used
         (out_dir / SKIPPED).unlink()
+    write_model_card(run_dir)
 
 
 def evaluate_run(
@@ -284,7 +287,7 @@ def evaluate_run(
     if dedup_against is not None:
         opts = {"plots": plots, "n_boot": n_boot, "seed": seed, "cache_dir": cache_dir}
         result["dedup"] = _dedup_record(preds, dedup_against, out_dir, **opts)
-    _write_records(out_dir, result, info["skipped"])
+    _write_records(run_dir, out_dir, result, info["skipped"])
     return {**jsonable(result), "out": str(out_dir)}
 
 

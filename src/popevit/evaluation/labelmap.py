@@ -14,6 +14,7 @@ are a subset of the model's is evaluated on those classes (the model still predi
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 from dataclasses import dataclass
 from typing import Any
@@ -89,7 +90,12 @@ def parse_label_map(text: str | None) -> tuple[tuple[tuple[str, ...], str], ...]
 
 
 def _suggest(model_classes: list[str], data_classes: list[str]) -> str:
-    """A label map for tumour / no-tumour data and models (either side binary), else a generic example."""
+    """A label map that would fit: near-miss names onto the model's class, tumour / no-tumour data and models (either
+    side binary), else a generic example."""
+    unknown = [c for c in data_classes if c not in model_classes]
+    near = {c: difflib.get_close_matches(c, model_classes, n=1, cutoff=0.8) for c in unknown}
+    if unknown and all(near.values()):  # typos such as 'gliomaa'
+        return ",".join(f"{c}={m[0]}" for c, m in near.items())
     no = [c for c in data_classes if c.lower() in NO_TUMOR_NAMES]
     if "notumor" in model_classes and len(no) == 1:
         yes_data = [c for c in data_classes if c != no[0]]

@@ -17,7 +17,7 @@ import numpy as np
 from popevit.config import load_config
 from popevit.data import load_samples
 from popevit.data.discover import RESERVED_DIRS, SPLIT_DIRS
-from popevit.evaluation.labelmap import LabelMap, parse_label_map, resolve_label_map
+from popevit.evaluation.labelmap import LabelMap, LabelMapError, parse_label_map, resolve_label_map
 
 EVAL_DIR = "eval"
 RUN_MANIFEST = "manifest.csv"
@@ -170,12 +170,21 @@ def load_mapped_samples(
             info["source"] = source_name
     info["resolved"] = source.location(run_dir)
     info["external"] = info["resolved"] != str(own.resolve())
-    lmap = resolve_label_map(parse_label_map(source.label_map), list(model_classes), list(samples.classes))
+    try:
+        lmap = resolve_label_map(parse_label_map(source.label_map), list(model_classes), list(samples.classes))
+    except LabelMapError as err:
+        raise LabelMapError(f"{info['resolved']}: {err}") from None
     if len(samples.paths) == 0:
         raise ValueError(f"no images found in {info['resolved']}; check the path and split name")
     y = np.array([lmap.targets.index(lmap.data[lbl]) for lbl in samples.labels], dtype=np.int64)
     info["skipped"] = [[str(p), reason] for p, reason in samples.skipped]
     info["warnings"] = samples.warnings
+    absent = [c for c in lmap.targets if c not in {lmap.data[d] for d in samples.classes}]
+    if absent:  # a subset of the classes: scored as it is, but said
+        info["warnings"].append(
+            f"{info['resolved']} has no images of the model's classes {absent}: the metrics are on the classes it "
+            "has, and the model still predicts all of its own"
+        )
     return [str(p) for p in samples.paths], y, info, lmap
 
 

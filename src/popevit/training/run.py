@@ -861,6 +861,9 @@ def train(
             "data_stats": getattr(dm, "stats", None) if cifar else None,
         },
     )
+    from popevit.serve.card import write_model_card
+
+    write_model_card(out_dir)
     return RunResult(out_dir, classes, val, fit.wall_s, trainer.current_epoch)
 
 
