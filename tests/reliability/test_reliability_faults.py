@@ -125,7 +125,7 @@ def test_sigterm_in_training_saves_nothing_half_made_and_says_how_to_resume(tmp_
     """A scheduler's preemption: exit 143, the last finished epoch's checkpoint intact, the resume command printed,
     and the run accepted by --resume (which the slow test below carries to the end)."""
     from popevit.config import load_config
-    from popevit.training.run import check_out_dir
+    from popevit.training.rundir import check_out_dir
 
     run = tmp_path / "run"
     args = ["train", "--data", base_data, "--out", run, *SETS, "--set", "train.max_epochs=500"]

@@ -211,7 +211,7 @@ def test_near_miss_class_names(classes, pairs):
 
 def test_a_manifest_with_relative_paths_stays_resolvable_in_the_run_folder(tmp_path):
     from popevit.data.manifest import read_manifest
-    from popevit.training.run import copy_manifest
+    from popevit.training.rundir import copy_manifest
 
     images = tmp_path / "data" / "glioma"
     images.mkdir(parents=True)

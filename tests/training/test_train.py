@@ -20,7 +20,7 @@ from popevit.config import dump_config, load_config
 from popevit.evaluation.plots import read_metrics_csv
 from popevit.training import RunDirError, train
 from popevit.training.optim import param_groups, warmup_cosine
-from popevit.training.run import prepare_run_dir
+from popevit.training.rundir import prepare_run_dir
 
 TINY = [
     "model.name=vit_p8_w32_d2",
@@ -215,11 +215,11 @@ def test_unusable_init_weights_are_refused_before_the_run_folder_is_made(phantom
 def test_run_json_names_the_commit_the_run_started_with_its_threads_and_cpu(phantom_root, tmp_path, monkeypatch):
     from functools import lru_cache
 
-    from popevit.training import run as run_mod
+    from popevit.training import provenance
 
     run = tmp_path / "run"
     head = lru_cache(maxsize=1)(lambda: "b" * 40 if (run / "checkpoints").exists() else "a" * 40)
-    monkeypatch.setattr(run_mod, "_git_commit", head)  # HEAD "moves" once training has written a checkpoint
+    monkeypatch.setattr(provenance, "git_commit", head)  # HEAD "moves" once training has written a checkpoint
     train(load_config(None, [*TINY, "train.max_epochs=1", f"data.data={phantom_root}"]), run)
     info = json.loads((run / "run.json").read_text())
     assert info["git_commit"] == "a" * 40

@@ -89,7 +89,7 @@ def _input_error_types() -> tuple[type[BaseException], ...]:
 
     kinds.append(DecodeError)
     try:
-        from popevit.training.run import RunDirError
+        from popevit.training.rundir import RunDirError
 
         kinds.append(RunDirError)
     except ImportError:  # pragma: no cover

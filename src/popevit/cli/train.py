@@ -48,7 +48,7 @@ def train(
     """Train a model from a config file; the run folder gets config, manifest, checkpoints, logs and the model."""
     from popevit.config import ConfigError
     from popevit.training import RunDirError, train_from_files
-    from popevit.training.run import TrainingInterrupted
+    from popevit.training.fit import TrainingInterrupted
 
     overrides = source_overrides(set_, data, manifest)
     if devices is not None:

@@ -42,7 +42,7 @@ from popevit.evaluation.render import plot_extrapolation, study_markdown
 from popevit.evaluation.source import EvalSource
 from popevit.evaluation.stats import bootstrap_seed_means
 from popevit.io import atomic_write_csv, atomic_write_text, read_json
-from popevit.training.run import stages_wall_s
+from popevit.training.budget import stages_wall_s
 
 
 def seed_mean_with_ci(

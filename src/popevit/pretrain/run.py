@@ -23,21 +23,11 @@ from popevit.io import atomic_write_bytes
 from popevit.models import create_model
 from popevit.models.presets import FORMER_NAMES, PRESETS
 from popevit.pretrain.simmim import SimMIM, random_mask
+from popevit.training.fit import best_checkpoint, device_precision, fit_and_load_best, launcher_rank, make_trainer
 from popevit.training.module import NonFiniteLossError, configure_warmup_cosine, reseed_epoch
-from popevit.training.run import (
-    _write_json,
-    best_checkpoint,
-    check_out_dir,
-    device_precision,
-    fit_and_load_best,
-    launcher_rank,
-    make_trainer,
-    model_kwargs,
-    prepare_run_dir,
-    provenance,
-    report_data,
-    run_data,
-)
+from popevit.training.provenance import provenance
+from popevit.training.run import model_kwargs
+from popevit.training.rundir import check_out_dir, prepare_run_dir, report_data, run_data, write_json
 
 
 class MIMModule(L.LightningModule):
@@ -150,7 +140,7 @@ def pretrain(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False
     best_loss = float(ckpt_best.best_model_score) if ckpt_best.best_model_score is not None else float("nan")
     state = {k: v.detach().cpu().contiguous() for k, v in module.net.encoder_state_dict().items()}
     atomic_write_bytes(encoder, lambda tmp: save_file(state, str(tmp)))
-    _write_json(
+    write_json(
         out_dir / "pretrain.json",
         {
             **provenance(fit, trainer, manifest, on_gpu, precision, resume),

@@ -37,7 +37,7 @@ from popevit.sweep.space import SEED_KEY, SPLIT_KEYS, SearchSpace, overrides_for
 from popevit.sweep.storage import default_storage, open_storage, quiet_experimental, redact
 from popevit.sweep.summary import write_summary
 from popevit.sweep.trial import Objective
-from popevit.training.run import prepare_manifest
+from popevit.training.rundir import prepare_manifest
 
 GRID_ORDER_SEED = 0
 
