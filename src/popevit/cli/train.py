@@ -34,7 +34,8 @@ def train(
     dataset: Annotated[str | None, typer.Option(help="folder (default), cifar10 or cifar100 (data.dataset)")] = None,
 ) -> None:
     """Train a model from a config file; the run folder gets config, manifest, checkpoints, logs and the model."""
-    from popevit.config import ConfigError
+    from popevit.config import ConfigError, load_config
+    from popevit.data.location import data_overrides
     from popevit.training import RunDirError, train_from_files
 
     overrides = source_overrides(set_, data, manifest)
@@ -47,6 +48,7 @@ def train(
     if dataset is not None:
         overrides.append(f"data.dataset={dataset}")
     with user_errors(ConfigError, RunDirError):
+        overrides += data_overrides(load_config(config, overrides))  # --data, --manifest, else $POPEVIT_DATA
         result = train_from_files(config, overrides, out, resume=resume, init=init)
     if result.val_metrics:
         per_class = {f"val/auroc_{c}" for c in result.classes}

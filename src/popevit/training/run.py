@@ -112,9 +112,9 @@ def prepare_manifest(cfg: ExperimentConfig, out_dir: Path) -> Path:
             shutil.copyfile(d.manifest, dest)
         return dest
     if d.data is None:
-        raise ValueError(
-            "no data given: pass --data DIR (an image folder) or --manifest FILE (from `popevit data split`)"
-        )
+        from popevit.data.location import NO_DATA
+
+        raise ValueError(NO_DATA)
     if not Path(d.data).is_dir():
         raise FileNotFoundError(f"data folder {str(d.data)!r} not found; pass --data with the Kaggle Training folder")
     make_split(
