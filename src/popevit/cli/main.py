@@ -53,6 +53,9 @@ def _version(value: bool) -> None:
 @app.callback()
 def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print version.")):
     """popevit command line."""
+    from popevit.progress import quiet_third_party
+
+    quiet_third_party()
 
 
 if __name__ == "__main__":

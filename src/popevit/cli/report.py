@@ -9,7 +9,7 @@ import typer
 
 def report(
     runs: list[Path] = typer.Argument(..., help="Run folders (evaluate them first with `popevit evaluate`)."),
-    out: Path = typer.Option(Path("report.html"), "--out", help="Output HTML file."),
+    out: Path = typer.Option(Path("runs/report.html"), "--out", help="Output HTML file."),
     title: str = typer.Option("popevit report", "--title"),
     no_compare: bool = typer.Option(False, "--no-compare", help="Skip the comparison section."),
     n_boot: int = typer.Option(1000, "--n-boot", min=1, help="Bootstrap resamples of the comparisons."),

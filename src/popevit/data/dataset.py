@@ -118,18 +118,22 @@ class ImageDataset(Dataset):
         Raises:
             popevit.data.cache.CacheWriteError: the cache cannot be written; no image is dropped for that.
         """
+        from popevit.progress import track
+
         bad: list[tuple[Path, str]] = []
         todo = [i for i, a in enumerate(self._arrays) if a is None]
         if workers is None:
             workers = (os.cpu_count() or 1) if len(todo) > 64 else 1
+        what = f"decoding {len(todo)} images"
         if workers > 1 and todo:
             jobs = [(str(self.paths[i]), self.expected[i], self.cache_root, self.cfg) for i in todo]
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                results = list(pool.map(_warm, jobs, chunksize=16))
+                results = list(track(pool.map(_warm, jobs, chunksize=16), what, total=len(jobs)))
             failed = {p: err for p, _, err in results if err is not None}
+            what = f"loading {len(todo)} decoded images"
         else:
             failed = {}
-        for i in todo:
+        for i in track(todo, what):
             reason = failed.get(str(self.paths[i]))
             if reason is None:
                 try:

@@ -201,13 +201,16 @@ def fingerprint_files(
     Returns:
         One :class:`Fingerprint` per path, in order. Failures have ``error`` set; nothing is dropped.
     """
+    from popevit.progress import track
+
     jobs = [(Path(p), None if cache_dir is None else Path(cache_dir)) for p in paths]
+    what = f"fingerprinting {len(jobs)} images"
     if workers is None:
         workers = (os.cpu_count() or 1) if len(jobs) > 256 else 1
     if workers <= 1 or len(jobs) < 2:
-        return [_one(j) for j in jobs]
+        return [_one(j) for j in track(jobs, what)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(_one, jobs, chunksize=32))
+        return list(track(pool.map(_one, jobs, chunksize=32), what, total=len(jobs)))
 
 
 def _bits(fps: Sequence[Fingerprint]) -> np.ndarray:

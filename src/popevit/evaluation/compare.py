@@ -47,6 +47,7 @@ from popevit.evaluation.evaluate import (
 from popevit.evaluation.metrics import point_metrics
 from popevit.evaluation.predictions import PREDICTIONS, Predictions
 from popevit.evaluation.stats import delong_test, mcnemar_exact, paired_bootstrap
+from popevit.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -484,7 +485,7 @@ def compare_runs(
             batch_size=batch_size,
             device=device,
         )
-        for r in flat
+        for r in track(flat, f"predictions of {len(flat)} runs")
     ]
     preds = align(preds, [str(r) for r in flat])
     grouped, k = [], 0

@@ -37,6 +37,7 @@ from popevit.evaluation.compare import (
 from popevit.evaluation.evaluate import write_json
 from popevit.evaluation.metrics import normalize_proba, percentile_ci, weighted_metrics
 from popevit.evaluation.stats import bootstrap_seed_means
+from popevit.progress import track
 
 STUDY_METRICS = ("auroc_macro", "accuracy", "balanced_accuracy", "ece")
 EXTRAPOLATION_METRICS = ("auroc_macro", "accuracy")
@@ -300,11 +301,12 @@ def run_study(
         calibrate=calibrate,
     )
     names = [str(r) for r in flat]
-    per_size = {train_size: align([run_predictions(r, **kw) for r in flat], names)}
+    runs = track(flat, f"{len(flat)} runs at {train_size} px")
+    per_size = {train_size: align([run_predictions(r, **kw) for r in runs], names)}
     ref = per_size[train_size][0]
     for size in all_sizes:
         if size != train_size:  # on the training size's images, in its order: every curve shares one y
-            preds = [run_predictions(r, img_size=size, **kw) for r in flat]
+            preds = [run_predictions(r, img_size=size, **kw) for r in track(flat, f"{len(flat)} runs at {size} px")]
             per_size[size] = align([ref, *preds], [f"{names[0]} at {train_size} px", *names])[1:]
     y, classes = ref.y, ref.classes
 

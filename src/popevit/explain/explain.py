@@ -291,12 +291,13 @@ def _batched_maps(
     model: torch.nn.Module, x: torch.Tensor, target: np.ndarray, method: str, batch_size: int, options: dict
 ) -> torch.Tensor:
     from popevit.explain.methods import explain_batch
+    from popevit.progress import track
 
     dev = next(model.parameters()).device
     t = torch.as_tensor(target, dtype=torch.long)
     out = [
         explain_batch(model, x[i : i + batch_size].to(dev), t[i : i + batch_size], method, **options)
-        for i in range(0, len(x), batch_size)
+        for i in track(range(0, len(x), batch_size), f"{method} maps of {len(x)} images")
     ]
     return torch.cat(out)  # (n, S, S)
 
@@ -353,6 +354,7 @@ def explain_run(
     from popevit.data.preprocess import to_tensor
     from popevit.evaluation.predictions import resolve_device
     from popevit.explain import overlay
+    from popevit.progress import track
 
     if max_images < 1:
         raise ValueError(f"max_images must be >= 1, got {max_images}")
@@ -373,7 +375,8 @@ def explain_run(
         paths, y, _ = load_eval_samples(run_dir, classes, data=data, manifest=manifest, split=split)
 
     # 1. predict everything (cheap), 2. explain a selection: mistakes, confident hits, random fill.
-    items_all = [load_item(p, int(lbl), cfg) for p, lbl in zip(paths, y, strict=True)]
+    pairs = zip(paths, y, strict=True)
+    items_all = [load_item(p, int(lbl), cfg) for p, lbl in track(pairs, f"loading {len(paths)} images", len(paths))]
     x_all = torch.stack([to_tensor(it.pre, cfg) for it in items_all])  # (n, C, S, S)
     with torch.inference_mode():
         proba = torch.cat([model(xb.to(dev)).float().softmax(-1).cpu() for xb in x_all.split(batch_size)]).numpy()
@@ -388,7 +391,7 @@ def explain_run(
     out_dir = Path(out) if out is not None else run_dir / EXPLAIN_DIR / methods[0]
     (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
     figures: list[Path] = []
-    for i, it in enumerate(items):
+    for i, it in enumerate(track(items, f"drawing {len(items)} overlays")):
         fig_path = out_dir / "overlays" / f"{i:03d}_{Path(it.path).stem}.png"
         overlay.save_explanation(
             fig_path, it, {m: maps[m][i].numpy() for m in methods}, proba[chosen[i]], classes, int(tgt[i])

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from popevit import progress
 from popevit.config import ExperimentConfig, dump_config, load_config
 from popevit.sweep.space import SEED_KEY, SPLIT_KEYS, SearchSpace, config_id, overrides_for, run_name, trial_key
 
@@ -433,21 +434,24 @@ def run_sweep(spec: SweepSpec, *, summarize: bool = True) -> SweepResult:
 
     objective = _Objective(spec, base_overrides, result)
     S = _states()
-    budget = 10 * (space.n_grid if space.mode == "grid" else spec.n_trials or 0) * len(space.seeds) + 100
-    for _ in range(budget):
-        work = _work(study, spec, grid_sampler)
-        if work.waiting == 0 and work.to_start <= 0 and space.mode == "grid" and _enqueue_grid_gaps(study, space):
-            print("[sweep] grid ids used up with points missing: queued the missing points", flush=True)
-            continue
-        if work.waiting == 0 and work.to_start <= 0:
-            break
-        before = {t.number for t in _trials(study)}
-        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
-        for t in _trials(study):
-            if t.number not in before and t.state == S.FAIL:
-                result.failed += 1
-    else:
-        result.notes.append(f"stopped after {budget} trials in this invocation (most of them duplicates?)")
+    expected = (space.n_grid if space.mode == "grid" else spec.n_trials or 0) * len(space.seeds)
+    budget = 10 * expected + 100
+    with progress.bar(f"sweep {name}: trials complete", expected) as done:
+        for _ in range(budget):
+            work = _work(study, spec, grid_sampler)
+            done(work.complete)
+            if work.waiting == 0 and work.to_start <= 0 and space.mode == "grid" and _enqueue_grid_gaps(study, space):
+                print("[sweep] grid ids used up with points missing: queued the missing points", flush=True)
+                continue
+            if work.waiting == 0 and work.to_start <= 0:
+                break
+            before = {t.number for t in _trials(study)}
+            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+            for t in _trials(study):
+                if t.number not in before and t.state == S.FAIL:
+                    result.failed += 1
+        else:
+            result.notes.append(f"stopped after {budget} trials in this invocation (most of them duplicates?)")
 
     final = _trials(study)
     result.complete = len({t.user_attrs.get("key") for t in final if t.state == S.COMPLETE})

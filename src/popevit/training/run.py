@@ -241,11 +241,14 @@ def make_trainer(cfg: ExperimentConfig, out_dir: Path, callbacks: list[Any], pre
     from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    from popevit import progress
     from popevit.training.callbacks import EarlierWallClock, ImagesSeen
     from popevit.training.checkpoint import AtomicCheckpointIO, AtomicCSVLogger
 
     callbacks = [*callbacks, latest_checkpoint(out_dir), ImagesSeen(), EarlierWallClock()]
-    if cfg.train.progress_bar:
+    # Lightning's bar only on a terminal, and not under a popevit bar (a sweep's trials): one live display at a time.
+    show_bar = cfg.train.progress_bar and progress.enabled() and not progress.active()
+    if show_bar:
         callbacks = [*callbacks, TQDMProgressBar(refresh_rate=10)]
     loggers = [
         AtomicCSVLogger(out_dir / "logs", name="csv", version=""),
@@ -267,7 +270,7 @@ def make_trainer(cfg: ExperimentConfig, out_dir: Path, callbacks: list[Any], pre
         log_every_n_steps=cfg.train.log_every_n_steps,
         limit_train_batches=cfg.train.limit_train_batches,
         limit_val_batches=cfg.train.limit_val_batches,
-        enable_progress_bar=cfg.train.progress_bar,
+        enable_progress_bar=show_bar,
         enable_model_summary=False,
         plugins=[AtomicCheckpointIO()],
         num_sanity_val_steps=0,
