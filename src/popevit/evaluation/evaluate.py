@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from popevit.evaluation.calibration import apply_temperature, fit_temperature, nll, temperature_at_bound
+from popevit.evaluation.describe import model_label, source_label
 from popevit.evaluation.metrics import metrics_with_ci, point_metrics
-from popevit.evaluation.plots import plot_all
+from popevit.evaluation.plots import figure_title, plot_all
 from popevit.evaluation.predictions import PREDICTIONS, Predictions, predict_proba
 
 METRICS = "metrics.json"
@@ -350,15 +351,25 @@ def evaluate_run(
     }
     if calibration is not None:
         result["calibration"] = calibration
+    what = model_label(meta.name, meta.kwargs), source_label(source)  # named in every figure's title
     if plots:
-        result["plots"] = {k: p.name for k, p in plot_all(y, preds.proba, classes, out_dir).items()}
+        title = figure_title(*what, len(y))
+        result["plots"] = {k: p.name for k, p in plot_all(y, preds.proba, classes, out_dir, title=title).items()}
     if dedup_against is not None:
         mask, info = novel_mask(paths, dedup_against, cache_dir=cache_dir)
         sub = preds.subset(mask)
         result["dedup"] = {**info, **(summarize(sub, n_boot, seed) if mask.any() else {"n": 0, "metrics": {}})}
         if plots and 0 < len(sub.paths) < len(preds.paths):  # identical figures when nothing was removed
             result["dedup"]["plots"] = {
-                k: p.name for k, p in plot_all(sub.y, sub.proba, classes, out_dir, prefix="dedup_").items()
+                k: p.name
+                for k, p in plot_all(
+                    sub.y,
+                    sub.proba,
+                    classes,
+                    out_dir,
+                    prefix="dedup_",
+                    title=figure_title(what[0], f"{what[1]}, no duplicate in {Path(dedup_against).name}", len(sub.y)),
+                ).items()
             }
     write_json(out_dir / METRICS, result)
     return {**jsonable(result), "out": str(out_dir)}
