@@ -21,6 +21,7 @@ import csv
 import datetime as _dt
 import html
 import json
+import os
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
@@ -100,7 +101,9 @@ figure{margin:8px 0;break-inside:avoid}figcaption{font-size:13px;color:#555}
  body{max-width:none;margin:0;padding:0;font-size:10.5pt}
  table{font-size:9pt}th,td{padding:2px 6px}
  h2{break-before:page}h2.first{break-before:avoid}
- table,figure,.answer,pre{break-inside:avoid}
+ table,figure,pre{break-inside:avoid}
+ img{max-height:120mm;width:auto;object-fit:contain}
+ .answer{border:none;padding:0;background:none}
  h2,h3,h4{break-after:avoid}
  .grid{grid-template-columns:1fr 1fr}
  details{display:none}
@@ -180,14 +183,19 @@ def _model_of(run: Path) -> str:
     return model_label(model.get("name"), model.get("kwargs")) if model else ""
 
 
-def _paren(text: str) -> str:
-    return f" ({_e(text)})" if text else ""
+def _paren(text: str, name: str = "") -> str:
+    return f" ({_e(text)})" if text and text != name else ""
+
+
+def _under(text: str, name: str) -> str:
+    """``text`` on a muted second line of a table cell, unless it repeats ``name``."""
+    return f"<br><span class='muted'>{_e(text)}</span>" if text and text != name else ""
 
 
 def _named(run: Path) -> str:
-    """``pope (vit_demo + pope)``: the run's name with its model when known."""
+    """``pope (vit_demo + pope)``: the run's name with its model when known and not the same words."""
     model = _model_of(run)
-    return f"{run_name(run)} ({model})" if model else run_name(run)
+    return f"{run_name(run)} ({model})" if model and model != run_name(run) else run_name(run)
 
 
 # ------------------------------------------------------------------------------------------------------ formatting
@@ -354,13 +362,13 @@ def _answer_section(
     lead = NAMES.get(metric, metric)
     if len(rows) == 1:
         out.append(
-            f"<p class='lead'><b>{_e(best.name)}</b>{_paren(_model_of(best.runs[0]))}: {lead} "
+            f"<p class='lead'><b>{_e(best.name)}</b>{_paren(_model_of(best.runs[0]), best.name)}: {lead} "
             f"{best.cell(metric)} on {_e(data)}, n = {ref.result.get('n')}.</p>"
         )
     else:
         second = order[1]
         sentence = (
-            f"<p class='lead'>Best by {lead}: <b>{_e(best.name)}</b>{_paren(_model_of(best.runs[0]))}, "
+            f"<p class='lead'>Best by {lead}: <b>{_e(best.name)}</b>{_paren(_model_of(best.runs[0]), best.name)}, "
             f"{best.cell(metric)}."
         )
         diff = _paired(cmp, second.name, best.name, metric)
@@ -383,7 +391,7 @@ def _answer_section(
     table_rows, classes = [], []
     for r in order:
         cells = [
-            f"<b>{_e(r.name)}</b><br><span class='muted'>{_e(_model_of(r.runs[0]))}</span>",
+            f"<b>{_e(r.name)}</b>" + _under(_model_of(r.runs[0]), r.name),
             str(len(r.runs)),
             r.cell("accuracy"),
             r.cell("balanced_accuracy"),
@@ -407,10 +415,11 @@ def _answer_section(
     out.append(f"<h3>Internal test: {_e(data)}</h3>")
     out.append(_table(header, table_rows, classes))
     boot = ref.result.get("bootstrap") or {}
-    where = ref.source.get("resolved") or ref.source.get("manifest") or ref.source.get("data")
+    where = _image_root(ref) or ref.source.get("resolved") or ref.source.get("manifest") or ref.source.get("data")
     notes = [
-        f"n = {ref.result.get('n')} images ({_counts(ref.result)}), the same images for every model"
-        + (f" ({_e(where)})." if where else "."),
+        f"n = {ref.result.get('n')} images ({_counts(ref.result)})"
+        + (f" in {_e(where)}" if where else "")
+        + ", the same images for every model.",
         f"95% CIs: {_e(boot.get('method', 'percentile'))} bootstrap over images ({_e(boot.get('n_boot'))} "
         f"resamples, seed {_e(boot.get('seed'))}); several runs of one model (seeds) show mean ± sd.",
     ]
@@ -449,6 +458,18 @@ def tumour_level(ev: Evaluation) -> dict[str, dict[str, Any] | None]:
     return {"sensitivity": None, "specificity": None, "auroc": None}
 
 
+def _image_root(ev: Evaluation) -> str | None:
+    """The folder that holds every evaluated image (from ``predictions.csv``), or None."""
+    if not ev.has_predictions:
+        return None
+    with open(ev.folder / PREDICTIONS, newline="", encoding="utf-8") as f:
+        folders = {os.path.dirname(row["path"]) for row in csv.DictReader(f) if row.get("path")}
+    try:
+        return os.path.commonpath(sorted(folders)) if folders else None
+    except ValueError:  # relative and absolute paths mixed
+        return None
+
+
 def _external_section(groups: list[list[Path]], evals: dict[Path, list[Evaluation]], tag: str) -> str:
     """One table per external source: each run's numbers there, beside its tumour-level numbers on ``tag``."""
     runs = [r for g in groups for r in g]
@@ -475,7 +496,7 @@ def _external_section(groups: list[list[Path]], evals: dict[Path, list[Evaluatio
                 pairs.append(f"{_ci(a) or 'n/a'} → {_ci(b) or 'n/a'}" if a or b else "n/a")
             rows.append(
                 [
-                    f"<b>{_e(run_name(e.run))}</b><br><span class='muted'>{_e(_model_of(e.run))}</span>",
+                    f"<b>{_e(run_name(e.run))}</b>" + _under(_model_of(e.run), run_name(e.run)),
                     _e(e.tag),
                     f"{e.result.get('n')}<br><span class='muted'>{_counts(e.result)}</span>",
                     _ci(e.metric("accuracy")),
@@ -566,7 +587,7 @@ def _explain_section(runs: Sequence[Path]) -> str:
             figs = [_figure(d / g, f"{_named(r)}: {g[:-4].replace('_', ' ')}, {d.name}")
                     for g in GALLERIES if (d / g).is_file()]  # fmt: skip
             if figs:
-                parts.append(f"<h3>{_e(run_name(r))}: {_e(d.name)}</h3>" + "".join(figs))
+                parts.append(f"<h3>{_e(run_name(r))}: {_e(d.name)}</h3><div class='grid'>{''.join(figs)}</div>")
     if not parts:
         return ""
     return (
