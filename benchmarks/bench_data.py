@@ -1,4 +1,4 @@
-"""Data-layer speed figures behind BENCHMARKS.md (issue 3 targets, on 2 CPU cores).
+"""Data-layer speed figures behind BENCHMARKS.md (the data-layer targets, on 2 CPU cores).
 
 1. first pass over a folder: read + decode + preprocess + write the decode-once cache (target <= 60 s for 5712);
 2. cached loading with augmentation at 128 px through a DataLoader (target >= 3000 images/s);

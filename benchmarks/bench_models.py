@@ -1,22 +1,22 @@
-"""Training-step speed of every positional encoding at the seed configuration, side by side with timm.
+"""Training-step speed of every positional encoding at the 224-px configuration, side by side with timm.
 
-One step = forward + cross-entropy + backward + AdamW update, batch 32, 224 px grayscale, ``vit_seed`` (width 512,
-6 blocks, 8 heads, MLP 1024, mean pooling). The reference is timm's ``VisionTransformer`` with identical dimensions
+One step = forward + cross-entropy + backward + AdamW update, batch 32, 224 px grayscale, ``vit_p16_w512_d6`` (width
+512, 6 blocks, 8 heads, MLP 1024, mean pooling). The reference is timm's ``VisionTransformer`` with identical dimensions
 and no position embedding (``class_token=False, global_pool='avg', pos_embed='none'``). Models are interleaved: each
 repeat times one step of every model in turn, so load drifts on a shared machine hit all of them alike; the figure is
-the median over repeats after warm-up, both in wall time and in process CPU time (with ``--threads 1`` the latter is
-the work done, nearly independent of other jobs competing for the cores).
+the median over repeats after warm-up, both in wall time and in process CPU time (with ``--threads 1`` the latter is the
+work done, nearly independent of other jobs competing for the cores).
 
-Targets (issue 4): pope / none <= 1.10, rope_* / none <= 1.05, none / timm <= 1.00.
+Targets (BENCHMARKS.md): pope / none <= 1.10, rope_* / none <= 1.05, none / timm <= 1.00.
 
 Usage::
 
     python benchmarks/bench_models.py                      # all PEs, 7 repeats, all cores
     python benchmarks/bench_models.py --pe none pope --repeats 5 --threads 1 --json out.json
-    python benchmarks/bench_models.py --pope-scale all     # the PoPE softmax-scale study (RESULTS.md)
+    python benchmarks/bench_models.py --pope-scale all     # the softmax-scale study (docs/experiments/)
 
 ``--pope-scale`` compares PoPE's two candidate softmax scales, ``1/sqrt(D)`` ("head_dim", the default) and
-``1/sqrt(2D)`` ("cartesian"): (1) attention statistics at initialisation of ``vit_seed`` on 224 px phantoms
+``1/sqrt(2D)`` ("cartesian"): (1) attention statistics at initialisation of ``vit_p16_w512_d6`` on 224 px phantoms
 (std of the logits over keys, softmax entropy / log N, mean attention distance in patches), next to ``none`` and
 ``rope_axial``; (2) a short training run on a task that needs content and position (filled or hollow square, left
 or right half; 32 px, patch 4, width 64, 2 blocks, 2 heads of D = 32, AdamW, 200 steps, 3 seeds).
@@ -56,7 +56,7 @@ def build(name: str, img_size: int, num_classes: int) -> torch.nn.Module:
             global_pool="avg",
             pos_embed="none",
         )
-    return create_model("vit_seed", num_classes=num_classes, img_size=img_size, pos_enc=name)
+    return create_model("vit_p16_w512_d6", num_classes=num_classes, img_size=img_size, pos_enc=name)
 
 
 def step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
@@ -99,12 +99,12 @@ def pope_scale_study(parts: str) -> None:
     if parts == "train":
         return _pope_scale_training(ViT, ViTConfig)
     x, _ = _phantoms(2, 224, seed=123)  # 8 images
-    print("# (1) attention at init, vit_seed, 224 px phantoms, blocks 1 and 6")
+    print("# (1) attention at init, vit_p16_w512_d6, 224 px phantoms, blocks 1 and 6")
     print(f"{'variant':<22} {'blk':>3} {'logit std':>9} {'H/logN':>7} {'dist':>6}")
     variants = [("none", None), ("rope_axial", None), ("pope", "head_dim"), ("pope", "cartesian")]
     for pe, scale in variants:
         torch.manual_seed(0)
-        model = create_model("vit_seed", num_classes=4, img_size=224, pos_enc=pe).eval()
+        model = create_model("vit_p16_w512_d6", num_classes=4, img_size=224, pos_enc=pe).eval()
         if scale:
             _set_scale(model, scale)
         with torch.no_grad(), capture_attention(model) as rec:
@@ -112,7 +112,7 @@ def pope_scale_study(parts: str) -> None:
         pos = patch_positions(rec.grid)
         dist = torch.cdist(pos, pos)  # (P, P) patch distances
         for b in (0, len(rec.attn) - 1):
-            p = rec.attn[b]  # (B, H, N, N), no prefix tokens in vit_seed
+            p = rec.attn[b]  # (B, H, N, N), no prefix tokens in vit_p16_w512_d6
             logp = p.clamp_min(1e-30).log()
             std = logp.std(dim=-1).mean().item()  # = std of logits over keys
             ent = (-(p * logp).sum(-1)).mean().item() / math.log(p.shape[-1])
@@ -209,7 +209,7 @@ def main() -> None:
     med = {n: statistics.median(t) for n, t in times.items()}
     med_cpu = {n: statistics.median(t) for n, t in cpu.items()}
     print(
-        f"# train step, vit_seed, batch {args.batch}, {args.img_size}px, {torch.get_num_threads()} threads, "
+        f"# train step, vit_p16_w512_d6, batch {args.batch}, {args.img_size}px, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}, median of {args.repeats}"
     )
     print("wall = elapsed time; cpu = process CPU time, robust to other jobs on a shared machine with --threads 1")

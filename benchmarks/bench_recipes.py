@@ -1,4 +1,4 @@
-"""Training-step cost of issue 10's recipes, side by side: what a 30-minute budget buys each model in images.
+"""Training-step cost of the equal-budget recipes, side by side: what a 30-minute budget buys each model in images.
 
 Each candidate is a config file plus optional ``--set``-style overrides, built exactly as ``popevit train`` builds it
 (``load_config`` + ``model_kwargs`` + ``create_model``), in training mode, so dropout and drop path run. One step =
@@ -12,7 +12,7 @@ Usage (from the repository root)::
 
     .venv/bin/python benchmarks/bench_recipes.py --json recipes.json
     .venv/bin/python benchmarks/bench_recipes.py \
-        --candidate "wide=configs/gap30_vit_resstem_noreg.yaml;model.embed_dim=256"
+        --candidate "wide=configs/experiments/whole_budget_vit_resstem_noreg.yaml;model.embed_dim=256"
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from popevit.models.factory import parameter_counts
 from popevit.training.run import model_kwargs
 
 DEFAULT = [
-    "resnet18=configs/gap30_resnet18.yaml",
-    "recipe=configs/gap30_vit_resstem.yaml",
-    "noreg=configs/gap30_vit_resstem_noreg.yaml",
-    "noreg_w256=configs/gap30_vit_resstem_noreg.yaml;model.embed_dim=256",
-    "noreg_w320=configs/gap30_vit_resstem_noreg.yaml;model.embed_dim=320",
-    "noreg_d8=configs/gap30_vit_resstem_noreg.yaml;model.depth=8",
+    "resnet18=configs/experiments/whole_budget_resnet18.yaml",
+    "recipe=configs/experiments/whole_budget_vit_resstem.yaml",
+    "noreg=configs/experiments/whole_budget_vit_resstem_noreg.yaml",
+    "noreg_w256=configs/experiments/whole_budget_vit_resstem_noreg.yaml;model.embed_dim=256",
+    "noreg_w320=configs/experiments/whole_budget_vit_resstem_noreg.yaml;model.embed_dim=320",
+    "noreg_d8=configs/experiments/whole_budget_vit_resstem_noreg.yaml;model.depth=8",
 ]
 
 

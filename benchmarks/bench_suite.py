@@ -1,4 +1,4 @@
-"""Reproduce every figure of BENCHMARKS.md (issue 9): the ``popevit bench`` suite plus the two plotted sweeps.
+"""Reproduce every figure of BENCHMARKS.md: the ``popevit bench`` suite plus the two plotted sweeps.
 
 Usage::
 

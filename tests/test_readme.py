@@ -47,6 +47,11 @@ def test_readme_popevit_commands_exist_with_their_options(line):
         assert opt in result.output, f"README uses {opt} but `popevit {' '.join(path)} --help` does not list it"
 
 
-def test_readme_configs_exist():
-    for cfg in re.findall(r"configs/[\w.]+\.yaml", README):
+def test_readme_configs_exist_and_load():
+    from popevit.config import load_config
+
+    named = re.findall(r"configs/[\w./]+\.yaml", README)
+    assert named, "the README names no config"
+    for cfg in named:
         assert (ROOT / cfg).is_file(), cfg
+        load_config(ROOT / cfg)

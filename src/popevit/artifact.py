@@ -10,8 +10,6 @@ import functools
 import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,9 @@ from safetensors.torch import load_file, save_file
 
 from popevit import __version__
 from popevit.config import PreprocessConfig
+from popevit.io import atomic_write_bytes, atomic_write_text, read_json, shown
+
+__all__ = ["ModelMeta", "atomic_write_bytes", "file_sha256", "load_artifact", "load_meta", "save_artifact"]
 
 FORMAT = "popevit-model/1"
 WEIGHTS = "model.safetensors"
@@ -31,16 +32,22 @@ ARCHIVE = "archive.json"  # marks an archived run: records and predictions, no w
 
 @dataclass
 class ModelMeta:
-    """Everything needed to rebuild a model and feed it the way it was trained."""
+    """Everything needed to rebuild a model and feed it the way it was trained.
+
+    ``weights_sha256`` is the SHA-256 of the ``model.safetensors`` written beside it (set by :func:`save_artifact`;
+    None in a ``model.json`` written before popevit recorded it). :func:`load_artifact` checks it, so damaged or
+    swapped weights are refused instead of evaluated.
+    """
 
     name: str
     kwargs: dict[str, Any]
     classes: list[str]
     preprocess: PreprocessConfig
     extra: dict[str, Any] = field(default_factory=dict)
+    weights_sha256: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        d = {
             "format": FORMAT,
             "popevit_version": __version__,
             "model": {"name": self.name, "kwargs": self.kwargs},
@@ -48,18 +55,30 @@ class ModelMeta:
             "preprocess": self.preprocess.model_dump(mode="json"),
             "extra": self.extra,
         }
+        if self.weights_sha256 is not None:
+            d["weights_sha256"] = self.weights_sha256
+        return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> ModelMeta:
-        if d.get("format") != FORMAT:
-            raise ValueError(f"model.json has format {d.get('format')!r}, expected {FORMAT!r}; re-export the model")
-        return cls(
-            name=d["model"]["name"],
-            kwargs=d["model"]["kwargs"],
-            classes=list(d["classes"]),
-            preprocess=PreprocessConfig.model_validate(d["preprocess"]),
-            extra=d.get("extra", {}),
-        )
+    def from_json(cls, d: dict[str, Any], source: str | Path = META) -> ModelMeta:
+        """Parse a ``model.json`` dict; ``source`` names the file in errors."""
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            found = d.get("format") if isinstance(d, dict) else type(d).__name__
+            raise ValueError(f"{shown(source)} has format {found!r}, expected {FORMAT!r}; re-export the model")
+        try:
+            return cls(
+                name=str(d["model"]["name"]),
+                kwargs=dict(d["model"]["kwargs"]),
+                classes=[str(c) for c in d["classes"]],
+                preprocess=PreprocessConfig.model_validate(d["preprocess"]),
+                extra=d.get("extra", {}),
+                weights_sha256=d.get("weights_sha256"),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            what = f"lacks {err}" if isinstance(err, KeyError) else f"has a malformed field ({err})"
+            raise ValueError(
+                f"{shown(source)} {what}: it is damaged or was edited by hand; restore it from the run that wrote it"
+            ) from None
 
 
 def file_sha256(path: str | Path) -> str:
@@ -85,27 +104,12 @@ def param_count(weights: str | Path) -> int:
         return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118 (not iterable)
 
 
-def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Write through a temp file in the same folder then rename, so a crash never leaves a half-written file.
-
-    Args:
-        path: destination.
-        write: callable taking the temporary path and writing the content there.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_artifact(model: torch.nn.Module, meta: ModelMeta, out_dir: str | Path) -> Path:
-    """Write ``model.safetensors`` and ``model.json`` into ``out_dir`` atomically; returns ``out_dir``."""
+    """Write ``model.safetensors`` and ``model.json`` (with the weights' SHA-256) into ``out_dir`` atomically.
+
+    Returns:
+        ``out_dir``.
+    """
     out_dir = Path(out_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     # safetensors refuses shared storage; clone tied tensors so the file is self-contained.
@@ -116,20 +120,57 @@ def save_artifact(model: torch.nn.Module, meta: ModelMeta, out_dir: str | Path) 
             state[k] = v.clone()
         seen[ptr] = k
     atomic_write_bytes(out_dir / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT}))
-    text = json.dumps(meta.to_json(), indent=2)
-    atomic_write_bytes(out_dir / META, lambda tmp: Path(tmp).write_text(text))
+    meta.weights_sha256 = file_sha256(out_dir / WEIGHTS)
+    atomic_write_text(out_dir / META, json.dumps(meta.to_json(), indent=2))
     return out_dir
 
 
 def load_meta(run_dir: str | Path) -> ModelMeta:
+    """The ``model.json`` of a run folder, checked (errors name the file and say what to do)."""
     run_dir = Path(run_dir)
     meta_path = run_dir / META
     if not meta_path.is_file():
+        if not run_dir.exists():
+            raise FileNotFoundError(
+                f"run folder {shown(run_dir)!r} not found, so it is not a finished popevit run; pass the --out "
+                "folder of a `popevit train` run"
+            )
         raise FileNotFoundError(
-            f"{str(meta_path)!r} not found: {str(run_dir)!r} is not a finished popevit run "
-            f"(train one with `popevit train --config ... --out {run_dir}`)"
+            f"{shown(meta_path)!r} not found: {shown(run_dir)!r} is not a finished popevit run "
+            f"(train one with `popevit train --config ... --out {shown(run_dir)}`)"
         )
-    return ModelMeta.from_json(json.loads(meta_path.read_text()))
+    return ModelMeta.from_json(read_json(meta_path, "model.json"), meta_path)
+
+
+def verify_weights(run_dir: str | Path, meta: ModelMeta) -> Path:
+    """The run's ``model.safetensors``, checked against the SHA-256 its ``model.json`` recorded (when it did).
+
+    Raises:
+        FileNotFoundError: no weights file.
+        ValueError: the weights differ from those saved with ``model.json`` (damaged, truncated or swapped).
+    """
+    weights = Path(run_dir) / WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(f"{shown(weights)!r} not found: the run has no weights; train it again or restore them")
+    if meta.weights_sha256 is not None and file_sha256(weights) != meta.weights_sha256:
+        raise ValueError(
+            f"{shown(weights)}: its SHA-256 differs from the one {META} recorded when the model was saved, so the "
+            "weights were damaged or replaced; restore the file (or the run) from a copy, or train again"
+        )
+    return weights
+
+
+def load_weights(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` file; a damaged or foreign file is a ``ValueError`` naming it."""
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, OSError) as err:
+        raise ValueError(
+            f"{shown(path)}: not a readable safetensors file ({err}); it is damaged or truncated: restore it from "
+            "a copy, or train again"
+        ) from None
 
 
 def load_artifact(run_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[torch.nn.Module, ModelMeta]:
@@ -147,13 +188,19 @@ def load_artifact(run_dir: str | Path, map_location: str | torch.device = "cpu")
     run_dir = Path(run_dir)
     meta = load_meta(run_dir)
     if not (run_dir / WEIGHTS).is_file() and (run_dir / ARCHIVE).is_file():
-        origin = json.loads((run_dir / ARCHIVE).read_text()).get("archived_from", "its original run folder")
+        origin = read_json(run_dir / ARCHIVE, "archive.json").get("archived_from", "its original run folder")
         raise FileNotFoundError(
             f"{str(run_dir)!r} is an archived run (`popevit archive`): it keeps predictions, not weights, so only "
             f"`popevit compare`, `study` and `report` can read it; use the run it was archived from ({origin})"
         )
-    model = create_model(meta.name, **meta.kwargs)
-    state = load_file(str(run_dir / WEIGHTS), device=str(map_location))
+    weights = verify_weights(run_dir, meta)
+    try:
+        model = create_model(meta.name, **meta.kwargs)
+    except TypeError as err:  # kwargs the model does not take: a hand-edited or foreign model.json
+        raise ValueError(
+            f"{shown(run_dir / META)}: model {meta.name!r} cannot be built from its kwargs ({err})"
+        ) from None
+    state = load_weights(weights, device=str(map_location))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise RuntimeError(

@@ -26,6 +26,60 @@ class PreprocessConfig(StrictModel):
     in_chans: Literal[1, 3] = Field(1, description="1 = grayscale; 3 = grayscale replicated for RGB backbones")
     crop_foreground: bool = Field(True, description="crop to the head before padding to square")
     clip_percentiles: tuple[float, float] = Field((0.5, 99.5), description="intensity clip before standardising")
+    normalize: Literal["image", "fixed"] = Field(
+        "image",
+        description="image = per-image zero mean, unit variance; fixed = (x - 0.5) / 0.25 on the 0..1 image, the same "
+        "affine map for every image",
+    )
+    head_mask: bool = Field(
+        False,
+        description="crop tight to the head and set everything outside it to black, so that the background, frame "
+        "and text labels cannot carry the image's source",
+    )
+    head_erode: float = Field(
+        0.0, ge=0, lt=0.5, description="with head_mask: shrink the mask by this share of the head's size (scalp, skull)"
+    )
+
+    @model_validator(mode="after")
+    def _check_head(self) -> PreprocessConfig:
+        if self.head_erode and not self.head_mask:
+            raise ValueError("head_erode shrinks the head mask, but head_mask is false; set head_mask: true")
+        return self
+
+
+class DomainConfig(StrictModel):
+    """Contrast and acquisition randomisation (see :class:`popevit.data.transforms.DomainRandomization`).
+
+    Each effect is drawn per image with probability ``p`` when it is switched on (a true flag or a non-zero
+    strength), so that the model cannot tell the source of an image by its MRI sequence, scanner or file encoding.
+    """
+
+    p: float = Field(0.5, ge=0, le=1, description="probability that each switched-on effect is applied to an image")
+    curve: bool = Field(False, description="random piecewise-linear intensity curve (lookup table)")
+    curve_points: int = Field(6, ge=2, description="control points of the random curve")
+    curve_nonmonotone: float = Field(0.5, ge=0, le=1, description="share of the random curves that are non-monotone")
+    invert: bool = Field(False, description="intensity inversion 1 - x (T1-like <-> T2-like contrast)")
+    hist_match: bool = Field(False, description="match the histogram of another image of the batch")
+    bias_field: float = Field(0.0, ge=0, description="max std of a smooth multiplicative log bias field")
+    blur: float = Field(0.0, ge=0, description="max Gaussian blur sigma, pixels")
+    noise: float = Field(0.0, ge=0, description="max std of additive Gaussian noise on the 0..1 image")
+    resample: float = Field(1.0, ge=1, description="max factor of a down-then-up resampling (1 = off)")
+    jpeg: tuple[int, int] | None = Field(
+        None, description="JPEG quality range of a simulated re-encoding, e.g. [30, 90]"
+    )
+
+    @property
+    def active(self) -> bool:
+        return self.p > 0 and (
+            self.curve or self.invert or self.hist_match or self.bias_field > 0 or self.blur > 0 or self.noise > 0
+            or self.resample > 1 or self.jpeg is not None
+        )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _check_jpeg(self) -> DomainConfig:
+        if self.jpeg is not None and not 1 <= self.jpeg[0] <= self.jpeg[1] <= 100:
+            raise ValueError(f"jpeg quality range must be 1 <= low <= high <= 100, got {list(self.jpeg)}")
+        return self
 
 
 class AugmentConfig(StrictModel):
@@ -48,6 +102,7 @@ class AugmentConfig(StrictModel):
     cutmix: float = Field(0.0, ge=0, description="cutmix Beta(alpha, alpha) (Yun et al. 2019); 0 = off")
     mix_prob: float = Field(1.0, ge=0, le=1, description="probability that a batch is mixed at all")
     mix_switch_prob: float = Field(0.5, ge=0, le=1, description="probability of cutmix over mixup when both are on")
+    domain: DomainConfig = Field(DomainConfig(), description="contrast and acquisition randomisation")
 
     @property
     def mixing(self) -> bool:
@@ -57,7 +112,7 @@ class AugmentConfig(StrictModel):
 
 class DataConfig(StrictModel):
     dataset: Literal["folder", "cifar10", "cifar100"] = Field(
-        "folder", description="folder = MRI image folder or manifest; cifar10/100 = torchvision CIFAR (seed 003)"
+        "folder", description="folder = MRI image folder or manifest; cifar10/100 = torchvision CIFAR"
     )
     download: bool = Field(True, description="CIFAR only: download into data.data when missing (needs network)")
     data: Path | None = Field(None, description="image folder (Kaggle layout); split into a manifest automatically")
@@ -68,6 +123,11 @@ class DataConfig(StrictModel):
     split_seed: int = 0
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     batch_size: int = Field(32, ge=1)
+    sampling: Literal["shuffle", "source_balanced"] = Field(
+        "shuffle",
+        description="shuffle = every training image once per epoch; source_balanced = as many draws per epoch, each "
+        "source of a manifest of several (data split --add) drawn equally often, with replacement",
+    )
     num_workers: int = Field(0, ge=0, description="DataLoader workers (0 = main process)")
     cache_dir: Path | None = Field(None, description="decode-once cache; default: $POPEVIT_CACHE or ~/.cache/popevit")
     preprocess: PreprocessConfig = PreprocessConfig()
@@ -88,7 +148,7 @@ class DistillConfig(StrictModel):
 
 
 class ModelConfig(StrictModel):
-    name: str = Field("vit_cpu", description="registered model (`popevit models`)")
+    name: str = Field("vit_p16_w192_d6", description="registered model (`popevit models`)")
     pos_enc: str | None = Field("pope", description="positional encoding for ViT models; ignored by CNNs")
     patch_size: int | None = Field(None, description="override the preset's patch size")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout before the head and in MLPs")
@@ -143,7 +203,7 @@ class OptimConfig(StrictModel):
 
 
 class TrainConfig(StrictModel):
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32, description="training seed (numpy accepts 0 .. 2**32 - 1)")
     max_epochs: int = Field(30, ge=1)
     max_minutes: float | None = Field(
         None,
@@ -180,6 +240,8 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check_ema(self) -> TrainConfig:
+        if self.devices != "auto" and self.devices < 1:
+            raise ValueError(f"train.devices must be >= 1 or auto, got {self.devices}; e.g. --devices 1")
         if self.ema_warmup and self.ema_decay is None:
             raise ValueError("train.ema_warmup ramps the EMA decay, but train.ema_decay is null; set e.g. 0.99")
         return self
@@ -193,7 +255,7 @@ class PretrainConfig(StrictModel):
 
 
 class ExperimentConfig(StrictModel):
-    """A whole experiment. ``configs/*.yaml`` are instances of this."""
+    """A whole experiment. ``configs/experiments/*.yaml``, merged over their ``configs/base/`` files, are instances."""
 
     name: str = "experiment"
     description: str = ""
@@ -266,11 +328,62 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+BASE_KEY = "base"
+
+
+def _merge(under: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge: mappings merge key by key, anything else (scalars, lists) in ``over`` replaces ``under``'s."""
+    out = dict(under)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def resolve_bases(raw: dict[str, Any], path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Merge the files a config names under ``base:`` beneath it, recursively.
+
+    ``base:`` is one path or a list of paths, relative to the folder of the file that names it. Bases merge in order
+    (a later base overrides an earlier one) and the file itself overrides them all; mappings merge key by key, lists
+    and scalars replace. A base may be partial: only the merged result is validated.
+
+    Args:
+        raw: the parsed mapping of ``path``.
+        path: the file ``raw`` came from.
+        chain: the files that led here, to refuse a cycle.
+
+    Returns:
+        ``raw`` with its bases merged under it and the ``base`` key removed.
+    """
+    here = path.resolve()
+    chain = (*chain, here)
+    names = raw.get(BASE_KEY) or []
+    names = [names] if isinstance(names, str) else names
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"config {str(path)!r}: base must be a file name or a list of them, got {names!r}")
+    merged: dict[str, Any] = {}
+    for name in names:
+        base = (here.parent / name).resolve()
+        if base in chain:
+            cycle = " -> ".join(str(p) for p in (*chain[chain.index(base) :], base))
+            raise ConfigError(f"config {str(path)!r}: base {name!r} makes a cycle ({cycle}); remove one of the links")
+        if not base.is_file():
+            raise ConfigError(
+                f"config {str(path)!r}: base {name!r} not found at {str(base)!r}; base paths are relative to the "
+                "folder of the file that names them"
+            )
+        parent = yaml.safe_load(base.read_text()) or {}
+        if not isinstance(parent, dict):
+            raise ConfigError(f"config {str(base)!r} must be a YAML mapping, got {type(parent).__name__}")
+        merged = _merge(merged, resolve_bases(parent, base, chain))
+    return _merge(merged, {k: v for k, v in raw.items() if k != BASE_KEY})
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Load and validate a YAML experiment config, then apply ``key=value`` overrides.
 
     Args:
-        path: YAML file; ``None`` starts from the defaults.
+        path: YAML file, merged over the files its ``base:`` names (:func:`resolve_bases`); ``None`` starts from
+            the defaults.
         overrides: dotted ``key=value`` strings, values parsed as YAML (``optim.lr=1e-3``, ``data.classes=[a,b]``).
 
     Returns:
@@ -281,16 +394,63 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} not found; see configs/ for the shipped experiments")
-        raw = yaml.safe_load(path.read_text()) or {}
+            raise ConfigError(
+                f"config file {str(path)!r} not found; see configs/experiments/ for the shipped experiments"
+            )
+        raw = read_yaml(path) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"config {str(path)!r} must be a YAML mapping, got {type(raw).__name__}")
+        raw = resolve_bases(raw, path)
         source = str(path)
     raw = apply_overrides(raw, overrides or [])
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as err:
         raise _explain(err, source) from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error.
+
+    Plain YAML keeps the last of two equal keys, so a config with two ``optim:`` blocks silently loses the first.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} appears twice in one mapping (first on line {seen[key] + 1}); a YAML mapping "
+                    "keeps only the last one, so delete or merge one of them",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file safely (no Python objects), refusing duplicate keys; every error names the file and line.
+
+    Raises:
+        ConfigError: not UTF-8, a syntax error, or a key given twice in one mapping.
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config {str(path)!r} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: builds plain data only
+    except yaml.YAMLError as err:
+        where = ""
+        mark = getattr(err, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"config {str(path)!r} is not valid YAML{where}: {problem}; fix that line") from None
 
 
 def dump_config(cfg: BaseModel) -> str:

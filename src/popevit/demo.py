@@ -37,8 +37,8 @@ class DemoModel:
 
 
 DEMO_MODELS: tuple[DemoModel, ...] = (
-    DemoModel("pope", ("model.name=vit_demo", "model.stem=res", "model.pos_enc=pope"), "rollout"),
-    DemoModel("rope_axial", ("model.name=vit_demo", "model.stem=res", "model.pos_enc=rope_axial"), "rollout"),
+    DemoModel("pope", ("model.name=vit_p8_w64_d4_conv", "model.stem=res", "model.pos_enc=pope"), "rollout"),
+    DemoModel("rope_axial", ("model.name=vit_p8_w64_d4_conv", "model.stem=res", "model.pos_enc=rope_axial"), "rollout"),
     DemoModel("resnet18", ("model.name=resnet18", "model.pos_enc=null"), "gradcam"),
 )
 

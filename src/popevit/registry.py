@@ -25,6 +25,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._aliases: dict[str, str] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator that registers ``obj`` under ``name``; a second registration of the same name raises."""
@@ -38,20 +39,39 @@ class Registry(Generic[T]):
     def add(self, name: str, obj: T) -> None:
         if name in self._items:
             raise ValueError(f"{self.kind} {name!r} is already registered (by {self._items[name]!r}); pick a new name")
+        if name in self._aliases:
+            raise ValueError(f"{self.kind} {name!r} is already registered (a former name of {self._aliases[name]!r})")
         self._items[name] = obj
+
+    def add_alias(self, old: str, name: str) -> None:
+        """Let ``old``, a former name of ``name``, still be looked up (saved artefacts name it); it is not listed."""
+        if old in self._items or old in self._aliases:
+            raise ValueError(f"{self.kind} {old!r} is already registered; pick another alias")
+        self.get(name)
+        self._aliases[old] = name
+
+    def canonical(self, name: str) -> str:
+        """The registered name behind ``name`` (itself, or what the alias ``name`` stands for); unknown names raise."""
+        name = self._aliases.get(name, name)
+        self.get(name)
+        return name
 
     def get(self, name: str) -> T:
         try:
-            return self._items[name]
+            return self._items[self._aliases.get(name, name)]
         except KeyError:
-            hint = did_you_mean(name, self._items)
+            hint = did_you_mean(name, [*self._items, *self._aliases])
+            old = hint.split("'")[1] if hint else None
+            if old in self._aliases:  # a former name: say what it is called now
+                hint = f"; did you mean {old!r} (now named {self._aliases[old]!r})?"
             raise ValueError(f"unknown {self.kind} {name!r}{hint} (known: {', '.join(sorted(self._items))})") from None
 
     def names(self) -> list[str]:
+        """Registered names, sorted; aliases are left out."""
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return name in self._items or name in self._aliases
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

@@ -59,7 +59,7 @@ def test_quick_json_has_every_section(quick_result):
         "load_avg_end",
     ):
         assert key in r, key
-    assert r["config"]["sizes"] == ["tiny"] and r["train"]["tiny"]["preset"] == "vit_tiny"
+    assert r["config"]["sizes"] == ["tiny"] and r["train"]["tiny"]["preset"] == "vit_p8_w32_d2"
     assert r["train"]["tiny"]["img_size"] == 32
     assert _positive(r["peak"]["peak_gflops"])
     assert len(r["load_avg_start"]) == 3
@@ -99,7 +99,7 @@ def test_quick_other_sections(quick_result):
     assert r["loader"]["images"] == 48
     for key in ("cold_img_s", "warm_disk_img_s", "cached_img_s"):
         assert _positive(r["loader"][key])
-    assert _positive(r["epoch"]["epoch_s"]) and r["epoch"]["model"] == "vit_tiny"
+    assert _positive(r["epoch"]["epoch_s"]) and r["epoch"]["model"] == "vit_p8_w32_d2"
     backends = r["attention"]["sdpa_backends"]["by_pe"]
     assert backends["none"]["selected"] is not None and backends["pope"]["q"][-1] == 2 * backends["pope"]["v"][-1]
     layouts = r["attention"]["pope_layouts"]
@@ -146,7 +146,7 @@ def test_percentile_and_summary():
 
 
 def test_timm_twin_has_identical_dimensions():
-    size = BenchSize("vit_tiny", 32, 2, "")
+    size = BenchSize("vit_p8_w32_d2", 32, 2, "")
     ours = build_model("none", size)
     twin = timm_twin(ours)
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in twin.parameters())

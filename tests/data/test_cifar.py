@@ -1,4 +1,4 @@
-"""CIFAR path (seed 003) offline: synthetic files in CIFAR's pickled on-disk format, read by torchvision."""
+"""CIFAR path offline: synthetic files in CIFAR's pickled on-disk format, read by torchvision."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def test_the_training_module_fits_on_cifar_batches(tmp_path):
     from popevit.training.run import model_kwargs
 
     write_synthetic_cifar(tmp_path / "c", "cifar10", n_train=200, n_test=20)
-    cfg = load_config(None, ["model.name=vit_tiny", "data.preprocess.img_size=32", "data.preprocess.in_chans=3"])
+    cfg = load_config(None, ["model.name=vit_p8_w32_d2", "data.preprocess.img_size=32", "data.preprocess.in_chans=3"])
     dm = CIFARDataModule(_cfg(tmp_path / "c"), seed=0, name="cifar10")
     dm.setup("fit")
     module = ClassifierModule(

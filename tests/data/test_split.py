@@ -140,7 +140,9 @@ def test_read_manifest_refuses_leaking_rows(tmp_path, body, match):
 
 def test_load_samples_folder_and_manifest(messy_root, phantom_root, tmp_path):
     s = load_samples(data=messy_root)
-    assert {p.name for p, _ in s.skipped} == {"empty.jpg", "truncated.jpg", "corrupt.png", "bomb.png"}
+    undecodable = {"empty.jpg", "truncated.jpg", "corrupt.png", "bomb.png"}
+    clutter = {".DS_Store", "Thumbs.db", "labels.txt", "metadata.csv", "masks"}  # listed by discovery, with reasons
+    assert {p.name for p, _ in s.skipped} == undecodable | clutter
     assert len(s.paths) == len(s.labels) == 48 + 5 and s.classes == ["glioma", "meningioma", "notumor", "pituitary"]
     with pytest.raises(ValueError, match="no official splits"):
         load_samples(data=phantom_root, split="test")

@@ -76,7 +76,7 @@ def test_evaluate_calibrate_fits_on_val_and_scales_the_test_predictions(tmp_path
     cfg = load_config(
         None,
         [
-            "model.name=vit_tiny",
+            "model.name=vit_p8_w32_d2",
             "data.preprocess.img_size=32",
             "data.batch_size=8",
             "train.max_epochs=2",

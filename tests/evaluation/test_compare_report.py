@@ -307,8 +307,8 @@ def test_compare_warns_when_a_group_pools_different_models(tmp_path, caplog):
     runs = [_fake_run(tmp_path, name, 2.0, seed=i) for i, name in enumerate(["vit-s8", "vit-s16", "cnn-s8"])]
     for run, patch in zip(runs, (8, 16, 8), strict=True):
         kwargs = {"num_classes": 4, "in_chans": 1, "img_size": 32, "patch_size": patch}
-        meta = ModelMeta("vit_tiny", kwargs, CLASSES, PreprocessConfig())
-        save_artifact(create_model("vit_tiny", **kwargs), meta, run)
+        meta = ModelMeta("vit_p8_w32_d2", kwargs, CLASSES, PreprocessConfig())
+        save_artifact(create_model("vit_p8_w32_d2", **kwargs), meta, run)
         # the cached predictions stand for these weights: recorded after them, as `popevit evaluate` would
         (run / "eval" / "test" / PREDICTIONS).touch()
     with caplog.at_level("WARNING", logger="popevit.evaluation.compare"):

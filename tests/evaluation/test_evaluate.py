@@ -25,7 +25,7 @@ def _make_run(run: Path, classes: list[str], manifest_src: Path | None = None) -
 
     torch.manual_seed(0)
     kwargs = {"num_classes": len(classes), "in_chans": 1, "img_size": 32, "pos_enc": "pope"}
-    save_artifact(create_model("vit_tiny", **kwargs), ModelMeta("vit_tiny", kwargs, classes, PRE), run)
+    save_artifact(create_model("vit_p8_w32_d2", **kwargs), ModelMeta("vit_p8_w32_d2", kwargs, classes, PRE), run)
     if manifest_src is not None:
         (run / "manifest.csv").write_bytes(manifest_src.read_bytes())
     return run
@@ -151,7 +151,9 @@ def test_evaluate_official_layout(run, phantom_root, cache, tmp_path):
 
 def test_class_mismatch_refused(tmp_path, phantom_root, cache):
     run = _make_run(tmp_path / "binary", ["notumor", "tumor"])
-    with pytest.raises(ClassMismatchError, match=r"do not match the model's classes \['notumor', 'tumor'\]"):
+    with pytest.raises(
+        ClassMismatchError, match=r"are not among the model's classes.*glioma\|meningioma\|pituitary=tumor"
+    ):
         evaluate_run(run, data=phantom_root, n_boot=10, cache_dir=cache, device="cpu")
     with pytest.raises(FileNotFoundError, match=r"manifest\.csv"):
         evaluate_run(run, n_boot=10, cache_dir=cache, device="cpu")
@@ -172,7 +174,7 @@ def test_validation_split_reproduces_training_metrics(manifest, cache, tmp_path,
                 "preprocess": {"img_size": 32},
                 "augment": {"enabled": False},
             },
-            "model": {"name": "vit_tiny", "pos_enc": "pope"},
+            "model": {"name": "vit_p8_w32_d2", "pos_enc": "pope"},
             "optim": {"class_weighted": False, "warmup_epochs": 0, "lr": 3e-3},
             "train": {
                 "max_epochs": 2,
@@ -229,7 +231,7 @@ def test_cached_predictions_are_reused_only_for_their_source_and_weights(manifes
     assert cached.stat().st_mtime_ns == before  # nothing changed: reused
     torch.manual_seed(1)  # retrain: new weights in the same run folder
     kwargs = {"num_classes": 4, "in_chans": 1, "img_size": 32, "pos_enc": "pope"}
-    save_artifact(create_model("vit_tiny", **kwargs), ModelMeta("vit_tiny", kwargs, CLASSES, PRE), run)
+    save_artifact(create_model("vit_p8_w32_d2", **kwargs), ModelMeta("vit_p8_w32_d2", kwargs, CLASSES, PRE), run)
     pc = run_predictions(run, manifest=tmp_path / "b" / "split.csv", **kw)
     assert pc.paths == pb.paths and not np.allclose(pc.proba, pb.proba)
     # records made before metrics.json held the weights' hash are judged by modification time

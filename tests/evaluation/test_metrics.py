@@ -91,7 +91,9 @@ def test_tumor_vs_notumor_hand_computed():
     assert pt["tumor_sensitivity"] == pytest.approx(2 / 4)  # 4 tumours, 2 predicted as some tumour
     assert pt["tumor_specificity"] == pytest.approx(2 / 3)  # 3 no-tumour, 2 predicted notumor
     assert pt["accuracy"] == pytest.approx(3 / 7)
-    assert "tumor_sensitivity" not in point_metrics(y[:2] * 0 + 1, proba[:2, :2] / 0.9, ["notumor", "tumor"])
+    binary = point_metrics(np.array([0, 1, 1]), np.array([[0.9, 0.1], [0.4, 0.6], [0.7, 0.3]]), ["notumor", "tumor"])
+    assert binary["tumor_sensitivity"] == binary["recall/tumor"] == pytest.approx(1 / 2)  # binary tasks report it too
+    assert binary["tumor_specificity"] == binary["recall/notumor"] == pytest.approx(1.0)
 
 
 def test_ece_matches_torchmetrics():

@@ -26,7 +26,9 @@ def _make_run(run: Path, pos_enc: str, seed: int, manifest: Path) -> Path:
     torch.manual_seed(seed)
     kwargs = {"num_classes": 4, "in_chans": 1, "img_size": 32, "pos_enc": pos_enc}
     save_artifact(
-        create_model("vit_tiny", **kwargs), ModelMeta("vit_tiny", kwargs, CLASSES, PreprocessConfig(img_size=32)), run
+        create_model("vit_p8_w32_d2", **kwargs),
+        ModelMeta("vit_p8_w32_d2", kwargs, CLASSES, PreprocessConfig(img_size=32)),
+        run,
     )
     (run / "manifest.csv").write_bytes(manifest.read_bytes())
     info = {"wall_s": 60.0, "epochs": 2, "device": "cpu (test)"}
@@ -279,7 +281,8 @@ def test_archived_runs_refuse_predictions_they_cannot_vouch_for(study_runs, tmp_
         run_study([[b]], out=tmp_path / "s3", **kw)
     # predictions of other weights are not archived, and an archive of other weights is not overwritten
     _make_run(tmp_path / "other", "pope", 1, runs[0] / "manifest.csv")
-    shutil.copy(tmp_path / "other" / "model.safetensors", run / "model.safetensors")
+    for name in ("model.safetensors", "model.json"):  # the whole artefact: model.json records the weights' sha256
+        shutil.copy(tmp_path / "other" / name, run / name)
     with pytest.raises(ValueError, match=r"other weights than .*re-run `popevit evaluate`"):
         archive_run(run, tmp_path / "archive2")
     assert not (tmp_path / "archive2").exists() or not any((tmp_path / "archive2").iterdir())

@@ -27,8 +27,8 @@ def vit_run(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     cfg = PreprocessConfig(img_size=32)
     kwargs = {"num_classes": 4, "in_chans": 1, "img_size": 32, "pos_enc": "rope_axial"}
-    model = create_model("vit_tiny", **kwargs)
-    return save_artifact(model, ModelMeta("vit_tiny", kwargs, CLASSES, cfg), tmp_path_factory.mktemp("run"))
+    model = create_model("vit_p8_w32_d2", **kwargs)
+    return save_artifact(model, ModelMeta("vit_p8_w32_d2", kwargs, CLASSES, cfg), tmp_path_factory.mktemp("run"))
 
 
 def _rectangular_phantom(phantom_root: Path, tmp_path: Path) -> tuple[Path, Path]:

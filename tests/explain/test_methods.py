@@ -58,7 +58,7 @@ def test_every_method_runs_on_the_pretrained_vit_baselines(name):
 @pytest.mark.parametrize("method", ["grad-rollout", "gradcam"])
 def test_gradient_methods_depend_on_the_target_class(method):
     torch.manual_seed(0)
-    model = create_model("vit_tiny", num_classes=3, img_size=32, pos_enc="sincos").eval()
+    model = create_model("vit_p8_w32_d2", num_classes=3, img_size=32, pos_enc="sincos").eval()
     x = torch.randn(1, 1, 32, 32).expand(3, -1, -1, -1)
     maps = explain_batch(model, x, torch.tensor([0, 1, 2]), method)
     assert not torch.allclose(maps[0], maps[1]) and not torch.allclose(maps[1], maps[2])
@@ -77,7 +77,7 @@ def _trained_tiny(phantom_root, steps: int = 30) -> tuple[torch.nn.Module, torch
             xs.append(to_tensor(preprocess_image(load_image(p), cfg), cfg))
             ys.append(k)
     x, y = torch.stack(xs), torch.tensor(ys)
-    model = create_model("vit_tiny", num_classes=4, img_size=32, pos_enc="pope")
+    model = create_model("vit_p8_w32_d2", num_classes=4, img_size=32, pos_enc="pope")
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(steps):
         loss = torch.nn.functional.cross_entropy(model(x), y)

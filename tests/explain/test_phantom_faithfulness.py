@@ -22,7 +22,7 @@ def test_rollouts_of_a_phantom_trained_vit_put_more_mass_in_the_lesion_than_its_
             "data.preprocess.img_size=64",
             "data.batch_size=32",
             "data.classes=[glioma,meningioma,notumor]",
-            "model.name=vit_demo",
+            "model.name=vit_p8_w64_d4_conv",
             "model.pos_enc=pope",
             "optim.lr=2e-3",
             "optim.warmup_epochs=1",

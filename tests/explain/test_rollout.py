@@ -106,7 +106,7 @@ def test_grid_mismatch_and_bad_arguments_raise_with_the_fix():
 @pytest.mark.parametrize("pool", ["cls", "mean"])
 @pytest.mark.parametrize("pos_enc", list_pos_encs())
 def test_every_pos_enc_gives_patch_grid_maps_and_stochastic_rows(pos_enc, pool):
-    model = create_model("vit_tiny", num_classes=3, img_size=32, pos_enc=pos_enc, pool=pool).eval()
+    model = create_model("vit_p8_w32_d2", num_classes=3, img_size=32, pos_enc=pos_enc, pool=pool).eval()
     x = torch.randn(3, 1, 32, 48)  # non-square input: grid (4, 6)
     target = torch.tensor([0, 1, 2])
     with capture_attention(model) as rec, torch.no_grad():
@@ -122,7 +122,7 @@ def test_every_pos_enc_gives_patch_grid_maps_and_stochastic_rows(pos_enc, pool):
 
 
 def test_rollout_of_a_batch_equals_rollout_of_each_image():
-    model = create_model("vit_tiny", num_classes=3, img_size=32, pos_enc="rope_axial").eval()
+    model = create_model("vit_p8_w32_d2", num_classes=3, img_size=32, pos_enc="rope_axial").eval()
     x = torch.randn(3, 1, 32, 32)
     t = torch.tensor([2, 0, 1])
     for method in ("rollout", "grad-rollout"):

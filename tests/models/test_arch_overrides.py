@@ -38,20 +38,20 @@ def test_one_more_head_and_block_keeps_head_width_and_mlp_ratio_and_trains(name)
 
 
 def test_explicit_heads_and_mlp_win_over_the_derived_ones():
-    model = create_model("vit_cpu", num_classes=4, img_size=32, embed_dim=256, num_heads=8, mlp_dim=1024)
+    model = create_model("vit_p16_w192_d6", num_classes=4, img_size=32, embed_dim=256, num_heads=8, mlp_dim=1024)
     assert _shape(model) == (256, 6, 8, 1024)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"embed_dim": 200}, r"embed_dim=200 is not a multiple of vit_cpu's head width 64; set num_heads too"),
+        ({"embed_dim": 200}, r"embed_dim=200 is not a multiple of vit_p16_w192_d6's head width 64; set num_heads too"),
         ({"embed_dim": 256, "num_heads": 3}, r"embed_dim=256 is not divisible by num_heads=3"),
     ],
 )
 def test_widths_that_do_not_split_into_heads_are_refused_with_the_fix(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        create_model("vit_cpu", num_classes=4, img_size=32, **kwargs)
+        create_model("vit_p16_w192_d6", num_classes=4, img_size=32, **kwargs)
 
 
 @pytest.mark.parametrize("key", ["embed_dim", "depth", "num_heads", "mlp_dim"])
@@ -61,7 +61,7 @@ def test_baselines_refuse_architecture_overrides(key):
 
 
 def test_a_config_override_reaches_the_trained_and_reloaded_model(phantom_root, tmp_path):
-    over = ["model.name=vit_tiny", "data.preprocess.img_size=32", "data.batch_size=8", "train.max_epochs=1",
+    over = ["model.name=vit_p8_w32_d2", "data.preprocess.img_size=32", "data.batch_size=8", "train.max_epochs=1",
             "train.progress_bar=false", "train.threads=1", f"data.data={phantom_root}",
             "model.embed_dim=48", "model.depth=3"]  # fmt: skip
     cfg = load_config(None, over)

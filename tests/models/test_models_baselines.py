@@ -85,20 +85,20 @@ def test_pth_is_loaded_without_pickle_execution(tmp_path: Path) -> None:
 
 def test_mismatched_weights_raise_with_the_keys(tmp_path: Path) -> None:
     path = tmp_path / "tiny.safetensors"
-    state = create_model("vit_tiny", num_classes=2, img_size=32, pos_enc="pope").state_dict()
+    state = create_model("vit_p8_w32_d2", num_classes=2, img_size=32, pos_enc="pope").state_dict()
     state["extra.weight"] = torch.zeros(1)
     save_file(state, str(path))
     with pytest.raises(RuntimeError, match=re.escape("unexpected ['extra.weight']")):
-        create_model("vit_tiny", num_classes=2, img_size=32, pos_enc="pope", pretrained=path)
+        create_model("vit_p8_w32_d2", num_classes=2, img_size=32, pos_enc="pope", pretrained=path)
     with pytest.raises(RuntimeError, match="missing"):
-        create_model("vit_tiny", num_classes=2, img_size=32, pos_enc="rope_mixed", pretrained=path)
+        create_model("vit_p8_w32_d2", num_classes=2, img_size=32, pos_enc="rope_mixed", pretrained=path)
 
 
 def test_own_checkpoint_round_trip(tmp_path: Path) -> None:
-    src = create_model("vit_tiny", num_classes=3, img_size=32, pos_enc="rel_bias").eval()
+    src = create_model("vit_p8_w32_d2", num_classes=3, img_size=32, pos_enc="rel_bias").eval()
     path = tmp_path / "m.safetensors"
     save_file(src.state_dict(), str(path))
-    dst = create_model("vit_tiny", num_classes=3, img_size=32, pos_enc="rel_bias", pretrained=path).eval()
+    dst = create_model("vit_p8_w32_d2", num_classes=3, img_size=32, pos_enc="rel_bias", pretrained=path).eval()
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(dst(x), src(x))
@@ -113,7 +113,7 @@ def test_missing_file_and_offline_hub_fail_fast(monkeypatch, tmp_path: Path) -> 
         create_model("deit_small", num_classes=4, pretrained="hub")
     assert time.perf_counter() - t0 < 10
     with pytest.raises(ValueError, match="no hub weights"):
-        create_model("vit_tiny", num_classes=4, img_size=32, pretrained="hub")
+        create_model("vit_p8_w32_d2", num_classes=4, img_size=32, pretrained="hub")
 
 
 def _tiny_torchvision_vit(_name: str, *, num_classes: int, img_size: int) -> torch.nn.Module:
@@ -124,8 +124,8 @@ def _tiny_torchvision_vit(_name: str, *, num_classes: int, img_size: int) -> tor
     return TorchvisionViT(img_size=img_size, num_classes=num_classes, in_chans=1, **dims)
 
 
-CAPTURE_CASES = [("vit_tiny", pe) for pe in list_pos_encs()] + [
-    ("vit_cifar", None),
+CAPTURE_CASES = [("vit_p8_w32_d2", pe) for pe in list_pos_encs()] + [
+    ("vit_p4_w128_d6", None),
     ("deit_small", None),
     ("deit_small_pope", None),
     ("torchvision_tiny", None),
@@ -154,7 +154,7 @@ def test_capture_attention(name: str, pe: str | None) -> None:
     with capture_attention(model) as rec:
         logits = model(x)
     torch.testing.assert_close(logits, fused, rtol=1e-4, atol=1e-5)  # explicit path == fused path
-    p = {"vit_tiny": 8, "vit_cifar": 4}.get(name, 16)
+    p = {"vit_p8_w32_d2": 8, "vit_p4_w128_d6": 4}.get(name, 16)
     grid = (32 // p, 48 // p)
     n = rec.num_prefix_tokens + grid[0] * grid[1]
     assert rec.grid == grid and len(rec.attn) == _depth(model)

@@ -14,14 +14,14 @@ from popevit.models import create_model, list_models, list_pos_encs
 def test_models_table_lists_everything_with_counts() -> None:
     app = typer.Typer()
     app.command()(models)
-    result = CliRunner().invoke(app, ["--preset", "vit_tiny"])
+    result = CliRunner().invoke(app, ["--preset", "vit_p8_w32_d2"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     for name in list_models() + list_pos_encs():
         assert any(line.split()[:1] == [name] for line in lines), name
     pope = next(line for line in lines if line.startswith("pope "))
     total, pe = (int(v.replace(",", "")) for v in re.findall(r"[\d,]{2,}", pope)[:2])
-    model = create_model("vit_tiny", num_classes=4, img_size=32, pos_enc="pope")
+    model = create_model("vit_p8_w32_d2", num_classes=4, img_size=32, pos_enc="pope")
     assert total == sum(p.numel() for p in model.parameters())
     assert pe == model.pos_enc.delta.numel() == 2 * 2 * 16  # depth x heads x head dim
     assert "pos_enc.delta" in pope and "2x D" in pope

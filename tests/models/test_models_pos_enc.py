@@ -65,7 +65,7 @@ def test_rope_pope_logits_depend_only_on_offset(name: str) -> None:
 
 
 def test_none_is_permutation_equivariant_over_patches() -> None:
-    model = create_model("vit_tiny", num_classes=3, img_size=32, pos_enc="none").eval()
+    model = create_model("vit_p8_w32_d2", num_classes=3, img_size=32, pos_enc="none").eval()
     x = torch.randn(2, 1, 32, 32)
     perm = torch.randperm(16)
 
@@ -78,7 +78,7 @@ def test_none_is_permutation_equivariant_over_patches() -> None:
         torch.testing.assert_close(tokens_p[:, 1:], tokens[:, 1:][:, perm], rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(tokens_p[:, 0], tokens[:, 0], rtol=1e-4, atol=1e-5)
         # a positional model is not equivariant (the test can fail)
-        pope = create_model("vit_tiny", num_classes=3, img_size=32, pos_enc="pope").eval()
+        pope = create_model("vit_p8_w32_d2", num_classes=3, img_size=32, pos_enc="pope").eval()
         t, tp = pope.forward_features(x), pope.forward_features(permute_patches(x))
         assert not torch.allclose(tp[:, 1:], t[:, 1:][:, perm], atol=1e-3)
 
@@ -87,8 +87,8 @@ def test_sincos_has_no_trainable_parameters() -> None:
     pe = _pe("sincos")
     assert sum(p.numel() for p in pe.parameters()) == 0
     assert not pe.state_dict()  # the table is a non-persistent buffer
-    none = create_model("vit_tiny", num_classes=2, img_size=32, pos_enc="none")
-    sincos = create_model("vit_tiny", num_classes=2, img_size=32, pos_enc="sincos")
+    none = create_model("vit_p8_w32_d2", num_classes=2, img_size=32, pos_enc="none")
+    sincos = create_model("vit_p8_w32_d2", num_classes=2, img_size=32, pos_enc="sincos")
     assert sum(p.numel() for p in sincos.parameters()) == sum(p.numel() for p in none.parameters())
     out = pe.add_to_tokens(torch.zeros(1, 42, H * D), (6, 7))[0]  # (P, C)
     assert out.abs().max() <= 1.0 and len(out.unique(dim=0)) == 42  # bounded, one code per patch
@@ -136,7 +136,7 @@ def test_rel_bias_layers_are_independent() -> None:
 
 
 def test_pope_delta_learns_from_zero_and_stays_in_range() -> None:
-    model = create_model("vit_tiny", num_classes=2, img_size=32, pos_enc="pope")
+    model = create_model("vit_p8_w32_d2", num_classes=2, img_size=32, pos_enc="pope")
     pe, x = model.pos_enc, torch.randn(4, 1, 32, 32)
     model(x).square().sum().backward()
     assert pe.delta.grad.abs().sum() > 0  # init 0 sits on the bound: the gradient must still flow

@@ -17,7 +17,7 @@ def test_every_stem_is_a_config_choice():
 @pytest.mark.parametrize("pos_enc", ["pope", "rope_axial", "learnable"])
 def test_every_stem_keeps_the_token_grid_and_trains(stem, pos_enc):
     torch.manual_seed(0)
-    model = create_model("vit_tiny", num_classes=3, img_size=32, pos_enc=pos_enc, stem=stem)
+    model = create_model("vit_p8_w32_d2", num_classes=3, img_size=32, pos_enc=pos_enc, stem=stem)
     x = torch.randn(2, 1, 32, 48)  # non-square input: the grid must follow it
     assert model.patch_embed(x).shape == (2, 32, 4, 6)
     model(x).sum().backward()
@@ -41,6 +41,6 @@ def test_res_stem_is_resnet_stages_at_doubling_widths():
 @pytest.mark.parametrize("stem", ["conv", "res"])
 def test_conv_stems_reject_what_they_cannot_build(stem):
     with pytest.raises(ValueError, match=f"the {stem} stem needs a power-of-two patch size"):
-        create_model("vit_tiny", num_classes=3, img_size=24, patch_size=6, stem=stem)
+        create_model("vit_p8_w32_d2", num_classes=3, img_size=24, patch_size=6, stem=stem)
     with pytest.raises(ValueError, match="applies to popevit ViT presets only"):
         create_model("resnet18", num_classes=3, stem=stem)

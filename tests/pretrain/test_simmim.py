@@ -15,12 +15,12 @@ from popevit.pretrain import SimMIM, patchify, random_mask
 from popevit.pretrain.run import pretrain
 from popevit.training import train
 
-TINY = ["model.name=vit_tiny", "data.preprocess.img_size=32", "data.batch_size=8", "optim.warmup_epochs=0",
+TINY = ["model.name=vit_p8_w32_d2", "data.preprocess.img_size=32", "data.batch_size=8", "optim.warmup_epochs=0",
         "train.progress_bar=false", "train.threads=1", "train.patience=null"]  # fmt: skip
 
 
 def _vit(pe="pope", **kw):
-    return create_model("vit_tiny", num_classes=4, in_chans=1, img_size=32, pos_enc=pe, **kw)
+    return create_model("vit_p8_w32_d2", num_classes=4, in_chans=1, img_size=32, pos_enc=pe, **kw)
 
 
 def test_random_mask_hides_exactly_the_ratio_per_image_and_is_reproducible():

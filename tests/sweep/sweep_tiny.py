@@ -1,7 +1,7 @@
 """Training overrides that make a sweep trial take about a second."""
 
 TINY = [
-    "model.name=vit_tiny",
+    "model.name=vit_p8_w32_d2",
     "data.preprocess.img_size=32",
     "data.batch_size=8",
     "train.max_epochs=1",

@@ -15,7 +15,7 @@ from popevit.training import train
 from popevit.training.module import ClassifierModule, check_teacher_preprocess
 
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
-TINY = ["model.name=vit_tiny", "data.preprocess.img_size=32", "data.batch_size=8", "optim.warmup_epochs=1",
+TINY = ["model.name=vit_p8_w32_d2", "data.preprocess.img_size=32", "data.batch_size=8", "optim.warmup_epochs=1",
         "train.progress_bar=false", "train.threads=1", "train.patience=null"]  # fmt: skip
 
 
@@ -23,7 +23,7 @@ TINY = ["model.name=vit_tiny", "data.preprocess.img_size=32", "data.batch_size=8
 @pytest.mark.parametrize("pe", list_pos_encs())
 def test_distillation_token_in_every_pe(pe, pool):
     torch.manual_seed(0)
-    m = create_model("vit_tiny", num_classes=4, img_size=32, pos_enc=pe, pool=pool, distill=True)
+    m = create_model("vit_p8_w32_d2", num_classes=4, img_size=32, pos_enc=pe, pool=pool, distill=True)
     assert m.num_prefix_tokens == (2 if pool == "cls" else 1) and "dist_token" in m.no_weight_decay()
     x = torch.randn(3, 1, 32, 32)
     cls_logits, dist_logits = m.train()(x)
@@ -45,15 +45,15 @@ def test_distillation_only_for_popevit_vits():
 def _teacher_run(path, img_size=32, classes=CLASSES):
     torch.manual_seed(123)
     kw = {"num_classes": len(classes), "in_chans": 1, "img_size": img_size, "pos_enc": "none"}
-    meta = ModelMeta("vit_tiny", kw, classes, PreprocessConfig(img_size=img_size))
-    save_artifact(create_model("vit_tiny", **kw), meta, path)
+    meta = ModelMeta("vit_p8_w32_d2", kw, classes, PreprocessConfig(img_size=img_size))
+    save_artifact(create_model("vit_p8_w32_d2", **kw), meta, path)
     return path
 
 
 def _module(teacher, mode="hard", tau=1.0):
     kw = {"num_classes": 4, "in_chans": 1, "img_size": 32, "pos_enc": "pope", "distill": True}
     return ClassifierModule(
-        "vit_tiny", kw, CLASSES, {"lr": 1e-3}, None, 0, {"teacher": str(teacher), "mode": mode, "tau": tau}
+        "vit_p8_w32_d2", kw, CLASSES, {"lr": 1e-3}, None, 0, {"teacher": str(teacher), "mode": mode, "tau": tau}
     )
 
 

@@ -1,4 +1,4 @@
-"""Issue 10's small-data recipes on the one backbone: mixup/cutmix, EMA of the weights, layer-wise lr decay."""
+"""The small-data recipes on the one backbone: mixup/cutmix, EMA of the weights, layer-wise lr decay."""
 
 from __future__ import annotations
 
@@ -20,14 +20,14 @@ from popevit.training.module import ClassifierModule
 from popevit.training.optim import build_optimizer
 
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
-TINY = ["model.name=vit_tiny", "data.preprocess.img_size=32", "data.batch_size=8", "optim.warmup_epochs=1",
+TINY = ["model.name=vit_p8_w32_d2", "data.preprocess.img_size=32", "data.batch_size=8", "optim.warmup_epochs=1",
         "train.progress_bar=false", "train.threads=1", "train.patience=null"]  # fmt: skip
 KW = {"num_classes": 4, "in_chans": 1, "img_size": 32, "pos_enc": "rope_axial"}
 
 
 def _module(mix=None, weights=(1.0, 2.0, 3.0, 4.0), smoothing=0.0):
     optim = {"lr": 1e-3, "label_smoothing": smoothing}
-    return ClassifierModule("vit_tiny", KW, CLASSES, optim, list(weights), mix=mix)
+    return ClassifierModule("vit_p8_w32_d2", KW, CLASSES, optim, list(weights), mix=mix)
 
 
 def test_soft_target_loss_equals_the_weighted_hard_loss_for_one_hot_targets():
@@ -148,7 +148,7 @@ def test_ema_run_validates_checkpoints_and_exports_the_averaged_weights(phantom_
 
 
 def test_layer_decay_scales_lr_by_depth_and_keeps_no_weight_decay():
-    model = create_model("vit_tiny", **{**KW, "pos_enc": "pope"})
+    model = create_model("vit_p8_w32_d2", **{**KW, "pos_enc": "pope"})
     depth = len(model.blocks)
     cfg = load_config(None, ["optim.lr=1e-3", "optim.layer_decay=0.5", "optim.weight_decay=0.05"]).optim
     opt = build_optimizer(model, cfg)

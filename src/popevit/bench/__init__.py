@@ -1,4 +1,4 @@
-"""popevit's benchmark suite: speed against timm and against the machine's limit (issue 9).
+"""popevit's benchmark suite: speed against timm and against the machine's limit.
 
 Public API::
 

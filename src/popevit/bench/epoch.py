@@ -1,11 +1,12 @@
 """Wall time of one training epoch of an experiment config, timed as a plain step loop over the cached loader.
 
-This is the "CPU epoch of the default CPU configuration" figure (issue 9 target: <= 60 s), for
-``configs/cpu_pope_vit.yaml`` (``vit_cpu`` with PoPE, 128 px, batch 32, AdamW, class-weighted cross-entropy,
-gradient clipping 1.0) over the training split of a manifest. We time the loop ``for x, y in train_dataloader:
-step`` directly instead of ``popevit.training.train`` so that the figure is the training epoch alone: no validation
-pass, no checkpointing, no logging, no Lightning start-up (which ``train`` adds on top; its own ``metrics.csv``
-gives the end-to-end time). The datamodule's ``setup`` (decode-once cache fill or read) is timed separately.
+This is the "CPU epoch of the default CPU configuration" figure (target: <= 60 s), for
+``configs/experiments/vit_128px.yaml`` (``vit_p16_w192_d6`` with PoPE, 128 px, batch 32, AdamW, class-weighted
+cross-entropy, gradient clipping 1.0) over the training split of a manifest. We time the loop
+``for x, y in train_dataloader: step`` directly instead of ``popevit.training.train`` so that the figure is the
+training epoch alone: no validation pass, no checkpointing, no logging, no Lightning start-up (which ``train`` adds
+on top; its own ``metrics.csv`` gives the end-to-end time). The datamodule's ``setup`` (decode-once cache fill or
+read) is timed separately.
 
 With ``max_steps`` the loop stops early and the epoch time is extrapolated from the mean time per batch.
 """

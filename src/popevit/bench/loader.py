@@ -6,7 +6,7 @@
 - ``cached``: epochs of a ``DataLoader`` (batch-level train augmentation, :class:`EpochShuffleSampler`) over arrays
   already in memory, which is what training sees from the second epoch on; the figure is the median epoch rate.
 
-``benchmarks/bench_data.py`` (the data helper's script) times the same stages for BENCHMARKS.md; this module is the
+``benchmarks/bench_data.py`` times the same stages for BENCHMARKS.md; this module is the
 library form used by ``popevit bench``.
 """
 

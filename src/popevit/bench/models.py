@@ -1,8 +1,9 @@
 """What is timed: popevit ViTs per positional encoding, timm's ``VisionTransformer`` twin, one training step.
 
 A benchmark *size* names a preset, an input side and a batch (:data:`SIZES`): ``cpu`` is the default CPU
-configuration (``vit_cpu``, 128 px, batch 32, as in ``configs/cpu_*.yaml``), ``seed`` the seed configuration of the
-study (``vit_seed``, 224 px, batch 32, ``configs/seed000_*.yaml``) and ``tiny`` a test-sized one.
+configuration (``vit_p16_w192_d6``, 128 px, batch 32, as in ``configs/experiments/vit_128px.yaml``), ``seed`` the
+224-px configuration of the encoding study (``vit_p16_w512_d6``, batch 32, ``configs/experiments/pe_study_224px.yaml``)
+and ``tiny`` a test-sized one.
 
 The reference is timm's ``VisionTransformer`` (timm 1.x) with the dimensions of the popevit ViT (:func:`timm_twin`):
 same width, depth, heads, MLP ratio, patch, input size and channels, pooling and class token, no position embedding
@@ -39,9 +40,9 @@ class BenchSize:
 
 
 SIZES: Registry[BenchSize] = Registry("benchmark size")
-SIZES.add("tiny", BenchSize("vit_tiny", 32, 8, "test size: vit_tiny, 32 px, batch 8"))
-SIZES.add("cpu", BenchSize("vit_cpu", 128, 32, "default CPU configuration: vit_cpu, 128 px, batch 32"))
-SIZES.add("seed", BenchSize("vit_seed", 224, 32, "seed configuration: vit_seed, 224 px, batch 32"))
+SIZES.add("tiny", BenchSize("vit_p8_w32_d2", 32, 8, "test size: vit_p8_w32_d2, 32 px, batch 8"))
+SIZES.add("cpu", BenchSize("vit_p16_w192_d6", 128, 32, "default CPU configuration: vit_p16_w192_d6, 128 px, batch 32"))
+SIZES.add("seed", BenchSize("vit_p16_w512_d6", 224, 32, "224-px study configuration: vit_p16_w512_d6, batch 32"))
 
 
 def build_model(name: str, size: BenchSize, *, num_classes: int = 4, in_chans: int = 1) -> nn.Module:

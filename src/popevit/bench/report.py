@@ -134,7 +134,7 @@ def to_markdown(res: dict[str, Any]) -> str:
             lines.append(f"| {n} | {t:.2f} | {pl['ratio_to_unequal'][n]:.3f} | {_f(diff, '.2e')} |")
         lines.append("")
     if "targets" in res:
-        lines += ["### Targets (issue 9)", "", "| target | goal | value | met |", "|---|---|---:|---|"]
+        lines += ["### Targets", "", "| target | goal | value | met |", "|---|---|---:|---|"]
         for t in res["targets"]:
             met = {True: "met", False: "**missed**", None: "not measured"}[t["met"]]
             v = t["value"]

@@ -1,4 +1,4 @@
-"""The benchmark suite behind ``popevit bench`` and BENCHMARKS.md: every figure of issue 9 in one JSON document.
+"""The benchmark suite behind ``popevit bench`` and BENCHMARKS.md: every speed figure in one JSON document.
 
 Sections (each can be switched off):
 
@@ -13,9 +13,9 @@ Sections (each can be switched off):
 - ``attention``: the SDPA backend each PE gets and PoPE's q/k-vs-v layouts (:mod:`popevit.bench.attention`).
 - ``profile``: ``torch.profiler`` operator totals for the models behind missed targets.
 
-``targets`` then checks issue 9's targets against the figures, each ``met`` true/false or ``null`` when its figure
-was not measured. The machine's load average is stored next to every figure: on a shared machine absolute times
-vary with it, interleaved ratios much less.
+``targets`` then checks the speed targets (BENCHMARKS.md) against the figures, each ``met`` true/false or ``null`` when
+its figure was not measured. The machine's load average is stored next to every figure: on a shared machine absolute
+times vary with it, interleaved ratios much less.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from popevit.bench.flops import matmul_peak, matmul_reference, train_step_flops
 from popevit.bench.memory import peak_memory
 from popevit.bench.models import SIZES, TIMM, BenchSize, batch_for, build_model, make_forward, make_train_step
 from popevit.bench.timing import interleaved, load_average, machine_info, percentile, summarize, synchronizer
+from popevit.models.presets import FORMER_NAMES
 
 SECTIONS = ("peak", "train", "inference", "memory", "loader", "epoch", "attention", "profile")
 REAL_DATA = Path(
@@ -43,7 +44,7 @@ REAL_DATA = Path(
 )
 DEFAULT_MANIFEST = Path(__file__).resolve().parents[3] / "runs/splits/kaggle_train_seed0.csv"
 
-# issue 9's targets
+# the speed targets of BENCHMARKS.md
 POPE_OVER_NONE = 1.10
 ROPE_OVER_NONE = 1.05
 NONE_OVER_TIMM = 1.00
@@ -61,7 +62,7 @@ class BenchConfig:
         sizes: benchmark sizes (:data:`popevit.bench.models.SIZES`: ``tiny``, ``cpu``, ``seed``).
         pes: positional encodings (``None`` = every registered one); ``none`` is always added (the ratio base).
         timm: also time timm's ``VisionTransformer`` twin.
-        repeats: timed interleaved rounds (the figure is their median; >= 5 for the issue's figures).
+        repeats: timed interleaved rounds (the figure is their median; >= 5 for BENCHMARKS.md).
         warmup: discarded leading rounds.
         batch: training batch (``None`` = the size's own batch, 32).
         infer_batch: batch of the inference-throughput figure.
@@ -72,7 +73,7 @@ class BenchConfig:
         data: image folder for the loader figure (``None`` = the Kaggle folder when present, else phantoms).
         loader_limit: images used by the loader figure (``None`` = all).
         loader_workers: ``DataLoader`` workers of the cached-loader figure (0 = main process, training's default).
-        epoch_config: experiment YAML of the epoch figure (``None`` = the defaults: vit_cpu + PoPE, 128 px).
+        epoch_config: experiment YAML of the epoch figure (``None`` = the defaults: vit_p16_w192_d6 + PoPE, 128 px).
         epoch_manifest: manifest of the epoch figure (``None`` = ``runs/splits/kaggle_train_seed0.csv`` when present,
             else a phantom split).
         epoch_overrides: ``key=value`` overrides of the epoch config.
@@ -114,13 +115,22 @@ class BenchConfig:
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+            raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
         if self.repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
+        from popevit.models import POS_ENCS
+
+        for pe in self.pes or []:
+            if pe != TIMM:
+                POS_ENCS.get(pe)  # unknown names raise with a did-you-mean hint, before any timing
+        if self.data is not None and not Path(self.data).is_dir():
+            raise FileNotFoundError(f"--data {str(self.data)!r} is not a folder; pass an image folder")
+        if self.epoch_manifest is not None and not Path(self.epoch_manifest).is_file():
+            raise FileNotFoundError(f"--manifest {str(self.epoch_manifest)!r} not found; pass a manifest CSV")
 
 
 def quick_config(**changes: Any) -> BenchConfig:
-    """A seconds-long run of every section on ``vit_tiny`` at 32 px over phantoms (for tests and smoke checks)."""
+    """A seconds-long run of every section on ``vit_p8_w32_d2`` at 32 px over phantoms (for tests and smoke checks)."""
     base: dict[str, Any] = {
         "sizes": ["tiny"],
         "pes": ["none", "pope", "rope_axial"],
@@ -310,7 +320,7 @@ def _phantom_manifest(work: Path, data: Path) -> Path:
 
 
 def check_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
-    """issue 9's targets against the figures in ``res``: ``met`` is true/false, or ``None`` when not measured.
+    """The speed targets against the figures in ``res``: ``met`` is true/false, or ``None`` when not measured.
 
     Each entry: ``{"name", "target", "value", "met", "where", "model", "size"}`` (``model``/``size``: what a missed
     step-time target points at, for profiling).
@@ -382,7 +392,11 @@ def check_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         "loader",
     )
     ep = res.get("epoch", {})
-    v = ep.get("epoch_s") if on_cpu and ep.get("model") == "vit_cpu" else None
+    v = (
+        ep.get("epoch_s")
+        if on_cpu and FORMER_NAMES.get(ep.get("model"), ep.get("model")) == "vit_p16_w192_d6"
+        else None
+    )
     add(
         "CPU epoch of the default CPU configuration (s)",
         f"<= {CPU_EPOCH_S:.0f}",
@@ -482,7 +496,12 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> 
                 manifest = _phantom_manifest(work, cfg.data or _phantom_data(work, cfg.quick))
                 overrides = [f"data.cache_dir={work / 'epoch-cache'}", *overrides]
                 if cfg.quick:
-                    overrides = ["model.name=vit_tiny", "data.preprocess.img_size=32", "data.batch_size=4", *overrides]
+                    overrides = [
+                        "model.name=vit_p8_w32_d2",
+                        "data.preprocess.img_size=32",
+                        "data.batch_size=4",
+                        *overrides,
+                    ]
             log(f"epoch over {manifest or DEFAULT_MANIFEST}")
             res["epoch"] = epoch_time(
                 cfg.epoch_config,

@@ -14,6 +14,7 @@ import torch
 
 from popevit.bench.models import TIMM, BenchSize, batch_for, build_model, make_train_step
 from popevit.bench.timing import interleaved, load_average, synchronizer
+from popevit.io import atomic_savefig
 
 
 def _point(names: list[str], size: BenchSize, device: str, repeats: int, warmup: int) -> dict[str, float]:
@@ -27,7 +28,7 @@ def _point(names: list[str], size: BenchSize, device: str, repeats: int, warmup:
 def step_time_vs_tokens(
     pes: list[str],
     *,
-    preset: str = "vit_cpu",
+    preset: str = "vit_p16_w192_d6",
     img_sizes: tuple[int, ...] = (64, 96, 128, 160, 192),
     batch: int = 16,
     patch: int = 16,
@@ -59,7 +60,7 @@ def step_time_vs_tokens(
 def throughput_vs_batch(
     pes: list[str],
     *,
-    preset: str = "vit_cpu",
+    preset: str = "vit_p16_w192_d6",
     img_size: int = 128,
     batches: tuple[int, ...] = (1, 4, 8, 16, 32, 64),
     device: str = "cpu",
@@ -105,7 +106,7 @@ def plot_sweeps(tokens: dict[str, Any] | None, batches: dict[str, Any] | None, o
         ax.legend(fontsize=7)
         fig.tight_layout()
         written.append(out_dir / "step_time_vs_tokens.png")
-        fig.savefig(written[-1], dpi=120)
+        atomic_savefig(fig, written[-1], dpi=120)
         plt.close(fig)
     if batches:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -121,6 +122,6 @@ def plot_sweeps(tokens: dict[str, Any] | None, batches: dict[str, Any] | None, o
         ax.legend(fontsize=7)
         fig.tight_layout()
         written.append(out_dir / "throughput_vs_batch.png")
-        fig.savefig(written[-1], dpi=120)
+        atomic_savefig(fig, written[-1], dpi=120)
         plt.close(fig)
     return written

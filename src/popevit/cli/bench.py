@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +13,7 @@ from popevit.cli.errors import user_errors
 def bench(
     json_out: Annotated[Path | None, typer.Option("--json", help="write every figure to this JSON file")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda (cuda: bf16 autocast, SDPA backend probe)")] = "cpu",
-    quick: Annotated[bool, typer.Option(help="seconds-long smoke run: vit_tiny at 32 px over phantoms")] = False,
+    quick: Annotated[bool, typer.Option(help="seconds-long smoke run: vit_p8_w32_d2 at 32 px over phantoms")] = False,
     pe: Annotated[list[str] | None, typer.Option("--pe", help="positional encoding (repeatable; default all)")] = None,
     sizes: Annotated[str, typer.Option(help="comma list of benchmark sizes: tiny, cpu, seed")] = "cpu,seed",
     sections: Annotated[str | None, typer.Option(help="comma list of sections (default all)")] = None,
@@ -31,6 +30,7 @@ def bench(
 ) -> None:
     """Benchmark every positional encoding: step time, ratios to `none` and timm, GFLOP/s, latency, memory, loader."""
     from popevit.bench import SECTIONS, BenchConfig, quick_config, run_bench, to_markdown
+    from popevit.io import atomic_write_json, atomic_write_text
 
     chosen = sections.split(",") if sections else list(SECTIONS)
     options = dict(
@@ -58,9 +58,7 @@ def bench(
     text = to_markdown(res)
     typer.echo(text)
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(res, indent=1))
+        atomic_write_json(json_out, res, indent=1)
         typer.echo(f"wrote {json_out}", err=True)
     if markdown is not None:
-        markdown.parent.mkdir(parents=True, exist_ok=True)
-        markdown.write_text(text)
+        atomic_write_text(markdown, text)

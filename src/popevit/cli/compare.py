@@ -23,6 +23,14 @@ def compare(
     img_size: int | None = typer.Option(
         None, "--img-size", min=8, help="Compare at this input size (resolution extrapolation; patch multiples)."
     ),
+    label_map: str | None = typer.Option(
+        None,
+        "--label-map",
+        help="Compare on other classes, e.g. 'yes=tumor,no=notumor,glioma|meningioma|pituitary=tumor'.",
+    ),
+    source_name: str | None = typer.Option(
+        None, "--source", help="With a manifest of several sources (data split --add): compare on this source's rows."
+    ),
     no_group: bool = typer.Option(False, "--no-group", help="Treat every run as its own group."),
     out: Path = typer.Option(Path("runs/compare"), "--out", help="Folder for compare.json and compare.md."),
     n_boot: int = typer.Option(1000, "--n-boot", min=1, help="Paired bootstrap resamples."),
@@ -54,6 +62,8 @@ def compare(
             out=out,
             batch_size=batch_size,
             device=device,
+            label_map=label_map,
+            source_name=source_name,
         )
     typer.echo(to_markdown(result))
     typer.echo(f"wrote {out}/compare.json and {out}/compare.md")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
 import typer
 
 from popevit.cli.errors import user_errors
+from popevit.io import atomic_write_json
 
 app = typer.Typer(
     help="Data: synthetic phantoms, inspection, duplicate-grouped splits, leakage audits.", no_args_is_help=True
@@ -16,6 +16,13 @@ app = typer.Typer(
 
 _CLASSES_HELP = "numeric folder map, e.g. 0=pituitary,1=meningioma,2=glioma"
 _KEEP_HELP = "keep only these classes, comma-separated (e.g. glioma,meningioma,pituitary)"
+
+
+def _ratios(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not three numbers, e.g. 0.8,0.1,0.1", param_hint="--ratios") from None
 
 
 def _task(class_map: str | None, keep: str | None) -> tuple[dict[str, str] | None, list[str] | None]:
@@ -61,9 +68,10 @@ def inspect(
                               cache_dir=default_cache_dir(cache_dir), workers=workers)  # fmt: skip
         typer.echo(format_report(report))
         if json_out is not None:
-            json_out.parent.mkdir(parents=True, exist_ok=True)
-            json_out.write_text(json.dumps(report, indent=1))
-            typer.echo(f"report: {json_out}")
+            atomic_write_json(json_out, report, indent=1)
+            typer.echo(f"report: {json_out} (lists every skipped and unreadable file)")
+        elif report["skipped"] or report["unreadable"]:
+            typer.echo("(--json FILE lists every skipped and unreadable file)")
 
 
 @app.command()
@@ -78,22 +86,54 @@ def split(
     near_threshold: int = typer.Option(28, "--near-threshold", help="pHash-256 Hamming threshold; -1: exact only"),
     cache_dir: Path | None = typer.Option(None, "--cache-dir"),
     workers: int | None = typer.Option(None, "--workers"),
+    add: list[str] = typer.Option(
+        [], "--add", help="NAME=FOLDER: split another source together with DATA (duplicates grouped across both)"
+    ),
+    source_name: str | None = typer.Option(None, "--name", help="with --add: DATA's source name (default: its folder)"),
+    base: Path | None = typer.Option(
+        None, "--base", help="an earlier manifest of DATA: keep its splits (with --add: the new source joins them)"
+    ),
 ) -> None:
-    """Stratified, duplicate-grouped, seeded train/val/test split written to a manifest CSV."""
+    """Stratified, duplicate-grouped, seeded train/val/test split written to a manifest CSV.
+
+    With --add, several sources go into one manifest (a source column); a tumour / no-tumour source (e.g. Br35H's
+    yes/no) beside a 4-class one keeps the partial label 'tumor', which training uses for tumour vs no tumour only.
+    """
     from popevit.data.cache import default_cache_dir
-    from popevit.data.manifest import make_split, read_manifest
+    from popevit.data.checks import class_warnings, format_skipped, read_skipped
+    from popevit.data.manifest import make_split, read_manifest, skipped_file
 
     with user_errors(OSError):
-        r = tuple(float(x) for x in ratios.split(","))
+        r = _ratios(ratios)
         cm, classes = _task(class_map, keep)
+        extra = {}
+        for item in add:
+            name, sep, folder = item.partition("=")
+            if not sep or not name.strip() or not folder.strip():
+                raise ValueError(f"--add {item!r} is not NAME=FOLDER; write e.g. --add br35h=data/br35h")
+            extra[name.strip()] = Path(folder.strip())
+        if source_name is not None and not extra:
+            raise ValueError("--name names DATA among several sources; it needs --add NAME=FOLDER")
         make_split(data, out, seed=seed, ratios=r, class_map=cm, classes=classes, binary=binary,
                    near_threshold=None if near_threshold < 0 else near_threshold,
-                   cache_dir=default_cache_dir(cache_dir), workers=workers)  # fmt: skip
+                   cache_dir=default_cache_dir(cache_dir), workers=workers, extra=extra or None,
+                   source_name=source_name, base=base)  # fmt: skip
         man = read_manifest(out)
     for s, counts in man.counts().items():
         typer.echo(f"{s:<9}" + "  ".join(f"{c}={n}" for c, n in counts.items()))
+    for src in man.sources:
+        per = Counter(r.split for r in man.rows if r.source == src)
+        typer.echo(
+            f"source   {src}: " + "  ".join(f"{k}={per.get(k, 0)}" for k in ("train", "val", "test", "excluded"))
+        )
     for note, n in sorted(Counter(r.note.split(":")[0] for r in man.rows if r.note).items()):
         typer.echo(f"note     {n} x {note} (the manifest's note column has the details)")
+    listing = skipped_file(out)
+    if text := format_skipped(read_skipped(listing), data, listing):
+        typer.echo(text, err=True)
+    usable = Counter(row.label for row in man.select(None))
+    for warning in class_warnings({c: usable.get(c, 0) for c in man.classes}, data):
+        typer.echo(f"warning: {warning}", err=True)
     typer.echo(f"manifest: {out} (sha256 {man.sha256[:12]})")
 
 
@@ -106,6 +146,7 @@ def audit(
     img_size: int = typer.Option(128, "--img-size", help="preprocessing size for the preprocessed probe"),
     near_threshold: int = typer.Option(28, "--near-threshold", help="pHash-256 Hamming threshold; -1: exact only"),
     no_probe: bool = typer.Option(False, "--no-probe", help="skip the shortcut probes"),
+    no_confound: bool = typer.Option(False, "--no-confound", help="skip the source-confound clusters and probes"),
     cache_dir: Path | None = typer.Option(None, "--cache-dir"),
     workers: int | None = typer.Option(None, "--workers"),
     seed: int = typer.Option(0, "--seed"),
@@ -114,17 +155,21 @@ def audit(
     from popevit.config import PreprocessConfig
     from popevit.data.audit import audit as run_audit
     from popevit.data.audit import format_audit
+    from popevit.data.checks import format_skipped
+    from popevit.data.discover import discover
 
     if pairs is None and json_out is not None:
         pairs = json_out.with_name(json_out.stem + "_pairs.csv")
     with user_errors(OSError):
         report = run_audit(train, test, near_threshold=near_threshold, pairs_csv=pairs,
                            preprocess=PreprocessConfig(img_size=img_size), cache_dir=cache_dir, workers=workers,
-                           seed=seed, probe=not no_probe)  # fmt: skip
+                           seed=seed, probe=not no_probe, confound=not no_confound)  # fmt: skip
         typer.echo(format_audit(report))
+        for src in (train, test):  # a manifest lists its excluded files itself; a folder says what it skipped
+            if src is not None and src.is_dir() and (text := format_skipped(discover(src).skipped, src)):
+                typer.echo(text, err=True)
         if json_out is not None:
-            json_out.parent.mkdir(parents=True, exist_ok=True)
-            json_out.write_text(json.dumps(report, indent=1))
+            atomic_write_json(json_out, report, indent=1)
             typer.echo(f"report: {json_out}")
 
 

@@ -39,6 +39,11 @@ def explain(
             out=out, faithfulness=faithfulness, max_images=max_images, head_fusion=head_fusion,
             discard_ratio=discard_ratio, device=device, seed=seed,
         )  # fmt: skip
+    if result.skipped:
+        from popevit.data.checks import Skip, format_skipped, write_skipped
+
+        listing = write_skipped(result.out / "skipped.csv", [Skip(p, r) for p, r in result.skipped])
+        typer.echo(format_skipped([Skip(p, r) for p, r in result.skipped], listing=listing), err=True)
     typer.echo(f"explained {len(result.paths)} images with {', '.join(result.methods)} -> {result.out}")
     if result.faithfulness is not None:
         f = result.faithfulness

@@ -11,11 +11,15 @@ from popevit.cli import (
     compare,
     data,
     demo,
+    errors,
     evaluate,
     explain,
+    export,
     models,
+    predict,
     pretrain,
     report,
+    serve,
     study,
     sweep,
     train,
@@ -27,6 +31,7 @@ app = typer.Typer(
     "for brain-tumor MRI.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=errors.ErrorHandlingGroup,
     add_completion=False,
 )
 app.add_typer(data.app, name="data")
@@ -42,6 +47,9 @@ app.command("sweep")(sweep.sweep)
 app.command("bench")(bench.bench)
 app.command("models")(models.models)
 app.command("demo")(demo.demo)
+app.command("predict")(predict.predict)
+app.command("export")(export.export)
+app.command("serve")(serve.serve)
 
 
 def _version(value: bool) -> None:
@@ -51,8 +59,14 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print version.")):
-    """popevit command line."""
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print version."),
+    debug: bool = typer.Option(
+        False, "--debug", help=f"Show the traceback of an error instead of one line (or set {errors.DEBUG_ENV}=1)."
+    ),
+):
+    """popevit command line. Errors print one line and exit 2 (bad usage or input) or 1 (runtime failure)."""
+    errors.set_debug(debug)
     from popevit.progress import quiet_third_party
 
     quiet_third_party()

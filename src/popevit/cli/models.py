@@ -6,7 +6,7 @@ import typer
 
 
 def models(
-    preset: str = typer.Option("vit_cpu", help="ViT preset used for the per-PE table"),
+    preset: str = typer.Option("vit_p16_w192_d6", help="ViT preset used for the per-PE table"),
     img_size: int = typer.Option(None, help="reference image size (default: each preset's nominal size, 224 else)"),
     num_classes: int = typer.Option(4, help="classifier outputs"),
     in_chans: int = typer.Option(1, help="input channels"),
@@ -29,12 +29,12 @@ def models(
             model = create_model(name, num_classes=num_classes, in_chans=in_chans, img_size=size_of(name), **kw)
         return parameter_counts(model)
 
-    typer.echo(f"{'model':<16} {'kind':<8} {'px':>4} {'params':>12} {'PE params':>10}  description")
+    typer.echo(f"{'model':<20} {'kind':<8} {'px':>4} {'params':>12} {'PE params':>10}  description")
     for name in list_models():
         total, pe = counts(name)
         kind = "vit" if is_vit(name) else "baseline"
         desc = MODELS.get(name).description
-        typer.echo(f"{name:<16} {kind:<8} {size_of(name):>4} {total:>12,} {pe:>10,}  {desc}")
+        typer.echo(f"{name:<20} {kind:<8} {size_of(name):>4} {total:>12,} {pe:>10,}  {desc}")
     typer.echo(f"\npositional encodings on {preset} ({size_of(preset)} px):")
     typer.echo(f"{'pos_enc':<12} {'params':>12} {'PE params':>10} {'q/k width':>9}  learned, no weight decay")
     for pe_name in list_pos_encs():

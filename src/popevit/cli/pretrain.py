@@ -12,7 +12,7 @@ from popevit.cli.train import source_overrides
 
 
 def pretrain(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="pretraining YAML (configs/pretrain_*)")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML (configs/experiments/simmim_*)")] = None,
     data: Annotated[Path | None, typer.Option(help="image folder; split by duplicate group into the run")] = None,
     manifest: Annotated[Path | None, typer.Option(help="manifest CSV from `popevit data split`")] = None,
     set_: Annotated[

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +20,16 @@ def source_overrides(set_: list[str] | None, data: Path | None, manifest: Path |
     if manifest is not None:
         overrides += [f"data.manifest={manifest}", "data.data=null"]
     return overrides
+
+
+def resume_command(out_dir: Path) -> str:
+    """The command line that was run, with ``--out`` and ``--resume``: what continues an interrupted run."""
+    args = sys.argv[1:]
+    if "--out" not in args:
+        args += ["--out", str(out_dir)]
+    if "--resume" not in args:
+        args.append("--resume")
+    return " ".join(shlex.quote(a) for a in ["popevit", *args])
 
 
 def train(
@@ -37,6 +49,7 @@ def train(
     from popevit.config import ConfigError, load_config
     from popevit.data.location import data_overrides
     from popevit.training import RunDirError, train_from_files
+    from popevit.training.run import TrainingInterrupted
 
     overrides = source_overrides(set_, data, manifest)
     if devices is not None:
@@ -49,7 +62,11 @@ def train(
         overrides.append(f"data.dataset={dataset}")
     with user_errors(ConfigError, RunDirError):
         overrides += data_overrides(load_config(config, overrides))  # --data, --manifest, else $POPEVIT_DATA
-        result = train_from_files(config, overrides, out, resume=resume, init=init)
+        try:
+            result = train_from_files(config, overrides, out, resume=resume, init=init)
+        except TrainingInterrupted as err:
+            err.args = (f"{err}.\nresume with: {resume_command(err.out_dir)}",)
+            raise
     if result.val_metrics:
         per_class = {f"val/auroc_{c}" for c in result.classes}
         shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.val_metrics.items()) if k not in per_class)

@@ -4,6 +4,11 @@ Leakage: exact (same SHA-256, always searched) and near (canonical pHash Hamming
 :mod:`popevit.data.dedup`; a negative threshold skips them) matches between a training set and a test set, or between
 the splits of a manifest. Every matching pair is listed.
 
+Source confound (:mod:`popevit.data.confound`): acquisition clusters from what the files betray without their labels,
+the class x cluster table, a warning for every class that lives in clusters of its own, and two probes that must stay
+near chance on a sound data set: a classifier on the intensity histogram only, and one on the image with the head
+masked out.
+
 Shortcut probe: the cross-validated accuracy of a random forest on *metadata only* (width, height, aspect, colour
 mode, file size, global mean and std), next to the majority-class rate. On the Kaggle set the raw probe is far above
 chance because tumour images are almost all 512x512. The same probe on the preprocessed images (same features of
@@ -13,7 +18,6 @@ grouped by duplicate cluster (``StratifiedGroupKFold``), so copies never sit on 
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,7 @@ from popevit.config import PreprocessConfig
 from popevit.data.dedup import NEAR_THRESHOLD, Fingerprint, duplicate_clusters, fingerprint_files, near_pairs
 from popevit.data.discover import discover
 from popevit.data.manifest import EXCLUDED, read_manifest
+from popevit.io import atomic_write_csv
 
 _MODES = ("L", "RGB", "RGBA", "P")
 
@@ -110,6 +115,7 @@ def audit(
     workers: int | None = None,
     seed: int = 0,
     probe: bool = True,
+    confound: bool = True,
 ) -> dict[str, Any]:
     """Audit leakage and shortcuts.
 
@@ -123,10 +129,14 @@ def audit(
         workers: processes for decoding.
         seed: seed of the probes' folds and forests.
         probe: run the shortcut probes.
+        confound: cluster the files by acquisition traits and warn about classes that live in their own clusters
+            (:func:`popevit.data.confound.confound_report`); with ``probe``, also the histogram and masked-head probes.
 
     Returns:
         ``cross_exact``, ``cross_near`` (pair counts over all comparisons), ``comparisons`` (per pair of sets),
-        ``shortcut_raw``, ``shortcut_preprocessed``, ``majority`` and ``num_images``.
+        ``shortcut_raw``, ``shortcut_preprocessed``, ``majority``, ``num_images``, ``source_confound`` and ``probes``
+        (probe name -> ``accuracy``, ``chance`` (the majority-class rate) and ``shortcut``: above chance by
+        :data:`popevit.data.confound.PROBE_MARGIN` or more).
     """
     from popevit.data.cache import default_cache_dir
     from popevit.data.dataset import ImageDataset
@@ -177,11 +187,8 @@ def audit(
         report["cross_exact"] += exact
         report["cross_near"] += near
     if pairs_csv is not None:
-        Path(pairs_csv).parent.mkdir(parents=True, exist_ok=True)
-        with open(pairs_csv, "w", newline="") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(["set_a", "path_a", "set_b", "path_b", "kind", "hamming"])
-            w.writerows(all_pairs)
+        header = ["set_a", "path_a", "set_b", "path_b", "kind", "hamming"]
+        atomic_write_csv(pairs_csv, [header, *all_pairs], lineterminator="\n")
         report["pairs_csv"] = str(pairs_csv)
 
     # Probes on the training source (every usable image of `train`).
@@ -210,8 +217,41 @@ def audit(
         report["preprocess"] = cfg.model_dump(mode="json")
     else:
         report["shortcut_raw"] = report["shortcut_preprocessed"] = None
+    if confound and len(values) > 1:
+        report.update(_source_confound(fps, labels, near_threshold, workers, seed, probe, report))
     report["excluded_in_manifest"] = len(read_manifest(train).select(EXCLUDED)) if Path(train).is_file() else 0
     return report
+
+
+def _source_confound(
+    fps: list[Fingerprint],
+    labels: list[str],
+    near_threshold: int | None,
+    workers: int | None,
+    seed: int,
+    probe: bool,
+    report: dict[str, Any],
+) -> dict[str, Any]:
+    """``source_confound`` and ``probes`` of the audit (see :mod:`popevit.data.confound`)."""
+    from popevit.data.confound import PROBE_MARGIN, confound_report, probe_features, read_traits
+
+    traits, _ = read_traits([fp.path for fp in fps], workers=workers)
+    label_of = dict(zip((fp.path for fp in fps), labels, strict=True))
+    y = [label_of[t.path] for t in traits]
+    out: dict[str, Any] = {"source_confound": confound_report(traits, y, seed=seed)}
+    if probe:
+        group_of = dict(zip((fp.path for fp in fps), duplicate_clusters(fps, near_threshold)[0], strict=True))
+        groups = [group_of[t.path] for t in traits]
+        chance = float(np.unique(y, return_counts=True)[1].max() / len(y))
+        probes = {name: shortcut_probe(x, y, groups, seed) for name, x in probe_features(traits).items()}
+        probes["metadata_raw"] = report.get("shortcut_raw")
+        probes["metadata_preprocessed"] = report.get("shortcut_preprocessed")
+        out["probes"] = {
+            k: {"accuracy": v, "chance": chance, "shortcut": v >= chance + PROBE_MARGIN}
+            for k, v in probes.items()
+            if v is not None
+        }
+    return out
 
 
 def format_audit(r: dict[str, Any]) -> str:
@@ -231,4 +271,22 @@ def format_audit(r: dict[str, Any]) -> str:
     lines.append(f"  raw files:            {fmt(r['shortcut_raw'])}")
     lines.append(f"  preprocessed images:  {fmt(r['shortcut_preprocessed'])}")
     lines.append(f"  majority-class rate:  {fmt(r['majority'])}")
+    if r.get("source_confound"):
+        from popevit.data.confound import format_confound
+
+        lines.append(format_confound(r["source_confound"]))
+    if r.get("probes"):
+        lines.append("probes that must stay near chance (grouped 5-fold CV, random forest):")
+        names = {
+            "histogram": "intensity histogram only",
+            "masked_head": "image with the head masked out",
+            "metadata_raw": "file metadata (raw)",
+            "metadata_preprocessed": "metadata of preprocessed images",
+        }
+        how = {"histogram": "from the intensity histogram", "masked_head": "without looking at the head"}
+        for k, p in r["probes"].items():
+            flag = (
+                f"  <- SHORTCUT: the class is predictable {how.get(k, 'from file metadata')}" if p["shortcut"] else ""
+            )
+            lines.append(f"  {names.get(k, k):<34}{p['accuracy']:.3f} (chance {p['chance']:.3f}){flag}")
     return "\n".join(lines)

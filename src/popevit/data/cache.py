@@ -111,7 +111,7 @@ class ArrayCache:
                 path, "content changed since the manifest was written (re-run `popevit data split` to update it)"
             )
         arr = self.get(digest)
-        if arr is None:
+        if arr is None or not arr.any():  # all zeros: a degenerate image cached before the decoder refused them
             arr = preprocess_image(decode_for_model(data, path, self.cfg), self.cfg)
             try:
                 self.put(digest, arr)

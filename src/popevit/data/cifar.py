@@ -1,17 +1,20 @@
 """CIFAR-10/100 (Krizhevsky, 2009) through torchvision, as a DataModule with the interface of ``MRIDataModule``.
 
-Seed 003 ranks positional encodings on CIFAR; this path reruns that experiment with the same engine. torchvision
-reads CIFAR's on-disk format (pickled batches under ``cifar-10-batches-py/`` or ``cifar-100-python/``) and downloads
-the archive when asked (it checks the archive's md5). Offline, a missing dataset fails at once with a message saying
-where to put the files. The official test set is the test split; validation is a stratified, seeded slice of the
-official training set (fraction ``ratios[1] / (ratios[0] + ratios[1])``). Images are normalised per channel with
-the training split's own mean and std; augmentation follows :class:`popevit.config.AugmentConfig` (affine, flip,
-random resized crop).
+CIFAR is a small-image sanity check of the positional encodings (configs/experiments/cifar_vit.yaml) on the same engine.
+torchvision describes CIFAR's on-disk format (pickled batches under ``cifar-10-batches-py/`` or ``cifar-100-python/``)
+and downloads the archive when asked (it checks the archive's md5). Batches are read without running code
+(:class:`PlainUnpickler`), after their md5 is checked against torchvision's published sums. Offline, a missing
+dataset fails at once with a message saying where to put the files. The official test set is the test split;
+validation is a stratified, seeded slice of the official training set (fraction ``ratios[1] / (ratios[0] +
+ratios[1])``). Images are normalised per channel with the training split's own mean and std; augmentation follows
+:class:`popevit.config.AugmentConfig` (affine, flip, random resized crop).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import pickle
 import socket
 from pathlib import Path
 from typing import Any, Literal
@@ -26,15 +29,18 @@ from torchvision.transforms import v2
 from popevit.config import AugmentConfig, DataConfig, PreprocessConfig
 from popevit.data.datamodule import SplitDataModule
 
+log = logging.getLogger(__name__)
 CifarName = Literal["cifar10", "cifar100"]
 OFFLINE_ENV = "POPEVIT_OFFLINE"
 
 
 class _FilesPresent:
-    """torchvision's reader with a load-time check that the files exist (the download itself is md5-checked).
+    """torchvision's CIFAR class with a load-time check that the files exist (the download itself is md5-checked).
 
-    torchvision also checks every batch file's md5 on load, which rejects anything but the official files; the
-    archive's md5 is still verified at download, and a truncated batch fails when unpickled.
+    torchvision would ``pickle.load`` every batch file, and a pickle can run any code: a tampered batch in a data
+    folder would execute on ``popevit train``. popevit never lets it: :func:`read_batch` verifies torchvision's
+    published md5 of each file first and, whatever the outcome, unpickles with :class:`PlainUnpickler`, which builds
+    dicts, lists, strings, numbers and numeric numpy arrays only and refuses any other object.
     """
 
     base_folder: str
@@ -47,13 +53,6 @@ class _FilesPresent:
         folder = Path(self.root) / self.base_folder
         return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
 
-    def _load_meta(self) -> None:
-        import pickle
-
-        with (Path(self.root) / self.base_folder / self.meta["filename"]).open("rb") as f:
-            self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
-        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-
 
 class _CIFAR10(_FilesPresent, datasets.CIFAR10):
     pass
@@ -64,6 +63,87 @@ class _CIFAR100(_FilesPresent, datasets.CIFAR100):
 
 
 READERS: dict[str, type[datasets.CIFAR10]] = {"cifar10": _CIFAR10, "cifar100": _CIFAR100}
+
+# What CIFAR's pickles may name: numpy's array reconstruction (Python 2 and 3, numpy 1 and 2 module paths).
+_NUMPY_CORE = ("numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric", "numpy._core.numeric")
+_ALLOWED = frozenset(
+    [(m, n) for m in _NUMPY_CORE for n in ("_reconstruct", "_frombuffer", "scalar")]
+    + [("numpy", "ndarray"), ("numpy", "dtype")]
+)
+
+
+class PlainUnpickler(pickle.Unpickler):
+    """An unpickler that builds plain data only (dicts, lists, strings, numbers, numpy arrays): a pickle naming any
+    other callable (``os.system``, ``builtins.eval``, ...) is refused before it is called, so no code runs."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR batch never holds")
+
+
+def read_batch(path: Path, md5: str | None = None) -> tuple[dict[str, Any], bool]:
+    """One CIFAR batch or meta file, read without running code.
+
+    Args:
+        path: the pickled batch.
+        md5: torchvision's published md5 of the file, checked first.
+
+    Returns:
+        ``(content, verified)``: the unpickled dict and whether the file is the published one.
+
+    Raises:
+        ValueError: the file holds anything but plain data (code, objects), or is not a CIFAR batch at all.
+    """
+    verified = md5 is not None and datasets.utils.check_integrity(str(path), md5)
+    try:
+        with open(path, "rb") as f:
+            content = PlainUnpickler(f, encoding="latin1").load()
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path}: refused, not read: {err}; it is not the published CIFAR file (md5 differs), and unpickling it "
+            f"could run code. Delete the folder and let popevit download CIFAR again, or extract the official archive"
+        ) from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError, OverflowError) as err:
+        raise ValueError(f"{path}: not a CIFAR batch file ({type(err).__name__}: {err}); it is damaged") from None
+    if not isinstance(content, dict) or any(isinstance(v, np.ndarray) and v.dtype == object for v in content.values()):
+        raise ValueError(f"{path}: not a CIFAR batch file (expected a dict of arrays and lists)")
+    return content, verified
+
+
+def _read_split(cls: type[datasets.CIFAR10], root: Path, train: bool) -> datasets.CIFAR10:
+    """What torchvision's ``cls(root, train)`` builds, read through :func:`read_batch` instead of ``pickle.load``."""
+    folder = Path(root) / cls.base_folder
+    files = cls.train_list if train else cls.test_list
+    data, targets, unverified = [], [], []
+    for name, md5 in files:
+        entry, ok = read_batch(folder / name, md5)
+        if not ok:
+            unverified.append(name)
+        try:
+            data.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            targets.extend(int(t) for t in entry["labels" if "labels" in entry else "fine_labels"])
+        except (KeyError, ValueError, TypeError) as err:
+            raise ValueError(
+                f"{folder / name}: not a CIFAR batch file (no {err} in it, or of the wrong shape)"
+            ) from None
+    meta, ok = read_batch(folder / cls.meta["filename"], cls.meta["md5"])
+    if not ok:
+        unverified.append(cls.meta["filename"])
+    if unverified:
+        log.warning(
+            "%s: %s differ from torchvision's published md5 sums (not the official files): read as plain arrays",
+            folder, ", ".join(unverified),
+        )  # fmt: skip
+    ds = cls.__new__(cls)
+    ds.root, ds.train, ds.transform, ds.target_transform = str(root), train, None, None
+    ds.data = np.vstack(data).transpose((0, 2, 3, 1)) if data else np.zeros((0, 32, 32, 3), np.uint8)  # (N, H, W, C)
+    ds.targets = targets
+    if len(ds.targets) != len(ds.data):
+        raise ValueError(f"{folder}: {len(ds.data)} images but {len(ds.targets)} labels; the files are damaged")
+    ds.classes = [str(c) for c in meta[cls.meta["key"]]]
+    ds.class_to_idx = {c: i for i, c in enumerate(ds.classes)}
+    return ds
 
 
 def default_root(cfg: DataConfig) -> Path:
@@ -117,7 +197,7 @@ def load_cifar(name: CifarName, root: Path, train: bool, download: bool = True) 
             datasets.utils.download_and_extract_archive(cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5)
         except (OSError, RuntimeError) as err:
             raise RuntimeError(f"downloading {name} failed ({err}); {where}") from err
-    return cls(str(root), train=train, download=False)
+    return _read_split(cls, Path(root), train)
 
 
 class ArrayDataset(Dataset):

@@ -13,10 +13,16 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from popevit.config import DataConfig
 from popevit.data.dataset import ImageDataset
-from popevit.data.manifest import EXCLUDED, SPLITS, read_manifest
+from popevit.data.manifest import EXCLUDED, SPLITS, Manifest, read_manifest
 from popevit.data.transforms import build_eval_transform, build_train_transform
 
 log = logging.getLogger(__name__)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A generator seeded by ``numpy.random.SeedSequence([seed, epoch])`` (see :class:`EpochShuffleSampler`)."""
+    key = int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0])
+    return torch.Generator().manual_seed(key)
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -36,17 +42,40 @@ class EpochShuffleSampler(Sampler[int]):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        key = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)[0])
-        g = torch.Generator().manual_seed(key)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        return iter(torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch)).tolist())
 
     def __len__(self) -> int:
         return self.n
 
 
+class SourceBalancedSampler(EpochShuffleSampler):
+    """As many draws per epoch as there are images, with replacement, each source drawn equally often on average.
+
+    For training on several sources at once (``popevit data split --add``): a small source is seen as often as a
+    large one, so the model cannot ignore it (or learn the sources' sizes). Image ``i`` of a source with ``n_s``
+    images is drawn with probability ``1 / (S * n_s)``; the order is a function of (seed, epoch) only, as in
+    :class:`EpochShuffleSampler`.
+
+    Args:
+        sources: the source of every image of the dataset, in dataset order.
+        seed: seed of the draws.
+    """
+
+    def __init__(self, sources: list[str], seed: int = 0) -> None:
+        super().__init__(len(sources), seed)
+        counts = {s: sources.count(s) for s in set(sources)}
+        self.weights = torch.tensor([1.0 / counts[s] for s in sources], dtype=torch.float64)
+
+    def __iter__(self) -> Iterator[int]:
+        g = epoch_generator(self.seed, self.epoch)
+        return iter(torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist())
+
+
 def inverse_frequency_weights(targets: list[int], classes: list[str]) -> torch.Tensor:
-    """Per-class loss weights 1/count normalised to mean 1, (K,) float; a class without images is an error."""
-    counts = torch.bincount(torch.tensor(targets), minlength=len(classes)).float()
+    """Per-class loss weights 1/count normalised to mean 1, (K,) float; a class without images is an error.
+    Partial labels (targets >= K, see :attr:`MRIDataModule.label_sets`) do not count."""
+    full = [t for t in targets if t < len(classes)]
+    counts = torch.bincount(torch.tensor(full, dtype=torch.long), minlength=len(classes)).float()
     if (counts == 0).any():
         empty = [c for c, n in zip(classes, counts.tolist(), strict=True) if n == 0]
         raise RuntimeError(f"classes {empty} have no training images; check the manifest or --classes")
@@ -54,13 +83,24 @@ def inverse_frequency_weights(targets: list[int], classes: list[str]) -> torch.T
     return w / w.mean()
 
 
-def make_loader(ds: Dataset, cfg: DataConfig, seed: int, train: bool) -> DataLoader:
-    """The DataLoader of every popevit DataModule: (seed, epoch)-keyed shuffling for training, fixed order otherwise."""
+def make_loader(ds: Dataset, cfg: DataConfig, seed: int, train: bool, sources: list[str] | None = None) -> DataLoader:
+    """The DataLoader of every popevit DataModule: (seed, epoch)-keyed shuffling for training (source-balanced draws
+    with ``cfg.sampling``, given each image's source), fixed order otherwise."""
     nw = cfg.num_workers
+    sampler = None
+    if train and cfg.sampling == "source_balanced":
+        if not sources or len(set(sources)) < 2:
+            raise ValueError(
+                "data.sampling=source_balanced needs a manifest of several sources (popevit data split DATA --add "
+                "NAME=FOLDER); this one has one source: use data.sampling=shuffle"
+            )
+        sampler = SourceBalancedSampler(sources, seed)
+    elif train:
+        sampler = EpochShuffleSampler(len(ds), seed)
     return DataLoader(
         ds,
         batch_size=cfg.batch_size,
-        sampler=EpochShuffleSampler(len(ds), seed) if train else None,
+        sampler=sampler,
         shuffle=False,
         num_workers=nw,
         persistent_workers=nw > 0,
@@ -89,7 +129,8 @@ class SplitDataModule(L.LightningDataModule):
         return inverse_frequency_weights(self.datasets["train"].targets, self.classes)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        return make_loader(self.datasets[split], self.cfg, self.seed, train)
+        sources = getattr(self, "sources", {}).get(split)
+        return make_loader(self.datasets[split], self.cfg, self.seed, train, sources)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)
@@ -109,23 +150,28 @@ class MRIDataModule(SplitDataModule):
 
     Args:
         cfg: data settings (batch size, workers, cache, preprocessing, augmentation).
-        manifest: manifest CSV from ``popevit data split``.
+        manifest: manifest CSV from ``popevit data split`` (or one already read).
         seed: seed of the training order and of worker RNGs.
     """
 
-    def __init__(self, cfg: DataConfig, manifest: Path, seed: int = 0) -> None:
+    def __init__(self, cfg: DataConfig, manifest: Path | Manifest, seed: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
         self.seed = seed
-        self.manifest = read_manifest(manifest)
+        self.manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
         self.classes: list[str] = list(self.manifest.classes)
+        # partial labels (e.g. Br35H's "tumor" beside the tumour types) are targets k, k+1, ...: sets of classes
+        self.label_sets: list[list[int]] = [[self.classes.index(c) for c in members]
+                                            for members in self.manifest.label_sets.values()]  # fmt: skip
+        self.targets = {c: i for i, c in enumerate([*self.classes, *self.manifest.label_sets])}
+        self.sources: dict[str, list[str]] = {}
         self.datasets: dict[str, ImageDataset] = {}
         self.skipped: list[tuple[Path, str]] = [(r.path, r.note) for r in self.manifest.select(EXCLUDED)]
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        index = {c: i for i, c in enumerate(self.classes)}
+        index = self.targets
         pre = self.cfg.preprocess
         for split in SPLITS:
             rows = self.manifest.select(split)
@@ -134,13 +180,13 @@ class MRIDataModule(SplitDataModule):
                               [r.content_hash for r in rows])  # fmt: skip
             bad = ds.prepare(workers=None)
             if bad:
-                for p, reason in bad:
-                    log.warning("skipping %s (%s): %s", p, split, reason)
+                for p, reason in bad:  # the caller reports them (popevit.data.checks.format_skipped)
+                    log.info("skipping %s (%s): %s", p, split, reason)
                 bad_set = {p for p, _ in bad}
                 ds = ds.subset([i for i, p in enumerate(ds.paths) if p not in bad_set])
                 self.skipped.extend(bad)
             self.datasets[split] = ds
-        if self.skipped:
-            log.warning("%d files skipped before training (listed in datamodule.skipped)", len(self.skipped))
+            source_of = {r.path: r.source for r in rows}
+            self.sources[split] = [source_of[p] for p in ds.paths]
         if len(self.datasets["train"]) == 0:
-            raise RuntimeError(f"manifest {self.manifest.path} has no usable training images")
+            raise ValueError(f"manifest {self.manifest.path} has no usable training images (none of them decodes)")

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from popevit.config import PreprocessConfig
 from popevit.data.cache import ArrayCache, CacheWriteError, default_cache_dir
 from popevit.data.decode import DecodeError
-from popevit.data.preprocess import standardize
+from popevit.data.transforms import build_eval_transform
 
 
 def _warm(args: tuple[str, str | None, Path, PreprocessConfig]) -> tuple[str, str | None, str | None]:
@@ -31,18 +31,12 @@ def _warm(args: tuple[str, str | None, Path, PreprocessConfig]) -> tuple[str, st
         return path, None, f"preprocessing failed ({type(err).__name__}: {err})"
 
 
-def _standardize_batch(x: torch.Tensor, in_chans: int) -> torch.Tensor:
-    from popevit.data.transforms import EvalTransform
-
-    return EvalTransform(in_chans)(x)
-
-
 class ImageDataset(Dataset):
     """Images and integer targets; items are ``(x, y)``, x float (C, S, S), y int.
 
     Arrays come from the decode-once cache (decoded and stored on first use) and are kept in memory after the
     first access, so later epochs touch neither the disk nor the decoder. Deterministic when ``transform`` is None
-    (then x = standardised cached image).
+    (then x = the cached image through the eval transform of ``preprocess``).
 
     Args:
         paths: image files.
@@ -69,7 +63,7 @@ class ImageDataset(Dataset):
         self.paths = [Path(p) for p in paths]
         self.targets = list(targets)
         self.cfg = preprocess
-        self.transform = transform
+        self.transform = transform if transform is not None else build_eval_transform(preprocess)
         self.cache_root = default_cache_dir(cache_dir)
         self.expected = list(content_hashes) if content_hashes is not None else [None] * len(self.paths)
         self._cache: ArrayCache | None = None
@@ -94,16 +88,14 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         x = torch.from_numpy(self.array(i)).unsqueeze(0).float().div_(255.0)  # (1, S, S) in [0, 1]
-        x = standardize(x, self.cfg.in_chans) if self.transform is None else self.transform(x)  # (C, S, S)
-        return x, self.targets[i]
+        return self.transform(x), self.targets[i]  # (C, S, S)
 
     def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
         """Batched fetch (used by DataLoader): one stacked transform call for batch-aware transforms."""
         if self.transform is not None and not getattr(self.transform, "batched", False):
             return [self[i] for i in indices]
         x = torch.from_numpy(np.stack([self.array(i) for i in indices])).unsqueeze(1).float().div_(255.0)
-        tf = self.transform or (lambda b: _standardize_batch(b, self.cfg.in_chans))
-        x = tf(x)  # (B, 1, S, S) in [0, 1] -> (B, C, S, S)
+        x = self.transform(x)  # (B, 1, S, S) in [0, 1] -> (B, C, S, S)
         return [(x[k], self.targets[i]) for k, i in enumerate(indices)]
 
     def prepare(self, workers: int | None = None) -> list[tuple[Path, str]]:

@@ -25,6 +25,8 @@ EXTENSION_FORMAT = {
 }  # fmt: skip
 # Pixel limit: larger images are refused as decompression bombs (PIL's own default warns at ~89 MP).
 MAX_PIXELS = 64_000_000
+# Smaller sides hold no anatomy (a 1x1 image became an all-zero training image before this check).
+MIN_SIDE = 8
 
 
 class DecodeError(Exception):
@@ -53,6 +55,74 @@ def sniff_format(head: bytes) -> str | None:
     if len(head) >= 2 and head[0:1] == b"P" and head[1:2] in b"123456":
         return "PPM"
     return None
+
+
+def looks_like(head: bytes) -> str | None:
+    """What a file that is not an image seems to be, from its first bytes (>= 352 for NIfTI): ``DICOM``, ``NIfTI``,
+    ``HTML``, ``PDF``, ``JPEG 2000``, ``gzip``, ``zip``, ``text``; None when it is none of these."""
+    if head[128:132] == b"DICM":
+        return "DICOM"
+    if head[344:348] in (b"n+1\x00", b"ni1\x00") or head[344:348] in (b"n+2\x00", b"ni2\x00"):
+        return "NIfTI"
+    if head.startswith((b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51")):
+        return "JPEG 2000"
+    if head.startswith(b"%PDF"):
+        return "PDF"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml")):
+        return "HTML" if b"html" in text[:64] else "XML"
+    try:
+        head[:512].decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < min(len(head), 512) - 3:  # not just a character cut at the end of the sample
+            return None
+    return "text" if head and all(b >= 32 or b in b"\t\r\n" for b in head[:512]) else None
+
+
+_LOOKS_LIKE_FIX = {
+    "DICOM": "popevit trains on 2-D image files: convert it to PNG, or read it with `popevit predict`",
+    "NIfTI": "popevit trains on 2-D image files: export its slices to PNG, or read it with `popevit predict`",
+    "HTML": "probably a web page saved under an image's name: download the image itself",
+    "text": "probably saved under the wrong name; replace it with the image",
+}
+
+
+def not_image_reason(head: bytes) -> str:
+    """``not an image: looks like ...`` with the fix, or the first bytes when the content is unknown."""
+    kind = looks_like(head)
+    if kind is None:
+        return f"not a recognised image format (content starts with {head[:8].hex(' ')})"
+    fix = _LOOKS_LIKE_FIX.get(kind, "replace it with the image, or move it out of the data folder")
+    return f"not an image: looks like {kind} ({fix})"
+
+
+def check_degenerate(img: Image.Image, path: Path | str = "<bytes>") -> None:
+    """Refuse images that decode but hold nothing to learn from: tiny, non-finite (float TIFF) or constant.
+
+    Raises:
+        DecodeError: with the reason (``degenerate: ...``).
+    """
+    w, h = img.size
+    if min(w, h) < MIN_SIDE:
+        raise DecodeError(path, f"degenerate: {w}x{h} px, too small to hold an image (needs >= {MIN_SIDE} px a side)")
+    if img.mode == "F":
+        arr = np.asarray(img)
+        if not np.isfinite(arr).all():
+            bad = int((~np.isfinite(arr)).sum())
+            raise DecodeError(
+                path, f"degenerate: {bad} of {arr.size} pixels are NaN or infinite (a damaged float image)"
+            )
+    extrema = img.getextrema()
+    bands = extrema if isinstance(extrema[0], tuple) else (extrema,)
+    if img.mode in ("RGBA", "LA", "PA"):
+        bands = bands[:-1]  # colour bands only: a constant picture under a varying alpha still shows nothing
+    if all(lo == hi for lo, hi in bands):
+        value = bands[0][0] if len(bands) == 1 else tuple(b[0] for b in bands)
+        raise DecodeError(path, f"degenerate: every pixel has the value {value} (a blank image)")
 
 
 def extension_format(path: Path) -> str | None:
@@ -90,7 +160,8 @@ def decode_bytes(data: bytes, path: Path | str = "<bytes>", *, draft: tuple[int,
         The decoded image (modes L, RGB, RGBA, P, I;16, ... as stored).
 
     Raises:
-        DecodeError: unknown format, truncated/corrupt data, or a decompression bomb.
+        DecodeError: unknown format (saying what the file looks like: HTML, text, DICOM...), truncated/corrupt data,
+            a decompression bomb, or a degenerate image (:func:`check_degenerate`).
     """
     if not data:
         raise DecodeError(path, "empty file (0 bytes)")
@@ -107,11 +178,11 @@ def decode_bytes(data: bytes, path: Path | str = "<bytes>", *, draft: tuple[int,
                 img.draft(img.mode, draft)
             img.load()
             ImageOps.exif_transpose(img, in_place=True)
+            check_degenerate(img, path)
     except DecodeError:
         raise
     except UnidentifiedImageError:
-        head = data[:8].hex(" ")
-        raise DecodeError(path, f"not a recognised image format (content starts with {head})") from None
+        raise DecodeError(path, not_image_reason(data[:512])) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise DecodeError(path, f"decompression bomb: {err}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:

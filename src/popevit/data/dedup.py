@@ -47,7 +47,7 @@ from popevit.data.preprocess import PREPROCESS_VERSION, crop_pad_square, rescale
 
 NEAR_THRESHOLD = 28  # Hamming distance on the 256-bit canonical pHash; see the module docstring
 HASH_SIZE = 16  # pHash side: 16x16 = 256 bits
-FINGERPRINT_VERSION = 2
+FINGERPRINT_VERSION = 3  # 3: degenerate images (tiny, blank, NaN) are refused by the decoder
 _CANON = 64  # side of the canonical view that is hashed
 _DRAFT = (2 * _CANON, 2 * _CANON)
 
@@ -98,9 +98,9 @@ def _fingerprint_bytes(path: Path, data: bytes, digest: str) -> Fingerprint:
         "extension_format": extension_format(path),
     }
     try:
+        img = decode_bytes(data, path, draft=_DRAFT)  # first: its errors say what a non-image looks like
         header = Image.open(io.BytesIO(data))
         mode, (w, h) = header.mode, header.size
-        img = decode_bytes(data, path, draft=_DRAFT)
         gray = to_gray(img)
         ph = imagehash.phash(Image.fromarray(canonical_view(img)), hash_size=HASH_SIZE)
     except DecodeError as err:

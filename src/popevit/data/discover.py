@@ -8,9 +8,15 @@ Supported layouts (class = folder name; files found recursively below it, sorted
 - numeric class folders (``0/``, ``1/``, ...) with a ``class_map`` such as ``{"0": "pituitary"}``.
 
 ``binary=True`` maps every tumour class to ``tumor`` and keeps ``notumor`` (folders named notumor, no_tumor, no,
-normal or healthy). A ``masks/`` folder at the root (phantom lesion masks) is never a class. Files that are not
-images (by extension *and* content: ``.DS_Store``, ``Thumbs.db``, label ``.txt``, ``metadata.csv``) are ignored and
-listed; so are files directly under the root, which have no class. Class order is the sorted class names.
+normal or healthy). A ``masks/`` folder at the root (phantom lesion masks) is never a class. Class order is the
+sorted class names.
+
+Nothing is dropped silently: every file that is not used is listed in ``Discovery.skipped`` with its reason and fix
+(:mod:`popevit.data.checks`): files that are not images (by extension *and* content: ``.DS_Store``, ``Thumbs.db``,
+label ``.txt``, ``metadata.csv``), images directly under the root (they have no class), DICOM, NIfTI and JPEG 2000
+files (read by ``popevit predict``, not for training), FIFOs, sockets and devices (only regular files are opened, so
+nothing blocks), broken symbolic links, and symbolic links back into a folder already listed (a loop). Symbolic
+links to other folders are followed. A class folder without any image is an error, unless its class is left out.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from popevit.data.decode import IMAGE_EXTENSIONS, sniff_format
+from popevit.data.checks import Skip, class_warnings
+from popevit.data.decode import IMAGE_EXTENSIONS, looks_like, sniff_format
+from popevit.io import shown
 from popevit.registry import did_you_mean
 
 SPLIT_DIRS = {
@@ -34,6 +42,24 @@ RESERVED_DIRS = frozenset({"masks"})
 NO_TUMOR_NAMES = frozenset({"notumor", "no_tumor", "no-tumor", "no", "normal", "healthy"})
 TUMOR = "tumor"
 NO_TUMOR = "notumor"
+
+# Why a file is not used (popevit.data.checks groups equal reasons). Each says what to do about it.
+ROOT_IMAGE = "image at the data root, outside any class folder: move it into <root>/<class>/ to use it"
+NOT_IMAGE = "not an image file (by name and content)"
+HIDDEN = "hidden file"
+HIDDEN_DIR = "hidden folder"
+RESERVED = "reserved folder (phantom lesion masks), never a class"
+SPECIAL = "not a regular file (FIFO, socket or device): only regular files are read"
+BROKEN_LINK = "broken symbolic link: its target does not exist"
+LINK_LOOP = "symbolic link back to a folder that contains it (a loop): not followed"
+LINK_INSIDE = "symbolic link to another folder of the data root: not followed, its images would count twice"
+FORMATS = {
+    "DICOM": "DICOM: not read for training; convert it to PNG (e.g. pydicom), or use `popevit predict` on it",
+    "NIfTI": "NIfTI volume: not read for training; export its slices to PNG, or use `popevit predict` on it",
+    "JPEG 2000": "JPEG 2000: not read for training; convert it to PNG",
+}
+_FORMAT_EXTENSIONS = {".dcm": "DICOM", ".dicom": "DICOM", ".nii": "NIfTI", ".nii.gz": "NIfTI", ".jp2": "JPEG 2000",
+                      ".j2k": "JPEG 2000", ".jpx": "JPEG 2000", ".jpf": "JPEG 2000"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -56,6 +82,8 @@ class Discovery:
     ignored: list[Path] = field(default_factory=list)  # non-image files and unlabelled files, sorted
     layout: str = "class_folders"  # or "official_split"
     skipped_dirs: list[Path] = field(default_factory=list)  # masks/, hidden folders
+    skipped: list[Skip] = field(default_factory=list)  # every file or folder not used, with the reason
+    warnings: list[str] = field(default_factory=list)  # doubtful classes (popevit.data.checks.class_warnings)
 
     def counts(self) -> dict[str, int]:
         """Images per class, in class order."""
@@ -69,33 +97,91 @@ def _hidden(name: str) -> bool:
     return name.startswith(".") or name.startswith("__MACOSX")
 
 
-def is_image_file(path: Path) -> bool:
-    """Image candidate: an image extension or image magic bytes (hidden files such as ``._x.jpg`` never are)."""
+def _special_format(path: Path, head: bytes) -> str | None:
+    """``DICOM``, ``NIfTI`` or ``JPEG 2000`` by extension or content, else None."""
+    name = path.name.lower()
+    for ext, kind in _FORMAT_EXTENSIONS.items():
+        if name.endswith(ext):
+            return kind
+    kind = looks_like(head)
+    return kind if kind in FORMATS else None
+
+
+def classify_file(path: Path) -> str | None:
+    """None when ``path`` (a regular file) is an image candidate, else why it is not used (a module reason)."""
     if _hidden(path.name):
-        return False
-    if path.suffix.lower() in IMAGE_EXTENSIONS:
-        return True
+        return HIDDEN
+    head = b""
     try:
         with open(path, "rb") as f:
-            return sniff_format(f.read(16)) is not None
+            head = f.read(512)
     except OSError:
-        return False
+        pass  # unreadable: an image candidate by name is listed by the decoder with its reason
+    kind = _special_format(path, head)
+    if kind is not None:
+        return FORMATS[kind]
+    if path.suffix.lower() in IMAGE_EXTENSIONS or sniff_format(head[:16]) is not None:
+        return None
+    return NOT_IMAGE
+
+
+def is_image_file(path: Path) -> bool:
+    """Image candidate: an image extension or image magic bytes (hidden files such as ``._x.jpg`` never are)."""
+    return Path(path).is_file() and classify_file(Path(path)) is None
 
 
 def _subdirs(d: Path) -> list[Path]:
     return sorted(p for p in d.iterdir() if p.is_dir())
 
 
-def _walk_files(d: Path, unreadable: list[tuple[Path, str]]) -> list[Path]:
-    """Files below ``d``, sorted; folders that cannot be listed are appended to ``unreadable`` with the reason."""
-    out = []
+def _walk_files(d: Path, root: Path, unreadable: list[tuple[Path, str]], skipped: list[Skip]) -> list[Path]:
+    """Regular files below the class folder ``d`` of ``root``, sorted. Symbolic links to folders are followed,
+    except links back to a folder on the way (a loop) and links elsewhere into ``root`` (another class's images).
 
-    def failed(err: OSError) -> None:
-        unreadable.append((Path(err.filename or d), err.strerror or str(err)))
+    Folders that cannot be listed are appended to ``unreadable`` with the reason; hidden folders, such links, broken
+    links and special files (FIFOs, sockets, devices: opening one could block forever) to ``skipped``.
+    """
+    out: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    root_real, d_real = os.path.realpath(root), os.path.realpath(d)
 
-    for dirpath, dirnames, filenames in os.walk(d, onerror=failed):
-        dirnames[:] = sorted(n for n in dirnames if not _hidden(n))
-        out.extend(Path(dirpath) / n for n in filenames)
+    def visit(folder: Path, on_the_way: frozenset[str]) -> None:
+        real = os.path.realpath(folder)
+        if real in on_the_way or real == root_real:
+            skipped.append(Skip(folder, LINK_LOOP))
+            return
+        if os.path.commonpath([real, root_real]) == root_real and os.path.commonpath([real, d_real]) != d_real:
+            skipped.append(Skip(folder, LINK_INSIDE))
+            return
+        try:
+            st = folder.stat()
+            key = (st.st_dev, st.st_ino)
+            if key in seen:  # reached twice through links: list its files once
+                return
+            seen.add(key)
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as err:
+            unreadable.append((Path(err.filename or folder), err.strerror or str(err)))
+            return
+        for e in entries:
+            p = Path(e.path)
+            try:
+                is_dir, is_file = e.is_dir(), e.is_file()  # both follow symbolic links
+            except OSError:
+                is_dir = is_file = False
+            if is_dir:
+                if _hidden(e.name):
+                    skipped.append(Skip(p, HIDDEN_DIR))
+                else:
+                    visit(p, on_the_way | {real})
+            elif is_file:
+                out.append(p)
+            elif e.is_symlink() and not p.exists():
+                skipped.append(Skip(p, BROKEN_LINK))
+            else:
+                skipped.append(Skip(p, SPECIAL))
+
+    visit(d, frozenset())
     return sorted(out)
 
 
@@ -122,11 +208,13 @@ def discover(
         binary: map every tumour class to ``tumor`` (vs ``notumor``).
 
     Returns:
-        A :class:`Discovery` with samples sorted by path and sorted class names.
+        A :class:`Discovery` with samples sorted by path and sorted class names, every file not used in
+        ``skipped`` with its reason, and warnings about doubtful classes.
 
     Raises:
         ValueError: missing folder, no class folders, split folders mixed with other folders, class names that
-            differ only in letter case, unreadable sub-folders, unmapped numeric folders, unknown ``classes``.
+            differ only in letter case, unreadable sub-folders, unmapped numeric folders, unknown ``classes``, a class
+            folder without images (unless ``classes`` leaves its class out).
     """
     root = Path(root)
     if not root.is_dir():
@@ -135,6 +223,7 @@ def discover(
         raise ValueError("binary and classes cannot both be set; pick one task definition")
     ignored: list[Path] = []
     skipped: list[Path] = []
+    skips: list[Skip] = []
     top = []
     for p in sorted(root.iterdir()):
         if p.is_dir():
@@ -144,6 +233,7 @@ def discover(
                 top.append(p)
         else:
             ignored.append(p)  # files at the root have no class
+            skips.append(Skip(p, _root_reason(p)))
     split_layout = bool(top) and all(p.name.lower() in SPLIT_DIRS for p in top)
     named_splits = [p.name for p in top if p.name.lower() in SPLIT_DIRS]
     if named_splits and not split_layout:
@@ -161,7 +251,9 @@ def discover(
     for split, base in parts:
         dirs = top if split is None else _subdirs(base)
         if split is not None:
-            ignored.extend(p for p in sorted(base.iterdir()) if p.is_file())
+            loose = [p for p in sorted(base.iterdir()) if not p.is_dir()]
+            ignored.extend(loose)
+            skips.extend(Skip(p, _root_reason(p)) for p in loose)
         for d in dirs:
             if _hidden(d.name) or d.name.lower() in RESERVED_DIRS:
                 skipped.append(d)
@@ -199,11 +291,13 @@ def discover(
     unreadable: list[tuple[Path, str]] = []
     for split, d in class_dirs:
         label = _map_label(d.name, class_map, binary)
-        for f in _walk_files(d, unreadable):
-            if is_image_file(f):
+        for f in _walk_files(d, root, unreadable, skips):
+            reason = classify_file(f)
+            if reason is None:
                 samples.append(Sample(path=f, label=label, split=split, folder=d.name))
             else:
                 ignored.append(f)
+                skips.append(Skip(f, reason))
     if unreadable:
         listed = "; ".join(f"{str(p)!r}: {why}" for p, why in unreadable[:5])
         raise ValueError(
@@ -212,6 +306,7 @@ def discover(
         )
 
     found = sorted({s.label for s in samples})
+    _check_empty_classes(root, class_dirs, samples, class_map, binary, classes, skips)
     if classes is not None:
         unknown = [c for c in classes if c not in found]
         if unknown:
@@ -225,14 +320,52 @@ def discover(
             f"found folders {folders}"
         )
     samples.sort(key=lambda s: str(s.path))
-    return Discovery(
+    skips += [Skip(p, HIDDEN_DIR if _hidden(p.name) else RESERVED) for p in skipped]
+    disc = Discovery(
         root=root,
         samples=samples,
         classes=found,
         ignored=sorted(ignored),
         layout="official_split" if split_layout else "class_folders",
         skipped_dirs=sorted(skipped),
+        skipped=sorted(skips, key=lambda s: str(s.path)),
     )
+    disc.warnings = class_warnings(disc.counts(), root)
+    return disc
+
+
+def _root_reason(path: Path) -> str:
+    """Why a file directly under the data root (or a split folder) is not used."""
+    if not path.is_file():
+        return BROKEN_LINK if path.is_symlink() and not path.exists() else SPECIAL
+    reason = classify_file(path)
+    return ROOT_IMAGE if reason is None else reason
+
+
+def _check_empty_classes(
+    root: Path,
+    class_dirs: list[tuple[str | None, Path]],
+    samples: list[Sample],
+    class_map: dict[str, str] | None,
+    binary: bool,
+    classes: list[str] | None,
+    skips: list[Skip],
+) -> None:
+    """A class folder without images would silently remove its class (4 classes become 3): refuse it, unless the
+    class is left out with ``classes``, or (binary) its merged class has images from other folders."""
+    have = {(s.split, s.label) for s in samples}
+    for split, d in class_dirs:
+        label = _map_label(d.name, class_map, binary)
+        if (split, label) in have or (classes is not None and label not in classes):
+            continue
+        inside = [s for s in skips if d in s.path.parents]
+        why = f" ({len(inside)} file(s) skipped: {inside[0].reason})" if inside else ""
+        keep = [c for c in sorted({lab for _, lab in have}) if c != label]
+        raise ValueError(
+            f"class folder {shown(d)!r} holds no images{why}, so class {label!r} would silently vanish; add its "
+            f"images, remove the folder, or leave the class out with --keep {','.join(keep) or 'CLASSES'} "
+            "(data.classes)"
+        )
 
 
 def parse_class_map(text: str | None) -> dict[str, str] | None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from popevit.data.checks import Skip, format_skipped
 from popevit.data.dedup import NEAR_THRESHOLD, UnionFind, exact_groups, fingerprint_files, near_pairs
 from popevit.data.discover import discover
 
@@ -83,6 +84,8 @@ def inspect_data(
         "unreadable": [str(fp.path) for fp in fps if not fp.ok],
         "unreadable_reasons": {str(fp.path): fp.error for fp in fps if not fp.ok},
         "ignored": [str(p) for p in disc.ignored],
+        "skipped": [{"path": str(k.path), "reason": k.reason} for k in disc.skipped],
+        "warnings": disc.warnings,
         "exact_duplicate_groups": len(ex),
         "exact_redundant_copies": sum(len(g) - 1 for g in ex),
         "exact_groups": [_group_entry(g, paths, labels) for g in ex],
@@ -119,6 +122,12 @@ def inspect_data(
             },
         }
     )
+    if len(ok) >= 10 and len({labels[i] for i in ok}) > 1:
+        from popevit.data.confound import confound_report, read_traits
+
+        traits, _ = read_traits([paths[i] for i in ok], workers=workers)
+        label_of = {paths[i]: labels[i] for i in ok}
+        report["source_confound"] = confound_report(traits, [label_of[t.path] for t in traits])
     return report
 
 
@@ -140,8 +149,8 @@ def format_report(r: dict[str, Any]) -> str:
         *(f"  {p}" for p in r["format_mismatch"][:10]),
         f"unreadable files: {len(r['unreadable'])}",
         *(f"  {p}: {why}" for p, why in list(r["unreadable_reasons"].items())[:20]),
-        f"ignored non-image files: {len(r['ignored'])}",
-        *(f"  {p}" for p in r["ignored"][:10]),
+        format_skipped([Skip(Path(k["path"]), k["reason"]) for k in r.get("skipped", [])], r["root"])
+        or "skipped: nothing",
         f"exact duplicates: {r['exact_duplicate_groups']} groups, {r['exact_redundant_copies']} redundant copies, "
         f"{r['label_conflicts']['exact']} with conflicting labels",
         f"near duplicates (pHash-256 Hamming <= {r['near_threshold']}): {r['near_duplicate_groups']} groups, "
@@ -149,4 +158,9 @@ def format_report(r: dict[str, Any]) -> str:
         f"{r['near_pairs_within_class']}, across classes {r['near_pairs_across_class']}; "
         f"{r['label_conflicts']['near']} groups with conflicting labels",
     ]
+    lines += [f"warning: {w}" for w in r.get("warnings", [])]
+    if r.get("source_confound"):
+        from popevit.data.confound import format_confound
+
+        lines += ["", format_confound(r["source_confound"])]
     return "\n".join(lines)

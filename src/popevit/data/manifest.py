@@ -16,6 +16,13 @@ images in a cluster that reaches into the official test set are written with spl
 train, with a note on its val images. Unreadable files are written with split ``excluded`` and their decode error:
 listed, never silently dropped. Paths are stored absolute; relative paths (hand-edited manifests) are resolved
 against the manifest's folder.
+
+Several sources in one split (``make_split(..., extra={"br35h": folder})``, ``popevit data split --add``): every
+file of every source is fingerprinted and clustered together, so a duplicate that crosses two sources stays in one
+split, and groups are stratified per (source, class). Rows then carry a ``source`` column. A source with only
+tumour / no-tumour labels (Br35H's ``yes``/``no``) next to a source with tumour types keeps the *partial* label
+``tumor``: "one of the tumour classes" (:meth:`Manifest.label_sets`); training uses it for the tumour-vs-no-tumour
+marginal only (:class:`popevit.training.module.ClassifierModule`).
 """
 
 from __future__ import annotations
@@ -33,13 +40,27 @@ from pathlib import Path
 
 import numpy as np
 
+from popevit.data.checks import Skip, write_skipped
 from popevit.data.dedup import NEAR_THRESHOLD, Fingerprint, duplicate_clusters, fingerprint_files
 from popevit.data.discover import Discovery, discover
+from popevit.io import atomic_write_csv, shown
 from popevit.registry import did_you_mean
 
 SPLITS = ("train", "val", "test")
 EXCLUDED = "excluded"
 COLUMNS = ("path", "label", "split", "group", "content_hash", "width", "height", "mode", "format", "note")
+SOURCE = "source"  # written after COLUMNS only when rows come from several sources (single-source bytes unchanged)
+
+
+def partial_labels(labels: set[str] | list[str]) -> dict[str, list[str]]:
+    """Labels that stand for a set of classes: ``tumor`` beside ``notumor`` and at least one tumour type.
+
+    A binary manifest (``notumor``, ``tumor``) has no partial label: there ``tumor`` is a class of its own.
+    """
+    from popevit.data.discover import NO_TUMOR, TUMOR
+
+    types = sorted(c for c in set(labels) if c not in (NO_TUMOR, TUMOR))
+    return {TUMOR: types} if TUMOR in labels and NO_TUMOR in labels and types else {}
 
 
 _WINDOWS_PATH = re.compile(r"^([A-Za-z]:[\\/]|\\\\)")  # C:\ or C:/, or \\server
@@ -77,16 +98,28 @@ class ManifestRow:
     mode: str = ""
     format: str = ""
     note: str = ""
+    source: str = ""
 
 
 @dataclass
 class Manifest:
-    """A parsed manifest. ``classes`` are the sorted labels; ``sha256`` identifies the file for provenance."""
+    """A parsed manifest. ``classes`` are the sorted labels (partial labels excepted, see :func:`partial_labels`);
+    ``sha256`` identifies the file for provenance."""
 
     path: Path
     rows: list[ManifestRow]
     classes: list[str]
     sha256: str
+
+    @property
+    def label_sets(self) -> dict[str, list[str]]:
+        """Partial label -> the classes it allows (e.g. ``tumor`` -> the tumour types); empty for most manifests."""
+        return partial_labels({r.label for r in self.rows if r.split != EXCLUDED})
+
+    @property
+    def sources(self) -> list[str]:
+        """The sources named in the ``source`` column, sorted; empty for a single-source manifest."""
+        return sorted({r.source for r in self.rows if r.source})
 
     def select(self, split: str | None) -> list[ManifestRow]:
         """Rows of one split (``train``/``val``/``test``/``excluded``); ``None`` = every usable row."""
@@ -117,10 +150,11 @@ class Manifest:
         return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
     def counts(self) -> dict[str, dict[str, int]]:
-        """split -> class -> count."""
-        out: dict[str, dict[str, int]] = {s: dict.fromkeys(self.classes, 0) for s in SPLITS}
+        """split -> class (partial labels included) -> count."""
+        labels = [*self.classes, *self.label_sets]
+        out: dict[str, dict[str, int]] = {s: dict.fromkeys(labels, 0) for s in SPLITS}
         for r in self.rows:
-            out.setdefault(r.split, dict.fromkeys(self.classes, 0))
+            out.setdefault(r.split, dict.fromkeys(labels, 0))
             out[r.split][r.label] = out[r.split].get(r.label, 0) + 1
         return out
 
@@ -157,8 +191,15 @@ def build_rows(
     seed: int = 0,
     ratios: Sequence[float] = (0.8, 0.1, 0.1),
     near_threshold: int | None = NEAR_THRESHOLD,
+    sources: Sequence[str] | None = None,
+    base: dict[Path, ManifestRow] | None = None,
 ) -> list[ManifestRow]:
-    """Assign every discovered file to a split by duplicate group (see the module docstring)."""
+    """Assign every discovered file to a split by duplicate group (see the module docstring).
+
+    ``sources`` names the source of each sample when several were discovered together (groups are then stratified per
+    source and class). ``base`` (resolved path -> row of an earlier manifest) keeps those images' split and group; a
+    new image joins the split of the base images it duplicates, and is excluded when they lie in several splits.
+    """
     if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
         raise ValueError(f"ratios must be three non-negative numbers summing to 1 (train,val,test), got {ratios}")
     ok = [i for i, fp in enumerate(fps) if fp.ok]
@@ -176,11 +217,25 @@ def build_rows(
     official = disc.layout == "official_split"
 
     def group_label(idx: list[int]) -> str:
-        c = Counter(samples[i].label for i in idx)
+        key = (lambda i: f"{sources[i]}/{samples[i].label}") if sources else (lambda i: samples[i].label)
+        c = Counter(key(i) for i in idx)
         return sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
 
+    kept: dict[int, ManifestRow] = {}  # rows of the base manifest, split and group unchanged
+    joined: dict[int, str] = {}  # new rows that duplicate base rows: the base group they join
     to_split = {}
     for g, idx in sorted(members.items()):
+        old = {i: base[samples[i].path.resolve()] for i in idx if samples[i].path.resolve() in base} if base else {}
+        if old:
+            kept.update(old)
+            splits = {r.split for r in old.values() if r.split != EXCLUDED}
+            for i in (i for i in idx if i not in old):
+                if len(splits) == 1:
+                    joined[i] = next(r.group for r in old.values() if r.split != EXCLUDED)
+                    split_of[g] = next(iter(splits))
+                else:
+                    note_of[i] = f"duplicate of base-manifest images in splits {sorted(splits)}"
+            continue
         if official:
             given = {samples[i].split for i in idx}
             if "test" in given:
@@ -215,12 +270,17 @@ def build_rows(
     gid_of = dict(zip(ok, gids, strict=True))
     for i, (s, fp) in enumerate(zip(samples, fps, strict=True)):
         common = dict(path=s.path.resolve(), label=s.label, content_hash=fp.content_hash, width=fp.width,
-                      height=fp.height, mode=fp.mode, format=fp.format or "")  # fmt: skip
+                      height=fp.height, mode=fp.mode, format=fp.format or "",
+                      source=sources[i] if sources else "")  # fmt: skip
         if not fp.ok:
             rows.append(ManifestRow(**common, split=EXCLUDED, group="", note=fp.error or ""))
             continue
-        g = gid_of[i]
-        split = EXCLUDED if i in note_of else split_of[g]
+        if i in kept:
+            rows.append(ManifestRow(**{**common, "source": common["source"] or kept[i].source}, split=kept[i].split,
+                                    group=kept[i].group, note=kept[i].note))  # fmt: skip
+            continue
+        g = joined.get(i, gid_of[i])
+        split = EXCLUDED if i in note_of else split_of[gid_of[i]]
         rows.append(ManifestRow(**common, split=split, group=g, note=note_of.get(i, moved_note.get(i, ""))))
     rows.sort(key=lambda r: str(r.path))
     return rows
@@ -255,20 +315,72 @@ def check_rows(rows: Sequence[ManifestRow], where: Path | str) -> None:
 def write_manifest(rows: Sequence[ManifestRow], out: Path) -> Path:
     """Write rows as UTF-8 CSV (``\\n`` line endings, fixed column order): byte-identical for identical rows.
 
+    The file is replaced atomically. A file name that is not valid UTF-8 is written as its original bytes, and
+    :func:`read_manifest` reads it back to the same path.
+
     Raises:
         ValueError: the rows break the leakage invariant (see :func:`check_rows`); nothing is written.
     """
     out = Path(out)
     check_rows(rows, out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    for r in rows:
-        writer.writerow([str(r.path), r.label, r.split, r.group, r.content_hash, r.width, r.height, r.mode,
-                         r.format, r.note])  # fmt: skip
-    out.write_text(buf.getvalue(), encoding="utf-8")
-    return out
+    several = any(r.source for r in rows)
+    table = [[str(r.path), r.label, r.split, r.group, r.content_hash, r.width, r.height, r.mode, r.format, r.note,
+              *([r.source] if several else [])] for r in rows]  # fmt: skip
+    # atomic: an existing manifest stays whole until the new one is complete (a full disk, a kill, an odd name)
+    return atomic_write_csv(out, [(*COLUMNS, SOURCE) if several else COLUMNS, *table], lineterminator="\n")
+
+
+def split_data(
+    data: Path,
+    *,
+    seed: int = 0,
+    ratios: Sequence[float] = (0.8, 0.1, 0.1),
+    class_map: dict[str, str] | None = None,
+    classes: list[str] | None = None,
+    binary: bool = False,
+    near_threshold: int | None = NEAR_THRESHOLD,
+    cache_dir: Path | None = None,
+    workers: int | None = None,
+    extra: dict[str, Path] | None = None,
+    source_name: str | None = None,
+    base: Path | None = None,
+) -> tuple[Discovery, list[ManifestRow]]:
+    """Discover ``data`` (and the ``extra`` sources), fingerprint every file, group duplicates and assign splits,
+    writing nothing.
+
+    Arguments as in :func:`make_split`.
+
+    Returns:
+        The discovery (with every skipped file and class warnings) and the manifest rows.
+
+    Raises:
+        ValueError: no usable image (an empty folder, or every image unreadable), a ``base`` that does not list
+            every image of ``data``, or a bad argument.
+    """
+    disc = discover(data, class_map=class_map, classes=classes, binary=binary)
+    primary = [s.path for s in disc.samples]
+    sources = None
+    if extra:
+        disc, sources = _with_sources(disc, extra, source_name or Path(data).resolve().name)
+    kept = None
+    if base is not None:
+        kept = {r.path.resolve(): r for r in read_manifest(base).rows}
+        missing = [p for p in primary if p.resolve() not in kept]
+        if missing:
+            raise ValueError(
+                f"--base {shown(base)!r} does not list {len(missing)} image(s) of {shown(data)!r} (e.g. "
+                f"{shown(missing[0])!r}); pass the manifest that was made of this folder"
+            )
+    fps = fingerprint_files([s.path for s in disc.samples], cache_dir=cache_dir, workers=workers)
+    rows = build_rows(disc, fps, seed=seed, ratios=ratios, near_threshold=near_threshold, sources=sources, base=kept)
+    if not any(r.split != EXCLUDED for r in rows):
+        unreadable = [r for r in rows if r.note]
+        detail = f"; {len(unreadable)} could not be read, e.g. {shown(unreadable[0].path)}: {unreadable[0].note}"
+        raise ValueError(
+            f"no usable images under {shown(data)!r} ({len(disc.samples)} image file(s) found"
+            f"{detail if unreadable else ''}); expected <root>/<class>/*.jpg or <root>/Training/<class>/*.jpg"
+        )
+    return disc, rows
 
 
 def make_split(
@@ -283,12 +395,16 @@ def make_split(
     near_threshold: int | None = NEAR_THRESHOLD,
     cache_dir: Path | None = None,
     workers: int | None = None,
+    extra: dict[str, Path] | None = None,
+    source_name: str | None = None,
+    base: Path | None = None,
 ) -> Path:
     """Discover ``data``, fingerprint every file, group duplicates and write a split manifest.
 
     Args:
         data: data folder in any layout of :func:`popevit.data.discover`.
-        out: manifest CSV to write.
+        out: manifest CSV to write (replaced atomically, only once the split is complete). Files not used are
+            listed with their reasons in :func:`skipped_file` beside it.
         seed: split seed.
         ratios: train/val/test fractions (summing to 1).
         class_map: class-folder -> class-name map for numeric folders.
@@ -297,14 +413,67 @@ def make_split(
         near_threshold: pHash Hamming threshold for near duplicates (``None`` = exact duplicates only).
         cache_dir: fingerprint cache root (``None``: no cache).
         workers: fingerprinting processes (default: all cores for large folders).
+        extra: more sources, name -> folder of ``<class>/*`` images, split together with ``data`` (see the module
+            docstring); a source whose classes are not ``data``'s keeps tumour / no-tumour labels.
+        source_name: the name of ``data`` among the sources (default: its folder's name); only with ``extra``.
+        base: an earlier manifest of ``data`` whose splits are kept (e.g. ``extra`` added to an existing split, so
+            that runs on either manifest share their test images); it must list every image of ``data``.
 
     Returns:
         ``out``.
     """
-    disc = discover(data, class_map=class_map, classes=classes, binary=binary)
-    fps = fingerprint_files([s.path for s in disc.samples], cache_dir=cache_dir, workers=workers)
-    rows = build_rows(disc, fps, seed=seed, ratios=ratios, near_threshold=near_threshold)
-    return write_manifest(rows, out)
+    disc, rows = split_data(data, seed=seed, ratios=ratios, class_map=class_map, classes=classes, binary=binary,
+                            near_threshold=near_threshold, cache_dir=cache_dir, workers=workers, extra=extra,
+                            source_name=source_name, base=base)  # fmt: skip
+    write_manifest(rows, out)
+    listing = skipped_file(out)
+    skips = split_skips(disc, rows)
+    if skips:
+        write_skipped(listing, skips)
+    elif listing.is_file():
+        listing.unlink()  # from an earlier split of other files: it would list files this split did use
+    return Path(out)
+
+
+def skipped_file(manifest: Path | str) -> Path:
+    """Where :func:`make_split` lists the files a split did not use: ``NAME.skipped.csv`` beside ``NAME.csv``."""
+    manifest = Path(manifest)
+    return manifest.with_name(f"{manifest.stem}.skipped.csv")
+
+
+def split_skips(disc: Discovery, rows: Sequence[ManifestRow]) -> list[Skip]:
+    """Every file a split does not use: what discovery skipped, and the manifest's excluded rows with their note."""
+    excluded = [Skip(r.path, r.note or "excluded") for r in rows if r.split == EXCLUDED]
+    return [*disc.skipped, *excluded]
+
+
+def _with_sources(disc: Discovery, extra: dict[str, Path], name: str) -> tuple[Discovery, list[str]]:
+    """``disc`` with the samples of every ``extra`` source appended, and the source name of every sample."""
+    from dataclasses import replace
+
+    from popevit.data.discover import NO_TUMOR
+
+    if disc.layout == "official_split":
+        raise ValueError(
+            "data split --add combines <root>/<class>/* folders; pass the Training folder itself, not a root with "
+            "Training/ and Testing/"
+        )
+    if name in extra:
+        raise ValueError(f"source name {name!r} is given twice; name the sources differently")
+    samples, sources = list(disc.samples), [name] * len(disc.samples)
+    for src, folder in extra.items():
+        other = discover(folder)
+        if not set(other.classes) <= set(disc.classes):  # e.g. yes/no: keep tumour / no-tumour labels
+            if NO_TUMOR not in disc.classes or len(disc.classes) < 2:
+                raise ValueError(
+                    f"source {src!r} has classes {other.classes}, not among {disc.classes}, and the main data has "
+                    "no notumor class to read them as tumour / no tumour; give both sources the same class folders"
+                )
+            other = discover(folder, binary=True)
+        samples += other.samples
+        sources += [src] * len(other.samples)
+    classes = sorted({s.label for s in samples})
+    return replace(disc, samples=samples, classes=classes, ignored=sorted(disc.ignored)), sources
 
 
 def same_images(a: Path | str, b: Path | str) -> bool:
@@ -319,6 +488,10 @@ def same_images(a: Path | str, b: Path | str) -> bool:
         return False
 
 
+def _row_text(rec: dict[str, str | None]) -> str:
+    return shown(",".join(v or "" for v in rec.values() if isinstance(v, str)))[:120]
+
+
 def read_manifest(path: Path | str) -> Manifest:
     """Parse a manifest CSV written by :func:`make_split` (or by hand: only ``path,label,split`` are required).
 
@@ -327,20 +500,32 @@ def read_manifest(path: Path | str) -> Manifest:
             in more than one split.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"manifest {shown(path)!r} is a folder; pass the CSV file (or use --data for an image folder)")
     if not path.is_file():
-        raise ValueError(f"manifest {str(path)!r} not found; create one with `popevit data split DATA --out {path}`")
+        raise ValueError(f"manifest {shown(path)!r} not found; create one with `popevit data split DATA --out {path}`")
     raw = path.read_bytes()
-    reader = csv.DictReader(io.StringIO(raw.decode("utf-8-sig")))  # -sig: a BOM (Excel's "CSV UTF-8") is dropped
+    # -sig: a BOM (Excel's "CSV UTF-8") is dropped; surrogateescape: file names that are not UTF-8 (write_manifest)
+    reader = csv.DictReader(io.StringIO(raw.decode("utf-8-sig", "surrogateescape")))
     missing = {"path", "label", "split"} - set(reader.fieldnames or [])
     if missing:
         raise ValueError(f"manifest {str(path)!r} lacks columns {sorted(missing)} (has {reader.fieldnames})")
     rows = []
     base = path.resolve().parent
     for n, rec in enumerate(reader, start=2):
+        where = f"{shown(path)}:{n}"
+        if not rec.get("path") or not rec.get("label") or rec.get("split") is None:
+            raise ValueError(
+                f"{where}: the row lacks a path, label or split ({_row_text(rec)}); fill it in or delete it"
+            )
         p = Path(rec["path"])
         split = rec["split"]
         if split not in (*SPLITS, EXCLUDED):
-            raise ValueError(f"{path}:{n}: split {split!r} is not one of {[*SPLITS, EXCLUDED]}")
+            raise ValueError(f"{where}: split {split!r} is not one of {[*SPLITS, EXCLUDED]}")
+        try:
+            width, height = int(rec.get("width") or 0), int(rec.get("height") or 0)
+        except ValueError:
+            raise ValueError(f"{where}: width/height must be whole numbers ({_row_text(rec)})") from None
         rows.append(
             ManifestRow(
                 path=p if p.is_absolute() else base / p,
@@ -348,13 +533,15 @@ def read_manifest(path: Path | str) -> Manifest:
                 split=split,
                 group=rec.get("group") or "",
                 content_hash=rec.get("content_hash") or "",
-                width=int(rec.get("width") or 0),
-                height=int(rec.get("height") or 0),
+                width=width,
+                height=height,
                 mode=rec.get("mode") or "",
                 format=rec.get("format") or "",
                 note=rec.get("note") or "",
+                source=rec.get(SOURCE) or "",
             )
         )
     check_rows(rows, path)
-    classes = sorted({r.label for r in rows})
+    partial = partial_labels({r.label for r in rows if r.split != EXCLUDED})
+    classes = sorted({r.label for r in rows} - set(partial))
     return Manifest(path=path, rows=rows, classes=classes, sha256=hashlib.sha256(raw).hexdigest())

@@ -19,11 +19,13 @@ Everything is drawn from ``numpy.random.default_rng((seed, class_index, image_in
 
 from __future__ import annotations
 
-import csv
+import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from popevit.io import atomic_write_csv
 
 CLASSES: tuple[str, ...] = ("glioma", "meningioma", "notumor", "pituitary")
 MASKS_DIR = "masks"
@@ -238,7 +240,8 @@ def synthesize(out: Path, per_class: int, size: int | None = None, seed: int = 0
     ``notumor``) and ``out/metadata.csv``. Discovery skips ``masks/`` and lists ``metadata.csv`` as ignored.
 
     Args:
-        out: output folder (created; existing phantom files are overwritten).
+        out: output folder (created; a folder of earlier phantoms is overwritten, any other non-empty folder is
+            refused, so that no user file is replaced).
         per_class: images per class.
         size: square side in pixels; ``None`` draws random sizes and aspects as in real collections.
         seed: base seed; same seed, same files.
@@ -251,6 +254,16 @@ def synthesize(out: Path, per_class: int, size: int | None = None, seed: int = 0
     if size is not None and size < 16:
         raise ValueError(f"size must be >= 16 pixels (or None for random sizes), got {size}")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(20, "exists and is not a folder; pass a new folder for the phantoms", str(out))
+    foreign = _foreign_files(out)
+    if foreign:
+        raise FileExistsError(
+            17,
+            f"holds files that are not phantoms (e.g. {foreign[0].name}); pass a new or empty folder, e.g. "
+            f"{out / 'phantoms'}, so that no file of yours is replaced",
+            str(out),
+        )
     rows = []
     for ci, label in enumerate(CLASSES):
         (out / label).mkdir(parents=True, exist_ok=True)
@@ -276,11 +289,31 @@ def synthesize(out: Path, per_class: int, size: int | None = None, seed: int = 0
                     **info,
                 }
             )
-    with open(out / METADATA_FILE, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    columns = list(rows[0])
+    atomic_write_csv(out / METADATA_FILE, [columns, *([r[c] for c in columns] for r in rows)])  # last: marks a set
     return out
+
+
+def _foreign_files(out: Path) -> list[Path]:
+    """Entries of ``out`` that an earlier :func:`synthesize` could not have written (sorted; none for a new folder)."""
+    if not out.is_dir():
+        return []
+    names = "|".join(CLASSES)
+    pattern = re.compile(rf"^({names})_\d{{4}}\.png$")
+    foreign = []
+    for p in sorted(out.iterdir()):
+        if p.name == METADATA_FILE and p.is_file():
+            continue
+        folders = {MASKS_DIR: [out / MASKS_DIR / c for c in CLASSES]}.get(p.name, [p] if p.name in CLASSES else None)
+        if folders is None or not p.is_dir():
+            foreign.append(p)
+            continue
+        for d in folders:
+            if d.is_dir():
+                foreign += [f for f in sorted(d.iterdir()) if not pattern.match(f.name)]
+        if p.name == MASKS_DIR:
+            foreign += [f for f in sorted(p.iterdir()) if f.name not in CLASSES]
+    return foreign
 
 
 def mask_path(image_path: Path) -> Path | None:

@@ -15,7 +15,14 @@ The Kaggle Brain Tumor MRI set gives its class away by image size and framing (t
 4. resize to ``img_size`` (PIL bilinear, which low-pass filters when downscaling);
 5. percentile clip (``clip_percentiles``) and rescale to 0..255 (uint8): what the decode-once cache stores;
 6. :func:`to_tensor`: per-image standardisation (zero mean, unit variance; Nyúl & Udupa 1999 motivate per-scan
-   normalisation for MRI, whose intensities have no absolute scale) and replication to 3 channels if asked.
+   normalisation for MRI, whose intensities have no absolute scale), or with ``normalize: fixed`` the same affine
+   map ``(x - 0.5) / 0.25`` for every image, and replication to 3 channels if asked.
+
+With ``head_mask`` steps 2-5 change: after the first resize the head is segmented (:func:`head_mask`: the largest
+foreground component with its holes filled, optionally shrunk by ``head_erode`` of its size to strip scalp and skull),
+the square is cropped tight to it (no margin), padded and resized again, the percentile clip is taken over the head's
+pixels only, and everything outside the head is set to 0. The border, the frame, burnt-in text and the background's
+noise then carry nothing of the image's source.
 """
 
 from __future__ import annotations
@@ -90,6 +97,49 @@ def _uniform_border(gray: np.ndarray, tol: float) -> bool:
     return bool(np.mean(np.abs(border - np.median(border)) <= tol) >= 0.9)
 
 
+def head_mask(gray: np.ndarray, erode: float = 0.0) -> np.ndarray:
+    """The head in a (S, S) grayscale image: the largest 8-connected foreground component (the rule of
+    :func:`foreground_box`) with its holes filled, shrunk by ``erode`` times the longer side of its box.
+
+    Returns:
+        (S, S) bool; all True when no clear foreground is found (blank or uniform images).
+    """
+    small = ndimage.gaussian_filter(gray, 1.0)
+    bg = background_level(small)
+    lo, hi = np.percentile(small, (1, 99))
+    everything = np.ones(gray.shape, dtype=bool)
+    if hi - lo <= 1e-6:
+        return everything
+    fg = np.abs(small - bg) > _FG_FRACTION * (hi - lo)
+    labels, n = ndimage.label(fg, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return everything
+    sizes = ndimage.sum_labels(fg, labels, index=np.arange(1, n + 1))
+    mask = ndimage.binary_fill_holes(labels == (int(np.argmax(sizes)) + 1))
+    if erode > 0:
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        radius = erode * max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)
+        shrunk = ndimage.distance_transform_edt(mask) > radius
+        mask = shrunk if shrunk.any() else mask
+    return mask
+
+
+def _tight_head(square: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """(L, L) square -> uint8 (S, S): crop tight to the head, resize, clip over the head, black outside it."""
+    size = cfg.img_size
+    mask = head_mask(resize(square, size))
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    scale = square.shape[0] / size
+    t, b = int(rows[0] * scale), int(np.ceil((rows[-1] + 1) * scale))
+    l, r = int(cols[0] * scale), int(np.ceil((cols[-1] + 1) * scale))
+    head = crop_pad_square(square[t:b, l:r], crop_foreground=False)
+    small = resize(head, size)
+    mask = head_mask(small, cfg.head_erode)
+    out = rescale_uint8(small, cfg.clip_percentiles, where=mask)
+    out[~mask] = 0
+    return out
+
+
 def crop_pad_square(gray: np.ndarray, crop_foreground: bool = True) -> np.ndarray:
     """Foreground crop (optional) then centred pad to square with the background level. (H, W) -> (L, L)."""
     if crop_foreground:
@@ -134,9 +184,10 @@ def resize(gray: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
-def rescale_uint8(x: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
-    """Clip to the given intensity percentiles and rescale linearly to uint8 0..255 (zeros if flat)."""
-    lo, hi = np.percentile(x, percentiles)
+def rescale_uint8(x: np.ndarray, percentiles: tuple[float, float], where: np.ndarray | None = None) -> np.ndarray:
+    """Clip to the given intensity percentiles (of the pixels ``where`` is True, default all) and rescale linearly to
+    uint8 0..255 (zeros if flat)."""
+    lo, hi = np.percentile(x if where is None or not where.any() else x[where], percentiles)
     if hi - lo <= 1e-6:
         return np.zeros(x.shape, np.uint8)
     y = (np.clip(x, lo, hi) - lo) * (255.0 / (hi - lo))
@@ -155,6 +206,8 @@ def preprocess_image(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     """
     gray = to_gray(img)  # (H, W) float32
     square = crop_pad_square(gray, cfg.crop_foreground)  # (L, L)
+    if cfg.head_mask:
+        return _tight_head(square, cfg)  # (S, S) uint8, 0 outside the head
     return rescale_uint8(resize(square, cfg.img_size), cfg.clip_percentiles)  # (S, S) uint8
 
 
@@ -173,18 +226,14 @@ def decode_for_model(data: bytes, path: Path | str, cfg: PreprocessConfig) -> Im
 
 
 def to_tensor(arr: np.ndarray, cfg: PreprocessConfig) -> torch.Tensor:
-    """Cached uint8 (S, S) -> model input: float (C, S, S), per-image standardised, C = ``cfg.in_chans``."""
+    """Cached uint8 (S, S) -> model input: float (C, S, S), normalised as ``cfg.normalize`` says, C =
+    ``cfg.in_chans`` (the eval transform of :mod:`popevit.data.transforms`, one code path with evaluation)."""
     import torch
 
+    from popevit.data.transforms import build_eval_transform
+
     x = torch.from_numpy(np.ascontiguousarray(arr)).float().div_(255.0).unsqueeze(0)  # (1, S, S)
-    return standardize(x, cfg.in_chans)
-
-
-def standardize(x: torch.Tensor, in_chans: int = 1) -> torch.Tensor:
-    """Per-image zero mean / unit variance of a (1, S, S) tensor, replicated to ``in_chans`` channels."""
-    mean, std = x.mean(), x.std()
-    x = (x - mean) / std.clamp_min(1e-6)
-    return x.expand(in_chans, -1, -1).contiguous() if in_chans != 1 else x
+    return build_eval_transform(cfg)(x)
 
 
 def settings_key(cfg: PreprocessConfig) -> str:
@@ -196,4 +245,6 @@ def settings_key(cfg: PreprocessConfig) -> str:
         "clip_percentiles": list(cfg.clip_percentiles),
         "draft": draft_size(cfg),
     }
+    if cfg.head_mask:  # only when on, so that the arrays cached before the option existed stay valid
+        fields.update(head_mask=True, head_erode=cfg.head_erode)
     return json.dumps(fields, sort_keys=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from popevit.data.checks import class_warnings
 from popevit.data.decode import DecodeError, load_image
 from popevit.data.discover import NO_TUMOR, NO_TUMOR_NAMES, TUMOR, discover
 from popevit.data.manifest import EXCLUDED, SPLITS, read_manifest
@@ -19,6 +20,7 @@ class SampleSet:
     labels: list[str]
     classes: list[str]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # doubtful classes (popevit.data.checks.class_warnings)
 
     def targets(self, classes: list[str] | None = None) -> list[int]:
         """Integer targets against ``classes`` (default: this set's classes); unknown labels raise."""
@@ -45,6 +47,7 @@ def load_samples(
     classes: list[str] | None = None,
     binary: bool = False,
     verify: bool = True,
+    source: str | None = None,
 ) -> SampleSet:
     """Labelled images from a folder or a manifest, bad files listed with reasons.
 
@@ -54,6 +57,7 @@ def load_samples(
         split: ``train``/``val``/``test``; with ``data`` only for official Training/Testing layouts.
         class_map, classes, binary: task definition, as in :func:`popevit.data.discover`.
         verify: decode every file now, so bad ones are skipped up front (reason in ``skipped``).
+        source: with a manifest of several sources, keep the rows of this one; the classes are then its labels.
 
     Returns:
         A :class:`SampleSet`.
@@ -64,12 +68,19 @@ def load_samples(
     if manifest is not None:
         man = read_manifest(manifest)
         rows = man.select(split)
+        if source is not None:
+            if source not in man.sources:
+                known = man.sources or ["(none: the manifest has no source column)"]
+                raise ValueError(f"source {source!r}{did_you_mean(source, man.sources)} is not in {manifest} "
+                                 f"(sources: {known})")  # fmt: skip
+            rows = [r for r in rows if r.source == source]
         if split is None:
             skipped.extend((r.path, r.note or "excluded in manifest") for r in man.select(EXCLUDED))
         if class_map is not None:
             raise ValueError("class_map applies to data folders (numeric class folders); a manifest has names")
         pairs = [(r.path, _relabel(r.label, binary)) for r in rows]
-        all_classes = sorted({_relabel(c, binary) for c in man.classes})
+        present = {lab for _, lab in pairs}  # partial labels (tumor beside tumour types) are not in man.classes
+        all_classes = sorted(present if source is not None else {_relabel(c, binary) for c in man.classes} | present)
         if classes is not None:
             unknown = [c for c in classes if c not in all_classes]
             if unknown:
@@ -78,6 +89,8 @@ def load_samples(
             pairs = [(p, lab) for p, lab in pairs if lab in set(classes)]
             all_classes = sorted(set(classes))
     else:
+        if source is not None:
+            raise ValueError("source selects rows of a manifest of several sources; pass --manifest, not --data")
         disc = discover(Path(data), class_map=class_map, classes=classes, binary=binary)
         samples = disc.samples
         if split is not None:
@@ -93,6 +106,7 @@ def load_samples(
             samples = [s for s in samples if s.split == split]
         pairs = [(s.path, s.label) for s in samples]
         all_classes = disc.classes
+        skipped.extend((k.path, k.reason) for k in disc.skipped)
     paths, labels = [], []
     for p, lab in pairs:
         if verify:
@@ -103,4 +117,7 @@ def load_samples(
                 continue
         paths.append(p)
         labels.append(lab)
-    return SampleSet(paths=paths, labels=labels, classes=list(all_classes), skipped=skipped)
+    counts = {c: labels.count(c) for c in all_classes}
+    source = data if data is not None else manifest
+    return SampleSet(paths=paths, labels=labels, classes=list(all_classes), skipped=skipped,
+                     warnings=class_warnings(counts, source))  # fmt: skip

@@ -2,7 +2,7 @@
 
 A run folder's weights and checkpoints are too large to commit, and a fresh checkout has no ``runs/``; yet a paired
 test needs every run's per-image predictions on the same images, so an experiment series that spans several machines
-or sessions loses its comparisons with its run folders. An archived run is a small folder that ``popevit compare`` and
+or checkouts loses its comparisons with its run folders. An archived run is a small folder that ``popevit compare`` and
 ``popevit study`` read like a run:
 
     NAME/
@@ -33,6 +33,7 @@ from popevit.artifact import ARCHIVE, META, WEIGHTS, file_sha256, param_count
 from popevit.data.manifest import read_manifest
 from popevit.evaluation.evaluate import EVAL_DIR, METRICS
 from popevit.evaluation.predictions import PREDICTIONS
+from popevit.io import read_json
 
 FORMAT = "popevit-archive/1"
 # copied when there (model.json is required): the run's facts and config, and what `popevit report` shows of training
@@ -65,7 +66,7 @@ def read_archive(run: str | Path) -> dict[str, Any] | None:
 def _evaluation(run: Path, eval_dir: Path, weights_sha: str) -> dict[str, Any]:
     """The archive's record of one evaluation, after checking that its predictions are those of the current weights
     and that the manifest they were made on is still there to be hashed."""
-    record = json.loads((eval_dir / METRICS).read_text())
+    record = read_json(eval_dir / METRICS, "metrics.json of an evaluation")
     recorded = record.get("model", {}).get("weights_sha256")
     if recorded is None:
         if (run / WEIGHTS).stat().st_mtime > (eval_dir / PREDICTIONS).stat().st_mtime:

@@ -44,9 +44,11 @@ from popevit.evaluation.evaluate import (
     source_location,
     write_json,
 )
+from popevit.evaluation.labelmap import parse_label_map
 from popevit.evaluation.metrics import point_metrics
 from popevit.evaluation.predictions import PREDICTIONS, Predictions
 from popevit.evaluation.stats import delong_test, mcnemar_exact, paired_bootstrap
+from popevit.io import atomic_write_text, read_json
 from popevit.progress import track
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,12 @@ log = logging.getLogger(__name__)
 SEED_SUFFIX = re.compile(r"^(?P<base>.+?)[-_.](?:s|seed)[-_]?(?P<seed>\d+)$")
 SUMMARY_METRICS = ("auroc_macro", "accuracy", "balanced_accuracy", "f1_macro", "log_loss", "ece")
 TESTED_METRICS = ("auroc_macro", "accuracy")
+TUMOR_METRICS = ("tumor_sensitivity", "tumor_specificity")  # also tested on tumour / no-tumour data (--label-map)
+
+
+def _metrics_for(classes: Sequence[str], base: tuple[str, ...]) -> tuple[str, ...]:
+    """``base``, plus tumour sensitivity and specificity when the classes are tumour / no tumour."""
+    return base + TUMOR_METRICS if sorted(classes) == ["notumor", "tumor"] else base
 
 
 def split_seed(name: str) -> tuple[str, int | None]:
@@ -124,20 +132,24 @@ def run_predictions(
     tta: bool = False,
     img_size: int | None = None,
     calibrate: bool = False,
+    label_map: str | None = None,
+    source_name: str | None = None,
     **eval_kwargs: Any,
 ) -> Predictions:
-    """A run's predictions on a data source (optionally at another input size, optionally temperature-scaled):
-    reused from ``RUN/eval/<tag>/`` when there, else evaluated now."""
+    """A run's predictions on a data source (optionally at another input size, optionally temperature-scaled, mapped
+    onto other classes with ``label_map``, or one ``source_name`` of a manifest of several): reused from
+    ``RUN/eval/<tag>/`` when there, else evaluated now."""
     split = resolve_split(data, split)
     archived = read_archive(run)
-    eval_dir = predictions_dir(run, archived, data, manifest, split, tta, img_size, calibrate)
-    stale = stale_predictions(eval_dir, run, data=data, manifest=manifest, split=split)
+    eval_dir = predictions_dir(run, archived, data, manifest, split, tta, img_size, calibrate, source_name)
+    stale = stale_predictions(eval_dir, run, data=data, manifest=manifest, split=split, label_map=label_map,
+                              source_name=source_name)  # fmt: skip
     if stale is not None and archived is not None:
         raise ValueError(_archived_refusal(run, stale))
     if stale is not None:
         if (eval_dir / PREDICTIONS).is_file():
             log.warning("re-evaluating %s: the predictions in %s cannot be reused (%s)", run, eval_dir, stale)
-        evaluate_run(
+        done = evaluate_run(
             run,
             data=data,
             manifest=manifest,
@@ -146,8 +158,13 @@ def run_predictions(
             out=eval_dir,
             img_size=img_size,
             calibrate=calibrate,
+            label_map=label_map,
+            source_name=source_name,
             **eval_kwargs,
         )
+        if done["source"].get("skipped"):
+            log.warning("%s: %d files skipped, each with its reason in %s", run, len(done["source"]["skipped"]),
+                        eval_dir / "skipped.csv")  # fmt: skip
     preds = Predictions.load(eval_dir / PREDICTIONS)
     preds.source_fingerprint = made_on_fingerprint(run, eval_dir)
     return preds
@@ -162,6 +179,7 @@ def predictions_dir(
     tta: bool,
     img_size: int | None,
     calibrate: bool,
+    source_name: str | None = None,
 ) -> Path:
     """Where a run's predictions on this source are, or go: ``RUN/eval/<tag>/``.
 
@@ -171,10 +189,10 @@ def predictions_dir(
     evaluation under, it is pointed at its own manifest's, which :func:`popevit.evaluation.archive.archived_stale` then
     accepts only when that manifest holds the same images (same bytes or the same fingerprint) as ``FILE``, and
     refuses with the reason otherwise."""
-    eval_dir = default_eval_dir(run, data, manifest, split, tta, img_size, calibrate)
+    eval_dir = default_eval_dir(run, data, manifest, split, tta, img_size, calibrate, source_name)
     named_manifest = manifest is not None and data is None
     if archived is not None and named_manifest and eval_dir.name not in archived["evaluations"]:
-        return default_eval_dir(run, None, None, split, tta, img_size, calibrate)
+        return default_eval_dir(run, None, None, split, tta, img_size, calibrate, source_name)
     return eval_dir
 
 
@@ -185,7 +203,7 @@ def made_on_fingerprint(run: Path, eval_dir: Path) -> str | None:
     archived = read_archive(run)
     if archived is not None:
         return archived["evaluations"].get(eval_dir.name, {}).get("source_fingerprint")
-    source = json.loads((eval_dir / METRICS).read_text()).get("source", {})
+    source = read_json(eval_dir / METRICS, "metrics.json of an evaluation").get("source", {})
     made_on = Path(source.get("resolved") or source.get("manifest") or "")
     if "data" in source or not made_on.is_file():
         return None
@@ -233,7 +251,14 @@ def check_archived_runs(
 
 
 def stale_predictions(
-    eval_dir: Path, run: Path, *, data: str | Path | None, manifest: str | Path | None, split: str | None
+    eval_dir: Path,
+    run: Path,
+    *,
+    data: str | Path | None,
+    manifest: str | Path | None,
+    split: str | None,
+    label_map: str | None = None,
+    source_name: str | None = None,
 ) -> str | None:
     """Why the predictions in ``eval_dir`` cannot stand for evaluating ``run`` on this source, or None when they can.
 
@@ -252,7 +277,7 @@ def stale_predictions(
         return archived_stale(archived, eval_dir, data=data, manifest=manifest, split=split)
     if not (preds.is_file() and metrics.is_file()):
         return "none there"
-    record = json.loads(metrics.read_text())
+    record = read_json(metrics, "metrics.json of an evaluation")
     weights = Path(run) / WEIGHTS
     if weights.is_file():
         recorded = record.get("model", {}).get("weights_sha256")
@@ -268,6 +293,12 @@ def stale_predictions(
         return f"they were made on {made_on}, not {wanted}"
     if source.get("split") != split:
         return f"they were made on split {source.get('split')!r}, not {split!r}"
+    if source.get("source") != source_name:
+        return f"they were made on source {source.get('source')!r}, not {source_name!r}"
+    made_rules = record.get("label_map", {}).get("rules", [])
+    wanted_rules = ["|".join(pats) + "=" + target for pats, target in parse_label_map(label_map)]
+    if made_rules != wanted_rules:
+        return f"they were made with label map {made_rules or 'none'}, not {wanted_rules or 'none'}"
     return None
 
 
@@ -360,8 +391,9 @@ def compare_predictions(
     summary = []
     for name, runs, preds in zip(names, run_names, groups, strict=True):
         pts = [point_metrics(y, p.proba, classes) for p in preds]
+        shown = _metrics_for(classes, SUMMARY_METRICS)
         summary.append(
-            {"name": name, "runs": list(runs), "metrics": {m: _mean_sd([pt[m] for pt in pts]) for m in SUMMARY_METRICS}}
+            {"name": name, "runs": list(runs), "metrics": {m: _mean_sd([pt[m] for pt in pts]) for m in shown}}
         )
     comparisons = []
     for i, j in combinations(range(len(groups)), 2):
@@ -370,7 +402,7 @@ def compare_predictions(
             [p.proba for p in groups[i]],
             [p.proba for p in groups[j]],
             classes,
-            metrics=TESTED_METRICS,
+            metrics=_metrics_for(classes, TESTED_METRICS),
             n_boot=n_boot,
             seed=seed,
         )
@@ -435,6 +467,8 @@ def compare_runs(
     device: str | None = None,
     calibrate: bool = False,
     img_size: int | None = None,
+    label_map: str | None = None,
+    source_name: str | None = None,
 ) -> dict[str, Any]:
     """Compare groups of runs on the same images; write ``compare.json`` and ``compare.md`` into ``out``.
 
@@ -456,6 +490,9 @@ def compare_runs(
         calibrate: compare temperature-scaled probabilities (``popevit evaluate --calibrate``).
         img_size: compare at this input size instead of each run's training size (resolution extrapolation; the
             predictions of ``popevit evaluate --img-size`` are reused).
+        label_map: compare on other classes, e.g. Br35H's yes/no (:mod:`popevit.evaluation.labelmap`); tumour
+            sensitivity and specificity are then tested too.
+        source_name: compare on one source of a manifest of several (``popevit data split --add``).
 
     Returns:
         The comparison (see :func:`compare_predictions`), with the data source added.
@@ -480,6 +517,8 @@ def compare_runs(
             tta=tta,
             img_size=img_size,
             calibrate=calibrate,
+            label_map=label_map,
+            source_name=source_name,
             n_boot=n_boot,
             seed=seed,
             batch_size=batch_size,
@@ -507,12 +546,14 @@ def compare_runs(
         "split": resolve_split(data, split),
         "tta": tta,
         "img_size": img_size,
+        "label_map": label_map,
+        "source": source_name,
     }
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "compare.json", result)
-        (out / "compare.md").write_text(to_markdown(result), encoding="utf-8")
+        atomic_write_text(out / "compare.md", to_markdown(result))
         result["out"] = str(out)
     return result
 
@@ -528,10 +569,11 @@ def to_markdown(result: dict[str, Any]) -> str:
     size = result.get("source", {}).get("img_size")
     lines = [f"# Comparison on {result['n']} images" + (f" at {size} px" if size else ""), ""]
     lines += ["## Groups (mean ± sd across seeds)", ""]
-    lines.append("| group | runs | " + " | ".join(SUMMARY_METRICS) + " |")
-    lines.append("|---|---:|" + "---:|" * len(SUMMARY_METRICS))
+    shown = _metrics_for(result["classes"], SUMMARY_METRICS)
+    lines.append("| group | runs | " + " | ".join(shown) + " |")
+    lines.append("|---|---:|" + "---:|" * len(shown))
     for g in result["groups"]:
-        cells = [f"{g['metrics'][m]['mean']:.4f} ± {g['metrics'][m]['sd']:.4f}" for m in SUMMARY_METRICS]
+        cells = [f"{g['metrics'][m]['mean']:.4f} ± {g['metrics'][m]['sd']:.4f}" for m in shown if m in g["metrics"]]
         lines.append(f"| {g['name']} | {len(g['runs'])} | " + " | ".join(cells) + " |")
     b = result["bootstrap"]
     lines += ["", f"## Paired bootstrap of A − B ({b['n_boot']} resamples, seed {b['seed']}, {b['statistic']})", ""]

@@ -1,6 +1,6 @@
 """Short human names for what an evaluation is about: the model and the data it was evaluated on.
 
-Figures, reports and the demo name a model as ``vit_demo + pope (res stem)`` and data as ``test split of
+Figures, reports and the demo name a model as ``vit_p8_w64_d4_conv + pope (res stem)`` and data as ``test split of
 runs/x/manifest.csv`` or ``Br35H (external)``, from what ``model.json`` and ``metrics.json`` record.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 
 def model_label(name: str | None, kwargs: dict[str, Any] | None = None) -> str:
-    """``"vit_demo + pope (res stem)"`` from a registered model name and its keyword arguments.
+    """``"vit_p8_w64_d4_conv + pope (res stem)"`` from a registered model name and its keyword arguments.
 
     Args:
         name: registered model name (``model.json``'s ``name``).

@@ -14,7 +14,6 @@ Outputs, in ``out`` (default ``RUN/eval/<tag>``, e.g. ``RUN/eval/test`` or ``RUN
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -22,20 +21,23 @@ from typing import Any
 
 import numpy as np
 
+from popevit.data.checks import Skip, write_skipped
 from popevit.evaluation.calibration import apply_temperature, fit_temperature, nll, temperature_at_bound
 from popevit.evaluation.describe import model_label, source_label
+from popevit.evaluation.labelmap import LabelMap, LabelMapError, parse_label_map, resolve_label_map
 from popevit.evaluation.metrics import metrics_with_ci, point_metrics
 from popevit.evaluation.plots import figure_title, plot_all
-from popevit.evaluation.predictions import PREDICTIONS, Predictions, predict_proba
+from popevit.evaluation.predictions import PREDICTIONS, Predictions, predict_proba, resolve_device
+from popevit.io import atomic_write_json
 
 METRICS = "metrics.json"
+SKIPPED = "skipped.csv"
 EVAL_DIR = "eval"
 CI_METHOD = "percentile"
 CI_LEVEL = 0.95
 
 
-class ClassMismatchError(ValueError):
-    """The evaluation data's classes are not the model's classes."""
+ClassMismatchError = LabelMapError  # the evaluation data's classes do not fit the model's (no label map fits them)
 
 
 def eval_tag(
@@ -45,15 +47,18 @@ def eval_tag(
     tta: bool,
     img_size: int | None = None,
     calibrate: bool = False,
+    source: str | None = None,
 ) -> str:
     """Sub-folder of ``RUN/eval`` per source: ``test``, ``data-Testing``, ``data-kaggle-test``, ``manifest-val-tta``,
-    ``test-224px`` for another input size than the model was trained at, and ``test-ts`` when temperature-scaled."""
+    ``test-br35h`` for one source of a manifest of several, ``test-224px`` for another input size than the model was
+    trained at, and ``test-ts`` when temperature-scaled."""
     if data is not None:
         tag = f"data-{Path(data).resolve().name}" + (f"-{split}" if split else "")
     elif manifest is not None:
         tag = f"{Path(manifest).stem}-{split or 'all'}"
     else:
         tag = split or "all"
+    tag += f"-{source}" if source else ""
     return tag + ("-tta" if tta else "") + (f"-{img_size}px" if img_size else "") + ("-ts" if calibrate else "")
 
 
@@ -80,8 +85,9 @@ def default_eval_dir(
     tta: bool = False,
     img_size: int | None = None,
     calibrate: bool = False,
+    source: str | None = None,
 ) -> Path:
-    return Path(run_dir) / EVAL_DIR / eval_tag(data, manifest, split, tta, img_size, calibrate)
+    return Path(run_dir) / EVAL_DIR / eval_tag(data, manifest, split, tta, img_size, calibrate, source)
 
 
 def source_location(run_dir: str | Path, data: str | Path | None, manifest: str | Path | None) -> str:
@@ -125,7 +131,30 @@ def load_eval_samples(
     manifest: str | Path | None = None,
     split: str | None = "test",
 ) -> tuple[list[str], np.ndarray, dict[str, Any]]:
-    """Images and labels to evaluate on, checked against the model's classes.
+    """Images and labels to evaluate on, in the model's own classes (see :func:`load_mapped_samples`).
+
+    Returns:
+        ``(paths, y, source)``: paths, (n,) class indices into ``model_classes``, and a description of the source.
+
+    Raises:
+        ClassMismatchError: the data's classes are not among the model's (a label map would be needed).
+    """
+    paths, y, source, lmap = load_mapped_samples(run_dir, model_classes, data=data, manifest=manifest, split=split)
+    to_model = np.array([list(model_classes).index(t) for t in lmap.targets], dtype=np.int64)  # no rules: identity
+    return paths, to_model[y], source
+
+
+def load_mapped_samples(
+    run_dir: Path,
+    model_classes: list[str],
+    *,
+    data: str | Path | None = None,
+    manifest: str | Path | None = None,
+    split: str | None = "test",
+    label_map: str | None = None,
+    source_name: str | None = None,
+) -> tuple[list[str], np.ndarray, dict[str, Any], LabelMap]:
+    """Images and labels to evaluate on, mapped onto classes the model can be scored in.
 
     Args:
         run_dir: the run (its ``manifest.csv`` is the default source, and its config gives the task definition).
@@ -134,16 +163,21 @@ def load_eval_samples(
         manifest: a manifest CSV; ``split`` selects the rows.
         split: manifest split; with ``data``, the official split (``Training``/``Testing``) or None for all images
             (see :func:`resolve_split`).
+        label_map: rules of :mod:`popevit.evaluation.labelmap` (e.g. ``"yes=tumor,no=notumor,
+            glioma|meningioma|pituitary=tumor"``); None: the data's classes must be among the model's.
+        source_name: with a manifest of several sources (``popevit data split --add``), evaluate this one's rows.
 
     Returns:
-        ``(paths, y, source)``: paths, (n,) class indices into ``model_classes``, and a description of the source.
+        ``(paths, y, source, label_map)``: paths, (n,) indices into ``label_map.targets``, a description of the
+        source (``external`` is True for anything but the run's own manifest, ``name`` names it), and the map.
     """
     from popevit.data import load_samples
 
     if data is not None and manifest is not None:
         raise ValueError("pass either data (an image folder) or manifest (a split CSV), not both")
+    own = run_dir / "manifest.csv"
     if data is None and manifest is None:
-        manifest = run_dir / "manifest.csv"
+        manifest = own
         if not manifest.is_file():
             raise FileNotFoundError(
                 f"{str(manifest)!r} not found and no data given: pass --data DIR or --manifest FILE --split test"
@@ -153,26 +187,31 @@ def load_eval_samples(
         if not Path(data).is_dir():
             raise FileNotFoundError(f"data folder {str(data)!r} not found")
         samples = load_samples(data=Path(data), split=split, **opts)
-        source: dict[str, Any] = {"data": str(data), "split": split}
+        source: dict[str, Any] = {"data": str(data), "split": split, "name": Path(data).resolve().name}
     else:
         opts.pop("class_map", None)  # manifests hold class names already
-        samples = load_samples(manifest=Path(manifest), split=split, **opts)
-        source = {"manifest": str(manifest), "split": split}
+        samples = load_samples(manifest=Path(manifest), split=split, source=source_name, **opts)
+        source = {"manifest": str(manifest), "split": split, "name": source_name or Path(manifest).stem}
+        if source_name is not None:
+            source["source"] = source_name
     source["resolved"] = source_location(run_dir, data, manifest)
-    data_classes = list(samples.classes)
-    if sorted(data_classes) != sorted(model_classes):
-        missing = sorted(set(model_classes) - set(data_classes))
-        extra = sorted(set(data_classes) - set(model_classes))
-        raise ClassMismatchError(
-            f"the data's classes {data_classes} do not match the model's classes {model_classes} "
-            f"(missing: {missing}, not known to the model: {extra}); evaluate on data with the model's classes, "
-            "or map/filter them in the run's config (data.class_map, data.classes, data.binary)"
-        )
+    source["external"] = source["resolved"] != str(own.resolve())
+    try:
+        lmap = resolve_label_map(parse_label_map(label_map), list(model_classes), list(samples.classes))
+    except LabelMapError as err:
+        raise LabelMapError(f"{source['resolved']}: {err}") from None
     if len(samples.paths) == 0:
-        raise ValueError(f"no images found in {source}; check the path and split name")
-    y = np.array([model_classes.index(lbl) for lbl in samples.labels], dtype=np.int64)
+        raise ValueError(f"no images found in {source['resolved']}; check the path and split name")
+    y = np.array([lmap.targets.index(lmap.data[lbl]) for lbl in samples.labels], dtype=np.int64)
     source["skipped"] = [[str(p), reason] for p, reason in samples.skipped]
-    return [str(p) for p in samples.paths], y, source
+    source["warnings"] = samples.warnings
+    absent = [c for c in lmap.targets if c not in {lmap.data[d] for d in samples.classes}]
+    if absent:  # a subset of the classes: scored as it is, but said
+        source["warnings"].append(
+            f"{source['resolved']} has no images of the model's classes {absent}: the metrics are on the classes it "
+            "has, and the model still predicts all of its own"
+        )
+    return [str(p) for p in samples.paths], y, source, lmap
 
 
 def novel_mask(
@@ -235,7 +274,7 @@ def jsonable(obj: Any) -> Any:
 
 def write_json(path: Path, obj: Any) -> None:
     """Strict JSON (NaN -> null), indented."""
-    Path(path).write_text(json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n")
+    atomic_write_json(path, jsonable(obj), allow_nan=False)
 
 
 def summarize(preds: Predictions, n_boot: int, seed: int) -> dict[str, Any]:
@@ -265,6 +304,9 @@ def evaluate_run(
     cache_dir: str | Path | None = None,
     img_size: int | None = None,
     calibrate: bool = False,
+    label_map: str | None = None,
+    dedup: bool = True,
+    source_name: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run's model and write predictions, metrics with bootstrap CIs and plots.
 
@@ -293,6 +335,13 @@ def evaluate_run(
             NLL before and after, the uncalibrated ECE and log loss, and ``at_bound`` (T not identified: the
             validation split is separated perfectly; a warning says so). Refused when the evaluated images include
             validation images.
+        label_map: rules mapping the model's and the data's classes onto shared targets
+            (:mod:`popevit.evaluation.labelmap`), e.g. ``"yes=tumor,no=notumor,glioma|meningioma|pituitary=tumor"``
+            for Br35H and a 4-class model: the model's probabilities are summed per target, then scored.
+        dedup: on external data (anything but the run's own manifest) with no ``dedup_against``, also report the
+            images with no exact or near duplicate in the run's own training split.
+        source_name: evaluate only the rows of this source of a manifest of several sources (``data split --add``),
+            e.g. the held-out Br35H groups of a run trained on Kaggle and part of Br35H.
 
     Returns:
         The content of ``metrics.json`` (with ``out`` added).
@@ -301,13 +350,20 @@ def evaluate_run(
     from popevit.data.dataset import ImageDataset
 
     run_dir = Path(run_dir)
+    resolve_device(device)  # a bad --device is refused before anything is read or written
     model, meta = load_artifact(run_dir)
     classes = list(meta.classes)
     split = resolve_split(data, split)
-    paths, y, source = load_eval_samples(run_dir, classes, data=data, manifest=manifest, split=split)
+    paths, y, source, lmap = load_mapped_samples(
+        run_dir, classes, data=data, manifest=manifest, split=split, label_map=label_map, source_name=source_name
+    )
+    if dedup and dedup_against is None and source["external"] and (run_dir / "manifest.csv").is_file():
+        dedup_against = run_dir / "manifest.csv"  # external data: how much of it did the model train on?
     preprocess = resize_preprocess(meta, model, img_size)
     out_dir = (
-        Path(out) if out is not None else default_eval_dir(run_dir, data, manifest, split, tta, img_size, calibrate)
+        Path(out)
+        if out is not None
+        else default_eval_dir(run_dir, data, manifest, split, tta, img_size, calibrate, source_name)
     )
 
     def predict(image_paths: list[str], labels: np.ndarray) -> np.ndarray:
@@ -331,30 +387,35 @@ def evaluate_run(
         calibration["at_bound"] = temperature_at_bound(t)
         calibration["val_nll"] = {"before": nll(val_y, val_proba), "after": nll(val_y, val_proba, t)}
     out_dir.mkdir(parents=True, exist_ok=True)
-    proba = predict(paths, y)
+    proba = predict(paths, y)  # (n, K) in the model's classes
+    eval_classes = lmap.targets
     if calibration is not None:
-        raw = point_metrics(y, proba, classes)
+        raw = point_metrics(y, lmap.collapse(proba, classes), eval_classes)
         calibration["uncalibrated"] = {k: raw[k] for k in ("ece", "log_loss", "auroc_macro")}
         proba = apply_temperature(proba, calibration["temperature"])
-    preds = Predictions(paths, y, proba, classes)
+    proba = lmap.collapse(proba, classes)  # (n, T): the sum of each target's model classes
+    preds = Predictions(paths, y, proba, eval_classes)
     preds.save(out_dir / PREDICTIONS)
 
     result: dict[str, Any] = {
         "run": str(run_dir),
         "model": {"name": meta.name, "kwargs": meta.kwargs, "weights_sha256": file_sha256(run_dir / WEIGHTS)},
-        "classes": classes,
+        "classes": eval_classes,
+        "model_classes": classes,
         "source": source,
         "tta": tta,
         "img_size": preprocess.img_size,
         "bootstrap": {"method": CI_METHOD, "level": CI_LEVEL, "n_boot": n_boot, "seed": seed, "unit": "image"},
         **summarize(preds, n_boot, seed),
     }
+    if not lmap.identity or lmap.rules:
+        result["label_map"] = lmap.to_json()
     if calibration is not None:
         result["calibration"] = calibration
     what = model_label(meta.name, meta.kwargs), source_label(source)  # named in every figure's title
     if plots:
         title = figure_title(*what, len(y))
-        result["plots"] = {k: p.name for k, p in plot_all(y, preds.proba, classes, out_dir, title=title).items()}
+        result["plots"] = {k: p.name for k, p in plot_all(y, preds.proba, eval_classes, out_dir, title=title).items()}
     if dedup_against is not None:
         mask, info = novel_mask(paths, dedup_against, cache_dir=cache_dir)
         sub = preds.subset(mask)
@@ -365,13 +426,20 @@ def evaluate_run(
                 for k, p in plot_all(
                     sub.y,
                     sub.proba,
-                    classes,
+                    eval_classes,
                     out_dir,
                     prefix="dedup_",
                     title=figure_title(what[0], f"{what[1]}, no duplicate in {Path(dedup_against).name}", len(sub.y)),
                 ).items()
             }
     write_json(out_dir / METRICS, result)
+    if source["skipped"]:  # every file not evaluated, with the reason (also in metrics.json)
+        write_skipped(out_dir / SKIPPED, [Skip(Path(p), reason) for p, reason in source["skipped"]])
+    elif (out_dir / SKIPPED).is_file():  # an earlier evaluation's list, of files this one used
+        (out_dir / SKIPPED).unlink()
+    from popevit.serve.card import write_model_card
+
+    write_model_card(run_dir)
     return {**jsonable(result), "out": str(out_dir)}
 
 

@@ -25,8 +25,9 @@ Metric definitions (keys of the returned dicts; ``c`` is a class name):
 - ``ece``: top-label expected calibration error with ``n_bins`` equal-width confidence bins (Guo et al., ICML 2017,
   arXiv:1706.04599, eq. 3): ``sum_b |B_b|/n * |acc(B_b) - conf(B_b)|``; bin ``b`` holds confidences in
   ``[b/M, (b+1)/M)``, the last bin includes 1 (torchmetrics' ``MulticlassCalibrationError(norm="l1")`` binning).
-- With a ``notumor`` class among >= 3 classes: ``tumor_sensitivity`` (a tumour image predicted as any tumour class),
-  ``tumor_specificity`` (a no-tumour image predicted ``notumor``) and ``tumor_auroc`` (score ``1 - p_notumor``).
+- With a ``notumor`` class (binary tasks and external sets collapsed to tumour / no tumour included):
+  ``tumor_sensitivity`` (a tumour image predicted as any tumour class), ``tumor_specificity`` (a no-tumour image
+  predicted ``notumor``) and ``tumor_auroc`` (score ``1 - p_notumor``).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def metric_names(classes: Sequence[str]) -> list[str]:
 
 
 def _notumor_index(classes: Sequence[str]) -> int | None:
-    return list(classes).index(NO_TUMOR) if NO_TUMOR in classes and len(classes) >= 3 else None
+    return list(classes).index(NO_TUMOR) if NO_TUMOR in classes and len(classes) >= 2 else None
 
 
 def expected_calibration_error(y: np.ndarray, proba: np.ndarray, n_bins: int = DEFAULT_N_BINS) -> float:

@@ -18,23 +18,22 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from popevit.evaluation.metrics import DEFAULT_N_BINS, _bin_index, expected_calibration_error
+from popevit.io import atomic_savefig
 
 DPI = 110
 
 
 def figure_title(model: str | None, data: str | None, n: int | None) -> str:
-    """``"vit_demo + pope · test split of manifest.csv · n = 200"``: the title line of an evaluation figure."""
+    """An evaluation figure's title: ``"vit_p8_w64_d4_conv + pope · test split of manifest.csv · n = 200"``."""
     return " · ".join(s for s in (model, data, None if n is None else f"n = {n}") if s)
 
 
 def _save(fig: Figure, path: Path, title: str | None = None) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if title:
         fig.suptitle(title, fontsize=11, fontweight="bold")
         fig.tight_layout()
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    return path
+    return atomic_savefig(fig, path, dpi=DPI, bbox_inches="tight")
 
 
 def plot_confusion(

@@ -69,22 +69,22 @@ class Predictions:
         return Predictions(self.paths, inv[self.y], self.proba[:, perm], list(classes), self.source_fingerprint)
 
     def save(self, path: Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        from popevit.io import atomic_write_csv
+
         pred = self.pred
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "label", "predicted", *[f"p_{c}" for c in self.classes]])
-            for i, p in enumerate(self.paths):
-                w.writerow([p, self.classes[self.y[i]], self.classes[pred[i]], *(f"{v:.9g}" for v in self.proba[i])])
-        return path
+        header = ["path", "label", "predicted", *[f"p_{c}" for c in self.classes]]
+        rows = (
+            [p, self.classes[self.y[i]], self.classes[pred[i]], *(f"{v:.9g}" for v in self.proba[i])]
+            for i, p in enumerate(self.paths)
+        )
+        return atomic_write_csv(path, [header, *rows])
 
     @classmethod
     def load(cls, path: Path) -> Predictions:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{str(path)!r} not found; run `popevit evaluate RUN` first")
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
             reader = csv.reader(f)
             header = next(reader)
             rows = list(reader)
@@ -98,11 +98,25 @@ class Predictions:
 
 
 def resolve_device(device: str | None) -> Any:
+    """``--device`` as a ``torch.device``, checked: default CUDA when available; a device this machine lacks (or a
+    misspelt one) is a ``ValueError`` naming the option, not a CUDA error in the middle of a run."""
     import torch
 
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0 or (dev.index is not None and dev.index >= n):
+            raise ValueError(f"--device {device!r}: this machine has {n} CUDA device(s) visible; use --device cpu")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device!r}: MPS is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {device!r}: popevit runs on cpu, cuda or mps")
+    return dev
 
 
 def predict_proba(

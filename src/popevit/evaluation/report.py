@@ -46,6 +46,7 @@ from popevit.evaluation.describe import model_label, source_label
 from popevit.evaluation.evaluate import EVAL_DIR, METRICS
 from popevit.evaluation.plots import figure_title, plot_all, plot_training_curves
 from popevit.evaluation.predictions import PREDICTIONS, Predictions
+from popevit.io import atomic_write_text, read_json
 
 HEADLINE = (
     "accuracy",
@@ -148,10 +149,16 @@ def _read_json(path: Path) -> Any | None:
 
 
 def load_evaluations(run: Path) -> list[Evaluation]:
-    """Every evaluation of ``run`` (folders of ``RUN/eval`` holding a readable ``metrics.json``), by tag."""
+    """Every evaluation of ``run`` (folders of ``RUN/eval`` holding a ``metrics.json``), by tag.
+
+    Raises:
+        ValueError: a ``metrics.json`` that is not valid JSON (the message names it).
+    """
     found = []
     for d in sorted((run / EVAL_DIR).glob("*")):
-        result = _read_json(d / METRICS)
+        if not (d / METRICS).is_file():
+            continue
+        result = read_json(d / METRICS, "metrics.json of an evaluation")  # damaged: an error naming it, no skip
         if isinstance(result, dict) and "metrics" in result:
             found.append(Evaluation(run, d.name, d, result))
     return found
@@ -178,7 +185,7 @@ def _meta(run: Path) -> dict[str, Any]:
 
 
 def _model_of(run: Path) -> str:
-    """The run's model in words (``vit_demo + pope (res stem)``), or ``""`` without a ``model.json``."""
+    """The run's model in words (``vit_p8_w64_d4_conv + pope (res stem)``), or ``""`` without a ``model.json``."""
     model = _meta(run).get("model") or {}
     return model_label(model.get("name"), model.get("kwargs")) if model else ""
 
@@ -193,7 +200,7 @@ def _under(text: str, name: str) -> str:
 
 
 def _named(run: Path) -> str:
-    """``pope (vit_demo + pope)``: the run's name with its model when known and not the same words."""
+    """``pope (vit_p8_w64_d4_conv + pope)``: the run's name with its model when known and not the same words."""
     model = _model_of(run)
     return f"{run_name(run)} ({model})" if model and model != run_name(run) else run_name(run)
 
@@ -885,8 +892,6 @@ def build_report(
     Returns:
         ``out_html``.
     """
-    from popevit.artifact import atomic_write_bytes
-
     if metric not in RANKED:
         raise ValueError(f"metric {metric!r} cannot rank models; use one of {', '.join(RANKED)}")
     runs = [Path(r) for r in runs]
@@ -919,5 +924,5 @@ def build_report(
     )
     out_html = Path(out_html)
     out_html.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out_html, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    atomic_write_text(out_html, page)
     return out_html

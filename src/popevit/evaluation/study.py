@@ -18,8 +18,6 @@ measures test-set sampling of the seed-averaged model; the seed-to-seed spread i
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ from popevit.evaluation.compare import (
 from popevit.evaluation.evaluate import write_json
 from popevit.evaluation.metrics import normalize_proba, percentile_ci, weighted_metrics
 from popevit.evaluation.stats import bootstrap_seed_means
+from popevit.io import atomic_savefig, atomic_write_csv, atomic_write_text, read_json
 from popevit.progress import track
 
 STUDY_METRICS = ("auroc_macro", "accuracy", "balanced_accuracy", "ece")
@@ -83,7 +82,7 @@ def seed_mean_with_ci(
 
 def _device(info: dict[str, Any]) -> str | None:
     """run.json's device, with the CPU model and its vector capability where recorded: a wall-clock budget on "2
-    cores" means little without them (RESULTS.md section 15)."""
+    cores" means little without them (docs/experiments/pe_study_residual_stem.md)."""
     device, machine = info.get("device"), _machine(info)
     return f"{device}, {machine}" if machine and device.startswith("cpu") else device
 
@@ -103,7 +102,7 @@ def run_cost(run: Path) -> dict[str, Any]:
     from popevit.evaluation.archive import read_archive, train_images
     from popevit.training.run import stages_wall_s
 
-    info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
+    info = read_json(run / "run.json", "run.json of a run") if (run / "run.json").is_file() else {}
     archived = read_archive(run)
     params = archived["params"] if archived is not None else param_count(run / WEIGHTS)
     n_train = 0
@@ -136,9 +135,10 @@ def run_cost(run: Path) -> dict[str, Any]:
 def machine_warning(machines: dict[str, set[str]]) -> str | None:
     """A warning when groups (name -> the machines their runs recorded) did not run on the same machines.
 
-    A seed rerun on another CPU is another model, not a replica (RESULTS.md section 15.2: up to 2.3 points of accuracy
-    on one seed, 1.1 on a 3-seed mean), so a difference between groups that ran on different machines mixes the model
-    with the machine. Groups with no machine recorded (runs older than the record) are left out: nothing can be said.
+    A seed rerun on another CPU is another model, not a replica (docs/experiments/pe_study_residual_stem.md: up to 2.3
+    points of accuracy on one seed, 1.1 on a 3-seed mean), so a difference between groups that ran on different machines
+    mixes the model with the machine. Groups with no machine recorded (runs older than the record) are left out: nothing
+    can be said.
     """
     known = {name: m for name, m in machines.items() if m}
     if len({frozenset(m) for m in known.values()}) <= 1:
@@ -227,8 +227,7 @@ def plot_extrapolation(result: dict[str, Any], path: Path, metric: str = "auroc_
     ax.set_title("Resolution extrapolation")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
     return path
 
@@ -373,18 +372,17 @@ def run_study(
     if warning is not None:
         result["warnings"] = [warning]
     write_json(out / "study.json", result)
-    (out / "study.md").write_text(to_markdown(result), encoding="utf-8")
-    with open(out / "study.csv", "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["group", "seeds", "metric", "test_size", "value", "lo", "hi", "sd"])
-        for g in result["groups"]:
-            for m, e in g["metrics"].items():
-                w.writerow([g["name"], len(g["runs"]), m, train_size, e["value"], e["lo"], e["hi"], e["sd"]])
-            for ex in g["extrapolation"]:
-                if ex["size"] == train_size:
-                    continue
-                for m, e in ex["metrics"].items():
-                    w.writerow([g["name"], len(g["runs"]), m, ex["size"], e["value"], e["lo"], e["hi"], e["sd"]])
+    atomic_write_text(out / "study.md", to_markdown(result))
+    rows = [["group", "seeds", "metric", "test_size", "value", "lo", "hi", "sd"]]
+    for g in result["groups"]:
+        for m, e in g["metrics"].items():
+            rows.append([g["name"], len(g["runs"]), m, train_size, e["value"], e["lo"], e["hi"], e["sd"]])
+        for ex in g["extrapolation"]:
+            if ex["size"] == train_size:
+                continue
+            for m, e in ex["metrics"].items():
+                rows.append([g["name"], len(g["runs"]), m, ex["size"], e["value"], e["lo"], e["hi"], e["sd"]])
+    atomic_write_csv(out / "study.csv", rows)
     if len(all_sizes) > 1:
         result["plot"] = str(plot_extrapolation(result, out / "extrapolation.png"))
     if paired_tests and len(groups) > 1:

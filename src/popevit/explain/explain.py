@@ -19,8 +19,6 @@ Outputs, in ``out`` (default ``RUN/explain/<method>``)::
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ import torch
 from PIL import Image
 
 from popevit.config import PreprocessConfig
+from popevit.io import atomic_write, atomic_write_csv, atomic_write_json
 
 EXPLAIN_DIR = "explain"
 FAITHFULNESS = "faithfulness.json"
@@ -186,23 +185,40 @@ def load_item(path: str | Path, label: int, cfg: PreprocessConfig) -> Item:
     return Item(str(path), label, to_gray(full), pre, mask)
 
 
-def _image_labels(images: Sequence[str | Path], classes: list[str]) -> tuple[list[str], np.ndarray]:
-    """Paths given one by one (files or folders); the label is the parent folder's name when it is a class."""
-    from popevit.data.decode import IMAGE_EXTENSIONS
+def _image_labels(
+    images: Sequence[str | Path], classes: list[str]
+) -> tuple[list[str], np.ndarray, set[str], list[tuple[Path, str]]]:
+    """Paths given one by one (files or folders); the label is the parent folder's name when it is a class.
+
+    Returns:
+        ``(paths, labels, named, skipped)``: every image, (n,) labels (-1 unknown), the paths named one by one
+        (a file among them that cannot be decoded is an error; one found in a folder is skipped), and the files in
+        the folders that are not images, with the reason.
+    """
+    from popevit.data.discover import classify_file
 
     paths: list[str] = []
+    named: set[str] = set()
+    skipped: list[tuple[Path, str]] = []
     for p in map(Path, images):
         if p.is_dir():
-            paths += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and "masks" not in
-                            f.relative_to(p).parts)  # fmt: skip
+            for f in sorted(p.rglob("*")):
+                if not f.is_file() or "masks" in f.relative_to(p).parts:
+                    continue
+                reason = classify_file(f)
+                if reason is None:
+                    paths.append(str(f))
+                else:
+                    skipped.append((f, reason))
         elif p.is_file():
             paths.append(str(p))
+            named.add(str(p))
         else:
             raise FileNotFoundError(f"image {str(p)!r} not found; pass existing files or folders to --images")
     if not paths:
         raise ValueError(f"no images found in {[str(i) for i in images]}")
     labels = [classes.index(Path(p).parent.name) if Path(p).parent.name in classes else -1 for p in paths]
-    return paths, np.array(labels, dtype=np.int64)
+    return paths, np.array(labels, dtype=np.int64), named, skipped
 
 
 def _select(
@@ -246,6 +262,7 @@ class ExplainResult:
     paths: list[str]
     figures: list[Path]
     faithfulness: dict[str, Any] | None
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # files not explained, with the reason
 
 
 def _targets(target: str, pred: np.ndarray, y: np.ndarray, paths: list[str], classes: list[str]) -> np.ndarray:
@@ -351,6 +368,7 @@ def explain_run(
         :class:`ExplainResult`.
     """
     from popevit.artifact import load_artifact
+    from popevit.data.decode import DecodeError
     from popevit.data.preprocess import to_tensor
     from popevit.evaluation.predictions import resolve_device
     from popevit.explain import overlay
@@ -365,18 +383,31 @@ def explain_run(
     methods = resolve_methods(method, model)
     options = {"head_fusion": head_fusion, "discard_ratio": discard_ratio}
 
+    named: set[str] = set()
     if images is not None:
         if data is not None or manifest is not None:
             raise ValueError("pass either images, data or manifest, not several")
-        paths, y = _image_labels(images, classes)
+        paths, y, named, skipped = _image_labels(images, classes)
     else:
         from popevit.evaluation.evaluate import load_eval_samples
 
-        paths, y, _ = load_eval_samples(run_dir, classes, data=data, manifest=manifest, split=split)
+        paths, y, source = load_eval_samples(run_dir, classes, data=data, manifest=manifest, split=split)
+        skipped = [(Path(p), reason) for p, reason in source["skipped"]]
 
     # 1. predict everything (cheap), 2. explain a selection: mistakes, confident hits, random fill.
-    pairs = zip(paths, y, strict=True)
-    items_all = [load_item(p, int(lbl), cfg) for p, lbl in track(pairs, f"loading {len(paths)} images", len(paths))]
+    items_all, kept = [], []
+    pairs = enumerate(zip(paths, y, strict=True))
+    for i, (p, lbl) in track(pairs, f"loading {len(paths)} images", len(paths)):
+        try:
+            items_all.append(load_item(p, int(lbl), cfg))
+            kept.append(i)
+        except DecodeError as err:
+            if p in named:  # a file the user named: refuse it rather than explain without it
+                raise
+            skipped.append((Path(p), err.reason))
+    if not items_all:
+        raise ValueError(f"none of the {len(paths)} images could be read (e.g. {skipped[0][0]}: {skipped[0][1]})")
+    paths, y = [paths[i] for i in kept], y[kept]
     x_all = torch.stack([to_tensor(it.pre, cfg) for it in items_all])  # (n, C, S, S)
     with torch.inference_mode():
         proba = torch.cat([model(xb.to(dev)).float().softmax(-1).cpu() for xb in x_all.split(batch_size)]).numpy()
@@ -415,17 +446,21 @@ def explain_run(
         )
     )  # fmt: skip
     _write_table(out_dir / "explanations.csv", items, proba[chosen], tgt, classes)
-    np.savez_compressed(
-        out_dir / "maps.npz", paths=np.array([it.path for it in items]),
-        **{m.replace("-", "_"): maps[m].numpy().astype(np.float16) for m in methods},
-    )  # fmt: skip
+    arrays = {m.replace("-", "_"): maps[m].numpy().astype(np.float16) for m in methods}
+    paths_arr = np.array([it.path for it in items])
+
+    def write_maps(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file object: given a name, numpy would append ".npz" to it
+            np.savez_compressed(fh, paths=paths_arr, **arrays)
+
+    atomic_write(out_dir / "maps.npz", write_maps)
 
     report = None
     if faithfulness:
         report = measure_faithfulness(model, x, tgt, maps, items, steps=steps, seed=seed, batch_size=batch_size)
         report.update({"run": str(run_dir), "model": meta.name, "target": target, "images": len(items)})
-        (out_dir / FAITHFULNESS).write_text(json.dumps(report, indent=2))
-    return ExplainResult(out_dir, methods, [it.path for it in items], figures, report)
+        atomic_write_json(out_dir / FAITHFULNESS, report)
+    return ExplainResult(out_dir, methods, [it.path for it in items], figures, report, skipped)
 
 
 def measure_faithfulness(
@@ -497,9 +532,8 @@ def measure_faithfulness(
 
 
 def _write_table(path: Path, items: Sequence[Item], proba: np.ndarray, target: np.ndarray, classes: list[str]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "predicted", "target", *[f"p_{c}" for c in classes]])
-        for it, p, t in zip(items, proba, target, strict=True):
-            label = classes[it.label] if it.label >= 0 else ""
-            w.writerow([it.path, label, classes[int(p.argmax())], classes[int(t)], *(f"{v:.6g}" for v in p)])
+    rows: list[list[Any]] = [["path", "label", "predicted", "target", *[f"p_{c}" for c in classes]]]
+    for it, p, t in zip(items, proba, target, strict=True):
+        label = classes[it.label] if it.label >= 0 else ""
+        rows.append([it.path, label, classes[int(p.argmax())], classes[int(t)], *(f"{v:.6g}" for v in p)])
+    atomic_write_csv(path, rows)

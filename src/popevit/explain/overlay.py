@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.figure import Figure
 
+from popevit.io import atomic_savefig
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
@@ -103,8 +105,7 @@ def save_explanation(
         f"explaining: {classes[target]}\n{probs}",
         fontsize=9, color=_status(item.label, pred),
     )  # fmt: skip
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    atomic_savefig(fig, path)
     return path
 
 
@@ -140,8 +141,7 @@ def save_gallery(path: Path, entries: Sequence[Entry], classes: Sequence[str], *
             draw_overlay(ax, item.pre, heat, item.mask)
             ax.set_title(caption(item, proba, classes), fontsize=8, color=_status(item.label, int(np.argmax(proba))))
     fig.suptitle(title, fontsize=11)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    atomic_savefig(fig, path)
     return path
 
 
@@ -179,6 +179,5 @@ def save_confident_gallery(
         axes[r, 0].text(-0.08, 0.5, cls, rotation=90, ha="right", va="center", fontsize=10, fontweight="bold",
                         transform=axes[r, 0].transAxes)  # fmt: skip
     fig.suptitle(title, fontsize=11)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    atomic_savefig(fig, path)
     return path

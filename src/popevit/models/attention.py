@@ -56,12 +56,12 @@ def attend(
     if bias is not None:
         bias = bias.to(q.dtype)
     # torch has no fused CPU kernel for q/k wider than v (PoPE): SDPA would fall back to its math path, which is
-    # ~15% slower than the explicit path below at vit_seed sizes (benchmarks/bench_models.py), so use ours there.
+    # ~15% slower than the explicit path below at 224-px sizes (benchmarks/bench_models.py), so use ours there.
     fused = record is None and not (q.device.type == "cpu" and q.shape[-1] != v.shape[-1])
     if fused:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
     # 3-D batched GEMMs on (B*H, N, .) views: the scale rides in baddbmm's alpha (no pass over the N x N logits)
-    # and k^T stays a strided view (4-D matmul made it contiguous, forward and backward): ~7% of a vit_seed PoPE step.
+    # and k^T stays a strided view (4-D matmul made it contiguous, forward and backward): ~7% of a 224-px PoPE step.
     B, H, N, Dq = q.shape
     logits = torch.baddbmm(
         q.new_zeros(()), q.reshape(B * H, N, Dq), k.reshape(B * H, N, Dq).transpose(1, 2), beta=0.0, alpha=scale

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import socket
 import threading
 from collections.abc import Callable
@@ -139,6 +140,7 @@ def create_model(
         ``no_weight_decay() -> set[str]`` method.
     """
     _ensure_registered()
+    name = MODELS.canonical(name)  # a preset's former name (recorded in older artefacts) builds the same model
     spec = MODELS.get(name)
     state = None if pretrained is None else read_source(name, pretrained)  # fail before the (slow) build
     if num_classes < 1:
@@ -225,11 +227,18 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"or pretrained={HUB!r} to download (needs network)"
         )
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from popevit.artifact import load_weights
 
-        state: Any = load_file(str(path), device="cpu")
+        state: Any = load_weights(path)
     elif path.suffix in WEIGHT_SUFFIXES:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # weights_only: a pickle that names anything but tensors is refused before it runs
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+            raise ValueError(
+                f"{str(path)!r} is not a plain state dict of tensors ({type(err).__name__}: "
+                f"{str(err).splitlines()[0][:160]}); popevit loads weights without running code: use weights saved "
+                "with torch.save(model.state_dict()) or safetensors"
+            ) from None
     else:
         raise ValueError(f"unsupported weight file {str(path)!r}; expected one of {WEIGHT_SUFFIXES}")
     for key in ("model", "state_dict", "model_state_dict"):

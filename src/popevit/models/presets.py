@@ -1,36 +1,60 @@
 """Named sizes of the popevit ViT; every preset takes every positional encoding (default ``pope``).
 
-| preset      | nominal px | patch | width | blocks | heads | MLP  | pool | use                                        |
-|-------------|-----------:|------:|------:|-------:|------:|-----:|------|--------------------------------------------|
-| ``vit_tiny``  |   32 |  8 |  32 | 2 | 2 |   64 | cls  | unit tests (head dim 16)                   |
-| ``vit_cpu``   |  128 | 16 | 192 | 6 | 3 |  384 | mean | CPU-sized runs                             |
-| ``vit_study`` |  128 | 16 | 128 | 4 | 4 |  256 | mean | multi-seed studies on 2 CPU cores (~3x faster) |
-| ``vit_seed``  |  224 | 16 | 512 | 6 | 8 | 1024 | mean | the seed configuration of the study        |
-| ``vit_demo``  |   64 |  8 |  64 | 4 | 2 |  128 | mean | ``popevit demo`` (convolutional stem)      |
-| ``vit_cifar`` |   32 |  4 | 128 | 6 | 4 |  256 | cls  | small-image sanity runs                    |
+A preset is named for its shape, ``vit_p<patch>_w<width>_d<depth>`` (``_conv`` when its default tokeniser is the
+convolutional stem):
 
-``vit_cpu`` uses MLP 384 = 2 x width, the same ratio as ``vit_seed`` (1024 = 2 x 512), so that it is a scaled-down
-copy of the seed configuration rather than a ViT-Tiny (which has 4 x). All presets have head dim 16-64, divisible
-by 4 as 2-D RoPE requires. The nominal size is only a suggestion: ``create_model(img_size=...)`` sets the reference
-grid and any input size divisible by the patch size runs.
+| preset                 |  px | patch | width | blocks | heads |  MLP | pool | use                                 |
+|------------------------|----:|------:|------:|-------:|------:|-----:|------|-------------------------------------|
+| ``vit_p8_w32_d2``      |  32 |     8 |    32 |      2 |     2 |   64 | cls  | unit tests (head dim 16)            |
+| ``vit_p16_w192_d6``    | 128 |    16 |   192 |      6 |     3 |  384 | mean | CPU-sized runs, the budget recipes  |
+| ``vit_p16_w128_d4``    | 128 |    16 |   128 |      4 |     4 |  256 | mean | multi-seed studies on 2 CPU cores   |
+| ``vit_p16_w512_d6``    | 224 |    16 |   512 |      6 |     8 | 1024 | mean | the 224-px (GPU-sized) study        |
+| ``vit_p8_w64_d4_conv`` |  64 |     8 |    64 |      4 |     2 |  128 | mean | ``popevit demo`` (conv stem)        |
+| ``vit_p4_w128_d6``     |  32 |     4 |   128 |      6 |     4 |  256 | cls  | small-image sanity runs (CIFAR)     |
+
+px is the nominal input side. ``vit_p16_w192_d6`` uses MLP 384 = 2 x width, the same ratio as ``vit_p16_w512_d6``
+(1024 = 2 x 512), so that it is a scaled-down copy of the 224-px configuration rather than a ViT-Tiny (which has
+4 x). All presets have head dim 16-64, divisible by 4 as 2-D RoPE requires. The nominal size is only a suggestion:
+``create_model(img_size=...)`` sets the reference grid and any input size divisible by the patch size runs.
+
+:data:`FORMER_NAMES` maps the names the presets had before they were named by shape (``vit_cpu`` ...); artefacts
+and archived runs that record them still load, and ``popevit models`` does not list them.
 """
 
 from __future__ import annotations
 
-from popevit.models.factory import ModelSpec, register_model
+from popevit.models.factory import MODELS, ModelSpec, register_model
 from popevit.models.vit import ViT, ViTConfig
 
 DEFAULT_POS_ENC = "pope"
 
 PRESETS: dict[str, ViTConfig] = {
-    "vit_tiny": ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_dim=64, pool="cls"),
-    "vit_cpu": ViTConfig(img_size=128, patch_size=16, embed_dim=192, depth=6, num_heads=3, mlp_dim=384, pool="mean"),
-    "vit_study": ViTConfig(img_size=128, patch_size=16, embed_dim=128, depth=4, num_heads=4, mlp_dim=256, pool="mean"),
-    "vit_seed": ViTConfig(img_size=224, patch_size=16, embed_dim=512, depth=6, num_heads=8, mlp_dim=1024, pool="mean"),
-    "vit_demo": ViTConfig(
+    "vit_p8_w32_d2": ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_dim=64, pool="cls"),
+    "vit_p16_w192_d6": ViTConfig(
+        img_size=128, patch_size=16, embed_dim=192, depth=6, num_heads=3, mlp_dim=384, pool="mean"
+    ),
+    "vit_p16_w128_d4": ViTConfig(
+        img_size=128, patch_size=16, embed_dim=128, depth=4, num_heads=4, mlp_dim=256, pool="mean"
+    ),
+    "vit_p16_w512_d6": ViTConfig(
+        img_size=224, patch_size=16, embed_dim=512, depth=6, num_heads=8, mlp_dim=1024, pool="mean"
+    ),
+    "vit_p8_w64_d4_conv": ViTConfig(
         img_size=64, patch_size=8, embed_dim=64, depth=4, num_heads=2, mlp_dim=128, pool="mean", stem="conv"
     ),
-    "vit_cifar": ViTConfig(img_size=32, patch_size=4, embed_dim=128, depth=6, num_heads=4, mlp_dim=256, pool="cls"),
+    "vit_p4_w128_d6": ViTConfig(
+        img_size=32, patch_size=4, embed_dim=128, depth=6, num_heads=4, mlp_dim=256, pool="cls"
+    ),
+}
+
+# the presets' earlier names, recorded in model.json and config.yaml of existing runs and archives
+FORMER_NAMES: dict[str, str] = {
+    "vit_tiny": "vit_p8_w32_d2",
+    "vit_cpu": "vit_p16_w192_d6",
+    "vit_study": "vit_p16_w128_d4",
+    "vit_seed": "vit_p16_w512_d6",
+    "vit_demo": "vit_p8_w64_d4_conv",
+    "vit_cifar": "vit_p4_w128_d6",
 }
 
 
@@ -103,3 +127,5 @@ for _name, _cfg in PRESETS.items():
             f"{_cfg.pool} pool, {_cfg.img_size}px nominal",
         ),
     )
+for _old, _new in FORMER_NAMES.items():
+    MODELS.add_alias(_old, _new)

@@ -6,13 +6,13 @@ unchanged; only the inductive bias in front of the transformer differs. ``STEMS`
 - ``patch``: one patchify convolution, kernel = stride = p (Dosovitskiy et al. 2021, arXiv:2010.11929).
 - ``conv``: "Early convolutions help transformers see better" (Xiao et al., NeurIPS 2021, arXiv:2106.14881): log2(p)
   3x3 stride-2 convolutions with BatchNorm and ReLU, widths doubling up to the token width, then a 1x1 projection.
-  35 M of ``vit_cpu``'s 148 M multiply-accumulates per 128-px image (Xiao et al. size it to about one block).
+  35 M of ``vit_p16_w192_d6``'s 148 M multiply-accumulates per 128-px image (Xiao et al. size it to about one block).
 - ``res``: a residual convolutional stem, the hybrid input of Dosovitskiy et al. (section 3.1) at ResNet's stage
   widths: a 3x3 stride-2 convolution to 32 channels, then one torchvision ResNet ``BasicBlock`` per further halving
   of the resolution (widths 64, 128, ... capped at the token width, the last one the token width), then a 1x1
   projection. At 128 px, patch 16 and width 192 it costs a little more than the six transformer blocks of
-  ``vit_cpu`` behind it (158 M of 271 M multiply-accumulates per image; ``results/gap_s7/macs.py``, RESULTS.md
-  section 12).
+  ``vit_p16_w192_d6`` behind it (158 M of 271 M multiply-accumulates per image; ``scripts/macs.py``,
+  docs/experiments/budget_30min.md).
 """
 
 from __future__ import annotations

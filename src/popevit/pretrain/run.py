@@ -91,21 +91,24 @@ def pretrain(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
     from safetensors.torch import save_file
 
-    from popevit.artifact import atomic_write_bytes
-    from popevit.data.datamodule import MRIDataModule
-    from popevit.models.presets import PRESETS
+    from popevit.io import atomic_write_bytes
+    from popevit.models.presets import FORMER_NAMES, PRESETS
     from popevit.training.run import (
         _write_json,
         best_checkpoint,
+        check_out_dir,
         device_precision,
         fit_and_load_best,
+        launcher_rank,
         make_trainer,
         model_kwargs,
         prepare_run_dir,
         provenance,
+        report_data,
+        run_data,
     )
 
-    if cfg.model.name not in PRESETS:
+    if FORMER_NAMES.get(cfg.model.name, cfg.model.name) not in PRESETS:
         raise ValueError(
             f"SimMIM pretrains popevit's ViT presets ({', '.join(PRESETS)}), got model.name={cfg.model.name!r}; "
             "choose one of them"
@@ -124,10 +127,11 @@ def pretrain(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False
         names = ", ".join(k for k, v in unused.items() if v)
         raise ValueError(f"{names}: fine-tuning options that pretraining does not use; remove them from its config")
     out_dir = Path(out_dir)
-    manifest = prepare_run_dir(cfg, out_dir, resume)
+    if launcher_rank() == 0:  # everything is checked before the run folder is made
+        check_out_dir(out_dir, resume, cfg)
+    resume = resume and (out_dir / "checkpoints" / "last.ckpt").is_file()  # no checkpoint yet: start over
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    dm = MRIDataModule(cfg.data, manifest, seed=cfg.train.seed)
-    dm.setup("fit")
+    dm, source, skipped = run_data(cfg, out_dir, resume)
     kwargs = model_kwargs(cfg, len(dm.classes))
     module = MIMModule(
         cfg.model.name, kwargs, cfg.optim.model_dump(mode="json"), cfg.pretrain.mask_ratio, cfg.train.seed
@@ -138,6 +142,9 @@ def pretrain(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False
     if cfg.train.patience is not None:
         callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=cfg.train.patience))
     trainer = make_trainer(cfg, out_dir, callbacks, precision)
+    manifest = prepare_run_dir(cfg, out_dir, resume, source, skipped)
+    if launcher_rank() == 0:
+        report_data(dm, skipped, out_dir)
     fit = fit_and_load_best(cfg, trainer, module, dm, ckpt_best, out_dir, resume)
     encoder = out_dir / "encoder.safetensors"
     if fit.best is None:  # rank 0 alone writes the encoder

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from popevit import progress
 from popevit.config import ExperimentConfig, dump_config, load_config
+from popevit.io import read_json
 from popevit.sweep.space import SEED_KEY, SPLIT_KEYS, SearchSpace, config_id, overrides_for, run_name, trial_key
 
 GRID_ORDER_SEED = 0
@@ -369,8 +370,8 @@ class _Objective:
                 "use a fresh --out for a different sweep"
             )
         if (run_dir / "val_metrics.json").is_file() and (run_dir / "model.safetensors").is_file():
-            metrics = json.loads((run_dir / "val_metrics.json").read_text())
-            info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+            metrics = read_json(run_dir / "val_metrics.json", "val_metrics.json of a run")
+            info = read_json(run_dir / "run.json", "run.json of a run") if (run_dir / "run.json").is_file() else {}
             print(f"[sweep] trial {number}: reusing the finished run in {run_dir}", flush=True)
             self.result.reused += 1
             return metrics, float(info.get("wall_s", 0.0)), int(info.get("epochs", 0))

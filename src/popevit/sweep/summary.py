@@ -9,7 +9,6 @@ finished trials. When a plot cannot be made, ``summary.md`` says why.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import statistics
@@ -17,6 +16,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from popevit.io import atomic_savefig, atomic_write_csv, atomic_write_text
 from popevit.sweep.runner import OBJECTIVE, RECORDED, _redact
 from popevit.sweep.space import SearchSpace
 
@@ -72,11 +72,7 @@ def configuration_table(study: optuna.Study, space: SearchSpace) -> list[dict[st
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(columns)
-        for r in rows:
-            w.writerow([_cell(r.get(c)) for c in columns])
+    atomic_write_csv(path, [columns, *([_cell(r.get(c)) for c in columns] for r in rows)])
 
 
 def _trial_rows(study: optuna.Study, space: SearchSpace) -> list[dict[str, Any]]:
@@ -155,7 +151,7 @@ def _plot(kind: str, study: optuna.Study, params: list[str], out: Path) -> None:
     fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
     fig.set_size_inches(8, 5)
     fig.tight_layout()
-    fig.savefig(out / f"{kind}.png", dpi=120)
+    atomic_savefig(fig, out / f"{kind}.png", dpi=120)
     plt.close(fig)
 
 
@@ -202,7 +198,7 @@ def write_summary(
         notes.append(f"parallel_coordinate: skipped, it needs >= 2 finished trials (have {len(done)})")
     else:
         _try_plot("parallel_coordinate", study, space.params, out, files, notes)
-    files["summary.md"].write_text(_markdown(study, space, rows, notes, storage))
+    atomic_write_text(files["summary.md"], _markdown(study, space, rows, notes, storage))
     return files, notes
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from functools import partial
 from pathlib import Path
@@ -11,6 +10,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging, Timer, WeightAveraging
 from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+from popevit.io import atomic_write_json
 
 
 class RankMetricsRecorder(L.Callback):
@@ -41,8 +42,18 @@ class RankMetricsRecorder(L.Callback):
             "metrics": metrics,
         }
         path = self.out_dir / "logs" / f"rank{trainer.global_rank}_val.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=2))
+        atomic_write_json(path, record)
+
+
+class InterruptRecorder(L.Callback):
+    """Remembers why ``trainer.fit`` stopped early: Lightning turns Ctrl-C into ``SystemExit(1)`` after its own
+    cleanup, and SIGTERM into ``SIGTERMException`` at the next batch boundary; both pass through ``on_exception``."""
+
+    def __init__(self) -> None:
+        self.exception: BaseException | None = None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.exception = exception
 
 
 def max_time_timer(trainer: L.Trainer) -> Timer | None:
@@ -106,7 +117,8 @@ def ema_callback(decay: float, *, warmup: bool = False) -> WeightAveraging:
     ``warm_ema_multi_avg_fn``.
 
     A fixed decay of 0.99 keeps ~100 steps of history from step one, so in a run of a few hundred steps the average
-    still carries the random initialisation (RESULTS.md 9.3: a distilled student whose EMA collapsed to one class).
+    still carries the random initialisation (docs/experiments/budget_15min.md: a distilled student whose EMA
+    collapsed to one class).
     """
     if not warmup:
         return EMAWeightAveraging(decay=decay)

@@ -4,7 +4,7 @@ truncated ``metrics.csv``."""
 from __future__ import annotations
 
 import csv
-import os
+import errno
 from pathlib import Path
 from typing import Any
 
@@ -14,28 +14,37 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from popevit.artifact import atomic_write_bytes
+from popevit.io import atomic_write_bytes
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, quota, permissions); the previous one is intact."""
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Save to a temporary file in the target folder, fsync, then ``os.replace`` over the old checkpoint."""
+    """Save to a temporary file in the target folder, fsync, then ``os.replace`` over the old checkpoint.
+
+    A full disk surfaces from ``torch.save`` as a ``RuntimeError`` ("PytorchStreamWriter failed writing file"),
+    not an ``OSError``; both become a :class:`CheckpointWriteError` that names the checkpoint and the fix.
+    """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         if "://" in str(path) and not str(path).startswith("file://"):  # remote storage: fsspec transactions
             return super().save_checkpoint(checkpoint, path, storage_options)
 
-        def write(tmp: str) -> None:
+        def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:
                 torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
 
         try:
             atomic_write_bytes(Path(path), write)
-        except OSError as err:
-            raise RuntimeError(
-                f"could not write checkpoint {str(path)!r} ({err.strerror}); the previous checkpoint is intact. "
-                "Free disk space and rerun with --resume."
+        except (OSError, RuntimeError) as err:
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+            raise CheckpointWriteError(
+                err.errno if isinstance(err, OSError) and err.errno else errno.EIO,
+                f"could not write the checkpoint ({reason}); the previous checkpoint is intact. Free disk space "
+                "(or fix the folder's permissions) and continue with --resume",
+                str(path),
             ) from err
 
 

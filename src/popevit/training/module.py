@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
+from torchmetrics.classification import BinaryAUROC, MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
 
 from popevit.config import AugmentConfig, DistillConfig, OptimConfig, PreprocessConfig
 from popevit.models import create_model
@@ -30,7 +30,7 @@ def _teacher_dir(run_dir: str | Path) -> Path:
     if not (run_dir / "model.json").is_file():
         raise FileNotFoundError(
             f"distillation teacher {str(run_dir)!r} is not a finished run folder (no model.json); train the teacher "
-            "first (e.g. `popevit train --config configs/cpu_resnet18.yaml ...`) and pass its run folder"
+            "first (e.g. `popevit train --config configs/experiments/resnet18_128px.yaml ...`) and pass its run folder"
         )
     return run_dir
 
@@ -171,6 +171,12 @@ class ClassifierModule(L.LightningModule):
             cross-entropy against the mixed targets. An odd-sized batch (a last partial one) is mixed without its
             last image, which keeps its hard label (timm mixes a batch with its own reversal, so it needs pairs).
             The ``train/*`` metrics then score mixed images against their first label: a trend, not an accuracy.
+        label_sets: partial labels, each a list of class indices (target ``K + j`` stands for "one of the classes
+            ``label_sets[j]``"), e.g. Br35H's ``tumor`` beside the three tumour types of a manifest of several sources
+            (``popevit data split --add``). Such an image is trained on the probability of its set, ``-log sum_{c in
+            S} p_c``: for ``tumor``, the tumour-vs-no-tumour marginal ``1 - p_notumor`` only, never a tumour type it
+            does not have. Class weights and label smoothing apply to full labels as in torch's cross-entropy; a
+            partial label weighs 1. The multi-class metrics use full labels; ``val/tumor_auroc`` uses every image.
     """
 
     def __init__(
@@ -183,15 +189,31 @@ class ClassifierModule(L.LightningModule):
         seed: int = 0,
         distill: dict[str, Any] | None = None,
         mix: dict[str, Any] | None = None,
+        label_sets: list[list[int]] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if label_sets and mix is not None:
+            raise ValueError(
+                "mixup/cutmix mix the targets of two images, which a partial label (e.g. Br35H's 'tumor') does not "
+                "have; set data.augment.mixup=0 and data.augment.cutmix=0 with a manifest of several sources"
+            )
         self.model = create_model(model_name, **model_kwargs)
         self.classes = list(classes)
         self.optim_cfg = OptimConfig.model_validate(optim)
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
         self.register_buffer("class_weights", weights, persistent=False)
         k = len(classes)
+        self.partial = bool(label_sets)
+        allowed = torch.eye(k, dtype=torch.bool)  # (K + J, K): row t = the classes target t allows
+        if label_sets:
+            sets = torch.zeros(len(label_sets), k, dtype=torch.bool)
+            for j, members in enumerate(label_sets):
+                sets[j, members] = True
+            allowed = torch.cat([allowed, sets])
+        self.register_buffer("allowed", allowed, persistent=False)
+        self.notumor = self.classes.index("notumor") if "notumor" in self.classes and self.partial else None
+        self.val_tumor_auroc = BinaryAUROC() if self.notumor is not None else None
         self.train_metrics = stage_metrics(k, "train/")
         self.val_metrics = stage_metrics(k, "val/")
         self.test_metrics = stage_metrics(k, "test/")
@@ -227,12 +249,39 @@ class ClassifierModule(L.LightningModule):
         would change the loss scale whenever mixing is switched on.
         """
         eps = self.optim_cfg.label_smoothing
+        if y.ndim == 1 and self.partial:
+            return self._partial_loss(logits, y)
         if y.ndim == 1:
             return F.cross_entropy(logits.float(), y, weight=self.class_weights, label_smoothing=eps)
         y = y.float()
         w = torch.ones_like(y[0]) if self.class_weights is None else self.class_weights
         mixture = (y - eps / y.shape[-1]) / (1 - eps)
         return -(y * w * logits.float().log_softmax(-1)).sum() / (mixture * w).sum()
+
+    def _partial_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy to the probability of each image's allowed set of classes (one class for a full label).
+
+        ``sum_i [(1 - eps) w_i (-log sum_{c in S_i} p_ic) + eps sum_c w_c (-log p_ic) / K] / sum_i w_i``, with ``w_i``
+        the class weight of a full label and 1 for a partial one: for full labels exactly torch's weighted,
+        smoothed cross-entropy.
+        """
+        k = logits.shape[-1]
+        logp = logits.float().log_softmax(-1)  # (B, K)
+        nll = -logp.masked_fill(~self.allowed[y], float("-inf")).logsumexp(-1)  # (B,)
+        w_cls = torch.ones(k, device=logits.device) if self.class_weights is None else self.class_weights
+        w = torch.where(y < k, w_cls[y.clamp(max=k - 1)], torch.ones_like(nll))  # (B,)
+        eps = self.optim_cfg.label_smoothing
+        smooth = -(logp * w_cls).sum(-1) / k  # (B,)
+        return ((1 - eps) * w * nll + eps * smooth).sum() / w.sum()
+
+    def _update(self, metrics: MetricCollection, logits: torch.Tensor, y: torch.Tensor) -> None:
+        """Multi-class metrics on the images with a full label (partial labels have no single class)."""
+        p = logits.detach().float().softmax(-1)
+        full = y < p.shape[-1]
+        if self.partial and not bool(full.all()):
+            p, y = p[full], y[full]
+        if len(y):
+            metrics.update(p, y)
 
     def mix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mixup/cutmix a training batch: (B, C, H, W), (B,) -> mixed images and (B, K) soft targets."""
@@ -284,7 +333,7 @@ class ClassifierModule(L.LightningModule):
                 "the last good checkpoint is kept. Lower optim.lr, enable optim.grad_clip, or use precision 32."
             )
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
-        self.train_metrics.update(logits.detach().float().softmax(-1), y)
+        self._update(self.train_metrics, logits, y)
         return loss
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection, stage: str) -> None:
@@ -298,7 +347,10 @@ class ClassifierModule(L.LightningModule):
             batch_size=len(y),
             sync_dist=True,
         )
-        metrics.update(logits.float().softmax(-1), y)
+        self._update(metrics, logits, y)
+        if stage == "val" and self.val_tumor_auroc is not None:  # every image: full and partial labels
+            p_tumor = 1.0 - logits.float().softmax(-1)[:, self.notumor]
+            self.val_tumor_auroc.update(p_tumor, (~self.allowed[y][:, self.notumor]).long())
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val")
@@ -323,6 +375,9 @@ class ClassifierModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch(self.val_metrics)
+        if self.val_tumor_auroc is not None:
+            self.log("val/tumor_auroc", self.val_tumor_auroc.compute())
+            self.val_tumor_auroc.reset()
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch(self.test_metrics)

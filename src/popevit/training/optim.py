@@ -64,7 +64,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
     if cfg.name == "adam":
-        # Plain Adam has L2-coupled decay; keep it so that seed 004's "Adam 1e-4" recipe is what it says.
+        # Plain Adam has L2-coupled decay; keep it so that vit_b16_head_3class.yaml's "Adam 1e-4" is what it says.
         return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas)
     # torch refuses Nesterov without momentum
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)

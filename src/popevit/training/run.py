@@ -18,14 +18,18 @@ A run directory holds everything needed to audit and reuse the run::
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import difflib
 import json
 import os
-import shutil
+import signal
 import subprocess
+import sys
+import threading
 import time
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -35,12 +39,29 @@ import torch
 import yaml
 
 from popevit import __version__
-from popevit.artifact import ModelMeta, atomic_write_bytes, file_sha256, save_artifact
+from popevit.artifact import ModelMeta, file_sha256, save_artifact
 from popevit.config import ConfigError, ExperimentConfig, dump_config, load_config
+from popevit.data.checks import Skip, write_skipped
+from popevit.data.manifest import Manifest
+from popevit.io import atomic_write_bytes, read_json
+
+SKIPPED = "skipped.csv"  # every file the run did not use, with the reason
 
 
 class RunDirError(RuntimeError):
     """The output folder cannot be used as asked (exists without --resume, config changed on resume, ...)."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training stopped on Ctrl-C (exit code 130) or SIGTERM (143, a scheduler's preemption); the run folder holds
+    ``checkpoints/last.ckpt`` of the last finished epoch, from which ``--resume`` continues exactly."""
+
+    plain = True  # a report, not an error: the CLI prints it without "error:"
+
+    def __init__(self, message: str, exit_code: int, out_dir: Path) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.out_dir = out_dir
 
 
 @dataclass
@@ -100,34 +121,97 @@ def model_kwargs(cfg: ExperimentConfig, num_classes: int) -> dict[str, Any]:
 
 def prepare_manifest(cfg: ExperimentConfig, out_dir: Path) -> Path:
     """Copy the given manifest into the run, or make a duplicate-grouped split of ``cfg.data.data`` there."""
-    from popevit.data import make_split
-    from popevit.data.cache import default_cache_dir
-
     dest = out_dir / "manifest.csv"
+    manifest, _ = source_manifest(cfg)
+    if cfg.data.manifest is None or Path(cfg.data.manifest).resolve() != dest.resolve():
+        copy_manifest(manifest, dest)
+    return dest
+
+
+def source_manifest(cfg: ExperimentConfig) -> tuple[Manifest, list[Skip]]:
+    """The run's manifest, read or made in memory and checked, before anything is written.
+
+    ``--manifest FILE`` is read (errors name FILE); ``--data DIR`` is split with the duplicate-grouped splitter
+    (errors name DIR). The manifest must have training images, validation images when validation runs, and training
+    images of every class it lists.
+
+    Returns:
+        The manifest (for ``--data``, not yet written: its ``path`` is the data folder) and the files discovery
+        skipped, with their reasons.
+    """
+    from popevit.data.cache import default_cache_dir
+    from popevit.data.manifest import EXCLUDED, read_manifest, split_data
+
     d = cfg.data
+    skipped: list[Skip] = []
     if d.manifest is not None:
         if not Path(d.manifest).is_file():
             raise FileNotFoundError(f"manifest {str(d.manifest)!r} not found; make one with `popevit data split DATA`")
-        if Path(d.manifest).resolve() != dest.resolve():
-            shutil.copyfile(d.manifest, dest)
-        return dest
-    if d.data is None:
+        manifest = read_manifest(d.manifest)
+        source = str(d.manifest)
+    elif d.data is None:
         from popevit.data.location import NO_DATA
 
         raise ValueError(NO_DATA)
-    if not Path(d.data).is_dir():
-        raise FileNotFoundError(f"data folder {str(d.data)!r} not found; pass --data with the Kaggle Training folder")
-    make_split(
-        Path(d.data),
-        dest,
-        seed=d.split_seed,
-        ratios=d.ratios,
-        class_map=d.class_map,
-        classes=d.classes,
-        binary=d.binary,
-        cache_dir=default_cache_dir(d.cache_dir),
-    )
-    return dest
+    elif not Path(d.data).is_dir():
+        kind = "is a file, not a folder" if Path(d.data).exists() else "not found"
+        raise FileNotFoundError(f"data folder {str(d.data)!r} {kind}; pass --data with the Kaggle Training folder")
+    else:
+        disc, rows = split_data(
+            Path(d.data),
+            seed=d.split_seed,
+            ratios=d.ratios,
+            class_map=d.class_map,
+            classes=d.classes,
+            binary=d.binary,
+            cache_dir=default_cache_dir(d.cache_dir),
+        )
+        manifest = Manifest(Path(d.data), rows, sorted({r.label for r in rows}), sha256="")
+        skipped, source = disc.skipped, str(d.data)
+    counts = manifest.counts()
+    n_train = sum(counts["train"].values())
+    if n_train == 0:
+        found = {k: sum(v.values()) for k, v in counts.items() if sum(v.values())}
+        raise ValueError(
+            f"{source!r} has no training images (rows per split: {found}); re-split it with `popevit data split` "
+            "(e.g. --ratios 0.8,0.1,0.1)"
+        )
+    if sum(counts["val"].values()) == 0 and cfg.train.limit_val_batches != 0:
+        raise ValueError(
+            f"{source!r} has no validation images, and validation picks the best checkpoint ({cfg.train.monitor}); "
+            "re-split it with a validation share (e.g. --ratios 0.8,0.1,0.1)"
+        )
+    untrained = [c for c in manifest.classes if counts["train"].get(c, 0) == 0 and
+                 any(r.label == c and r.split != EXCLUDED for r in manifest.rows)]  # fmt: skip
+    if untrained:
+        raise ValueError(
+            f"{source!r}: classes {untrained} have no training images; give them training images or leave them out "
+            "(data.classes)"
+        )
+    return manifest, skipped
+
+
+def copy_manifest(manifest: Manifest, dest: Path) -> Path:
+    """Write ``manifest`` to the run folder: a byte copy of the user's file when its paths are absolute, else its rows
+    with every path made absolute, so that the copy still finds the images (relative paths in a manifest are
+    relative to the manifest's own folder, which the copy is not in)."""
+    from popevit.data.manifest import write_manifest
+
+    original = Path(manifest.path)
+    if original.is_file():
+        raw = original.read_bytes()
+        header = raw.split(b"\n", 1)[0].decode("utf-8-sig", "replace").strip().split(",")
+        if _all_absolute(original) and "path" in header:
+            atomic_write_bytes(dest, raw)
+            return dest
+    return write_manifest(manifest.rows, dest)
+
+
+def _all_absolute(path: Path) -> bool:
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+        return all(Path(rec.get("path") or "").is_absolute() for rec in csv.DictReader(f))
 
 
 def _check_resume(cfg: ExperimentConfig, out_dir: Path) -> None:
@@ -167,8 +251,78 @@ def _wait_for(*paths: Path, timeout_s: float = 600.0) -> Path:
     return paths[-1]
 
 
-def prepare_run_dir(cfg: ExperimentConfig, out_dir: Path, resume: bool) -> Path:
-    """Check and fill a run folder (config.yaml, manifest.csv) on rank 0; other ranks wait for rank 0's files.
+def check_out_dir(
+    out_dir: Path, resume: bool, cfg: ExperimentConfig | None = None, init: str | Path | None = None
+) -> None:
+    """Refuse an output folder that cannot take this run, before anything is written there.
+
+    A new run needs a new or empty folder; ``--resume`` needs a run with the same config (``cfg``, when given) and
+    ``--init`` weights that has not finished. A folder holding other files is never written into, so none of them
+    can be replaced.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunDirError(f"--out {str(out_dir)!r} is a file, not a folder; pass a folder for the run (e.g. runs/NAME)")
+    has_run = (out_dir / "config.yaml").is_file()
+    if resume:
+        if not has_run:
+            raise RunDirError(
+                f"--resume: {str(out_dir)!r} holds no popevit run (no config.yaml); start the run without --resume"
+            )
+        if cfg is not None:
+            _check_resume(cfg, out_dir)
+        record_init(out_dir, None if init is None else Path(init), resume=True)  # reads only: refuses other weights
+        _check_checkpoint(out_dir / "checkpoints" / "last.ckpt")
+        if (out_dir / "run.json").is_file():
+            raise RunDirError(
+                f"--resume: the run in {str(out_dir)!r} is finished (it has run.json and its model); nothing was "
+                "changed. To train longer or again, start a new run with another --out"
+            )
+        return
+    if has_run:
+        if not (out_dir / "checkpoints" / "last.ckpt").is_file():
+            raise RunDirError(
+                f"{str(out_dir)!r} holds a run that stopped before its first checkpoint; pass --resume to start it "
+                "again from the beginning, or choose another --out"
+            )
+        raise RunDirError(f"{str(out_dir)!r} already holds a run; pass --resume to continue it or choose another --out")
+    if out_dir.is_dir():
+        others = sorted(p.name for p in out_dir.iterdir())
+        if others:
+            shown_names = ", ".join(others[:5]) + (f", ... ({len(others)} entries)" if len(others) > 5 else "")
+            raise RunDirError(
+                f"--out {str(out_dir)!r} is not empty and holds no popevit run ({shown_names}); popevit never writes "
+                f"among other files: pass a new or empty folder, e.g. --out {out_dir / 'run'}"
+            )
+
+
+def _check_checkpoint(path: Path) -> None:
+    """Refuse a damaged ``last.ckpt`` (truncated by a full disk before popevit wrote atomically, or edited) before
+    ``--resume`` builds anything; a missing one is fine (the run starts again)."""
+    if not path.is_file():
+        return
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        missing = [k for k in ("epoch", "global_step", "state_dict") if k not in ckpt]  # what --resume needs
+        if missing:
+            raise KeyError(f"no {missing}")
+    except Exception as err:
+        raise RunDirError(
+            f"--resume: {str(path)!r} is damaged ({type(err).__name__}: {str(err).splitlines()[0][:160]}); restore "
+            f"it from a copy, or delete it to start the run again from the beginning"
+        ) from None
+
+
+def prepare_run_dir(
+    cfg: ExperimentConfig, out_dir: Path, resume: bool, manifest: Manifest | None = None, skipped: Sequence[Skip] = ()
+) -> Path:
+    """Check and fill a run folder (config.yaml, manifest.csv, skipped.csv) on rank 0; other ranks wait for rank 0.
+
+    Args:
+        cfg: the run's config.
+        out_dir: the run folder.
+        resume: continue the run in ``out_dir``.
+        manifest: the checked manifest (:func:`source_manifest`) to copy in; None reads or makes it here.
+        skipped: files the data source skipped, written to ``skipped.csv`` with their reasons.
 
     Returns:
         The run's manifest (``out_dir/manifest.csv``; for CIFAR a path that is not used).
@@ -181,23 +335,20 @@ def prepare_run_dir(cfg: ExperimentConfig, out_dir: Path, resume: bool) -> Path:
     if launcher_rank() != 0:
         # Other ranks (Lightning's DDP children, torchrun, SLURM) read what rank 0 wrote on the shared filesystem.
         return _wait_for(out_dir / "config.yaml", *([] if cifar else [out_dir / "manifest.csv"]))
-    last = out_dir / "checkpoints" / "last.ckpt"
-    if resume:
-        if not last.is_file():
-            raise RunDirError(f"--resume: no checkpoint at {str(last)!r}; start the run without --resume")
-        _check_resume(cfg, out_dir)
-    elif (out_dir / "config.yaml").exists():
-        if not last.is_file():
-            raise RunDirError(
-                f"{str(out_dir)!r} holds a run that stopped before its first checkpoint (see its logs); delete the "
-                "folder to start again, or choose another --out"
-            )
-        raise RunDirError(f"{str(out_dir)!r} already holds a run; pass --resume to continue it or choose another --out")
+    check_out_dir(out_dir, resume, cfg)
+    dest = out_dir / "manifest.csv"
+    fresh = not resume or not (out_dir / "checkpoints" / "last.ckpt").is_file()  # no checkpoint yet: start over
+    if fresh and not cifar and manifest is None:
+        manifest, skipped = source_manifest(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = out_dir / "manifest.csv" if resume or cifar else prepare_manifest(cfg, out_dir)
-    if not resume:
+    if fresh and not cifar:
+        assert manifest is not None
+        copy_manifest(manifest, dest)
+    if skipped:
+        write_skipped(out_dir / SKIPPED, skipped)
+    if fresh:
         atomic_write_bytes(out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(cfg_text))
-    return manifest
+    return dest
 
 
 def device_precision(cfg: ExperimentConfig) -> tuple[bool, str]:
@@ -237,13 +388,13 @@ def latest_checkpoint(out_dir: Path) -> Any:
 def make_trainer(cfg: ExperimentConfig, out_dir: Path, callbacks: list[Any], precision: str) -> Any:
     """The Lightning ``Trainer`` of a run: CSV + TensorBoard logs under ``out_dir/logs``, ``last.ckpt`` at every
     validation, atomic checkpoint and CSV header writes, the config's devices, strategy, clipping and batch limits."""
-    import lightning as L
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from popevit import progress
     from popevit.training.callbacks import EarlierWallClock, ImagesSeen
-    from popevit.training.checkpoint import AtomicCheckpointIO, AtomicCSVLogger
+    from popevit.training.checkpoint import AtomicCSVLogger
 
     callbacks = [*callbacks, latest_checkpoint(out_dir), ImagesSeen(), EarlierWallClock()]
     # Lightning's bar only on a terminal, and not under a popevit bar (a sweep's trials): one live display at a time.
@@ -254,6 +405,25 @@ def make_trainer(cfg: ExperimentConfig, out_dir: Path, callbacks: list[Any], pre
         AtomicCSVLogger(out_dir / "logs", name="csv", version=""),
         TensorBoardLogger(out_dir / "logs", name="tb", version=""),
     ]
+    try:
+        return _trainer(cfg, out_dir, callbacks, precision, loggers)
+    except (MisconfigurationException, ValueError) as err:  # the devices asked for are not there, or not a pair
+        t = cfg.train
+        raise ValueError(
+            f"train.accelerator={t.accelerator}, train.devices={t.devices}, train.strategy={t.strategy}, "
+            f"train.precision={t.precision}: {err} (CUDA available: {torch.cuda.is_available()}); ask for devices "
+            "this machine has, e.g. --set train.accelerator=cpu --devices 1"
+        ) from None
+
+
+def _trainer(cfg: ExperimentConfig, out_dir: Path, callbacks: list[Any], precision: str, loggers: list[Any]) -> Any:
+    """``L.Trainer`` with the run's settings (see :func:`make_trainer`)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ProgressBar
+
+    from popevit.training.checkpoint import AtomicCheckpointIO
+
+    show_bar = any(isinstance(c, ProgressBar) for c in callbacks)  # make_trainer adds one only on a terminal
     return L.Trainer(
         default_root_dir=out_dir,
         max_epochs=cfg.train.max_epochs,
@@ -336,6 +506,40 @@ def _write_csv_rows(path: Path, rows: list[dict[str, str]]) -> None:
     atomic_write_bytes(path, write)
 
 
+@contextlib.contextmanager
+def _lightning_owns_sigterm() -> Iterator[None]:
+    """Let Lightning alone handle SIGTERM during ``fit`` (it stops at the next batch boundary): a handler installed
+    before it, such as the CLI's, would be chained and could raise in the middle of a step."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    if main:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _interrupted(what: str, code: int, trainer: Any, out_dir: Path) -> TrainingInterrupted:
+    """The report of a run stopped by ``what``: where it stopped and where ``--resume`` will continue."""
+    last = out_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        try:
+            epoch = int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+            at = f"checkpoints/last.ckpt holds the end of epoch {epoch + 1}, and --resume continues from there"
+        except Exception:  # the report must not fail; the checkpoint is checked on resume
+            at = "--resume continues from checkpoints/last.ckpt"
+    else:
+        at = "no epoch had finished, so --resume starts it again from the beginning"
+    return TrainingInterrupted(
+        f"training stopped by {what} in epoch {trainer.current_epoch + 1}; {at} (same result as an uninterrupted "
+        f"run; the epoch in progress is repeated)",
+        code,
+        out_dir,
+    )
+
+
 def fit_and_load_best(
     cfg: ExperimentConfig, trainer: Any, module: Any, dm: Any, ckpt_best: Any, out_dir: Path, resume: bool
 ) -> FitOutcome:
@@ -343,16 +547,28 @@ def fit_and_load_best(
     tear down DDP and, on rank 0 only, load the best checkpoint (else the last) into ``module``. A resumed run keeps
     the training curves of its earlier processes, and its wall time includes them
     (:class:`~popevit.training.callbacks.EarlierWallClock`)."""
-    from popevit.training.callbacks import EarlierWallClock
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from popevit.training.callbacks import EarlierWallClock, InterruptRecorder
 
     last = out_dir / "checkpoints" / "last.ckpt"
     history = keep_metrics_history(out_dir, last) if resume and launcher_rank() == 0 else None
+    recorder = InterruptRecorder()
+    trainer.callbacks.append(recorder)
     t0 = time.perf_counter()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _lightning_owns_sigterm():
             if history is not None:  # the "previous log files will be deleted" warning: they are put back below
                 warnings.filterwarnings("ignore", message="Experiment logs directory .* is not empty")
             trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
+    except SIGTERMException:
+        raise _interrupted("SIGTERM", 143, trainer, out_dir) from None
+    except SystemExit as err:
+        if isinstance(recorder.exception, KeyboardInterrupt):
+            raise _interrupted("Ctrl-C", 130, trainer, out_dir) from None
+        raise RuntimeError(f"training stopped: {recorder.exception or err}") from err
+    except KeyboardInterrupt:  # before or after Lightning's own handling
+        raise _interrupted("Ctrl-C", 130, trainer, out_dir) from None
     except torch.OutOfMemoryError as err:
         raise RuntimeError(
             f"out of memory with data.batch_size={cfg.data.batch_size}: retry with a smaller batch, e.g. "
@@ -382,7 +598,8 @@ def _cpu_device() -> str:
 def cpu_model() -> dict[str, str]:
     """The CPU behind a wall-clock budget: its model name (``/proc/cpuinfo``, else ``platform.processor()``) and the
     vector instruction set torch's kernels use on it. Two 2-core machines can differ by 1.5x in a run's wall time, and
-    runs with the same seed differ between them by about a seed's spread (RESULTS.md section 15)."""
+    runs with the same seed differ between them by about a seed's spread
+    (docs/experiments/pe_study_residual_stem.md)."""
     import platform
 
     name = platform.processor() or platform.machine()
@@ -446,7 +663,7 @@ def record_init(out_dir: Path, init: Path | None, resume: bool) -> Path | None:
         return init
     if not record.is_file():
         return init
-    started = json.loads(record.read_text())
+    started = read_json(record, "record of a run")
     if init is not None and file_sha256(init) != started["sha256"]:
         began = "without --init" if started["path"] is None else f"from --init {started['path']}"
         raise RunDirError(
@@ -458,7 +675,7 @@ def record_init(out_dir: Path, init: Path | None, resume: bool) -> Path | None:
 
 def upstream_stages(teacher: Path | None, init: Path | None) -> list[dict[str, Any]]:
     """The training stages a run is built on, with their compute, so that a two-stage recipe states its whole budget
-    (issue 10: a distilled student's teacher and a fine-tune's pretraining count against it).
+    (a distilled student's teacher and a fine-tune's pretraining count against it).
 
     One record per stage: its role (``teacher``, ``init``), folder, wall time, epochs, images seen and device, read
     from the ``run.json`` or ``pretrain.json`` beside it; then the stages that stage was itself built on. A stage
@@ -469,7 +686,7 @@ def upstream_stages(teacher: Path | None, init: Path | None) -> list[dict[str, A
         if folder is None:
             continue
         record = next((folder / n for n in STAGE_RECORDS if (folder / n).is_file()), None)
-        info = json.loads(record.read_text()) if record is not None else {}
+        info = read_json(record, "record of a run") if record is not None else {}
         stages.append(
             {
                 "role": role,
@@ -489,6 +706,61 @@ def stages_wall_s(stages: list[dict[str, Any]]) -> float | None:
     return sum(s["wall_s"] for s in stages)
 
 
+def run_data(cfg: ExperimentConfig, out_dir: Path, resume: bool) -> tuple[Any, Manifest | None, list[Skip]]:
+    """The DataModule of a run, set up (every image read once), before the run folder is written.
+
+    A new run reads the user's manifest or splits the user's folder (:func:`source_manifest`), so errors name them;
+    a resumed run, and every rank but 0, reads the run's own ``manifest.csv``.
+
+    Returns:
+        ``(datamodule, manifest to copy into the run or None, files discovery skipped)``.
+    """
+    from popevit.data.datamodule import MRIDataModule
+
+    if cfg.data.dataset != "folder":
+        from popevit.data.cifar import CIFARDataModule
+
+        dm = CIFARDataModule(cfg.data, seed=cfg.train.seed)
+        dm.setup("fit")
+        return dm, None, []
+    manifest: Manifest | None = None
+    skipped: list[Skip] = []
+    if resume:
+        source: Path | Manifest = out_dir / "manifest.csv"
+    elif launcher_rank() != 0:
+        source = _wait_for(out_dir / "config.yaml", out_dir / "manifest.csv")
+    else:
+        manifest, skipped = source_manifest(cfg)
+        source = manifest
+    dm = MRIDataModule(cfg.data, source, seed=cfg.train.seed)
+    dm.setup("fit")
+    return dm, manifest, skipped
+
+
+def report_data(dm: Any, skipped: Sequence[Skip], out_dir: Path) -> None:
+    """Say on stderr what the run does not use and why (all of it in ``skipped.csv``), and doubtful classes."""
+    from popevit.data.checks import class_warnings, format_skipped
+
+    bad = [Skip(Path(p), reason or "excluded in the manifest") for p, reason in getattr(dm, "skipped", [])]
+    everything = [*skipped, *bad]
+    if bad:
+        write_skipped(out_dir / SKIPPED, everything)
+    text = format_skipped(everything, listing=out_dir / SKIPPED)
+    manifest = getattr(dm, "manifest", None)
+    counts = {c: len(rows) for c, rows in _rows_per_class(manifest).items()} if manifest is not None else {}
+    notes = class_warnings(counts, manifest.path) if counts else []
+    for line in [text, *(f"warning: {w}" for w in notes)]:
+        if line:
+            print(line, file=sys.stderr, flush=True)
+
+
+def _rows_per_class(manifest: Manifest) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for r in manifest.select(None):
+        out.setdefault(r.label, []).append(r)
+    return out
+
+
 def train(
     cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, init: str | Path | None = None
 ) -> RunResult:
@@ -506,30 +778,27 @@ def train(
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 
-    from popevit.data.datamodule import MRIDataModule
     from popevit.training.callbacks import RankMetricsRecorder, ema_callback
     from popevit.training.module import ClassifierModule, check_teacher_preprocess
 
+    # Everything is checked before the run folder is made, so that a mistake leaves no half-made run behind and the
+    # corrected command is not refused: the folder, the config, the data (read, split, decoded), the model, the
+    # --init weights and the devices.
     out_dir = Path(out_dir)
     cifar = cfg.data.dataset != "folder"
-    if cfg.model.distill is not None:  # before the run folder exists
+    rank0 = launcher_rank() == 0
+    if rank0:
+        check_out_dir(out_dir, resume, cfg, init)
+    resume = resume and (out_dir / "checkpoints" / "last.ckpt").is_file()  # no checkpoint yet: start over
+    if cfg.model.distill is not None:
         check_teacher_preprocess(cfg.model.distill.teacher, cfg.data.preprocess)
     if init is not None and not Path(init).is_file():
         raise FileNotFoundError(
             f"--init weights {str(init)!r} not found; pass the model.safetensors of a popevit train run or the "
             "encoder.safetensors of a popevit pretrain run"
         )
-    manifest = prepare_run_dir(cfg, out_dir, resume)
-    if launcher_rank() == 0:
-        init = record_init(out_dir, None if init is None else Path(init), resume)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    if cifar:
-        from popevit.data.cifar import CIFARDataModule
-
-        dm = CIFARDataModule(cfg.data, seed=cfg.train.seed)
-    else:
-        dm = MRIDataModule(cfg.data, manifest, seed=cfg.train.seed)
-    dm.setup("fit")
+    dm, manifest, skipped = run_data(cfg, out_dir, resume)
     classes = list(dm.classes)
     weights = dm.class_weights.tolist() if cfg.optim.class_weighted else None
     kwargs = model_kwargs(cfg, len(classes))
@@ -542,6 +811,7 @@ def train(
         cfg.train.seed,
         cfg.model.distill.model_dump(mode="json") if cfg.model.distill else None,
         cfg.data.augment.model_dump(mode="json") if cfg.data.augment.mixing else None,
+        label_sets=getattr(dm, "label_sets", None) or None,
     )
     if init is not None and not resume:
         _load_init(module.model, Path(init))
@@ -558,6 +828,12 @@ def train(
         # hold them as their state_dict (the raw weights ride along for --resume), so the artefact is the EMA model.
         callbacks.append(ema_callback(cfg.train.ema_decay, warmup=cfg.train.ema_warmup))
     trainer = make_trainer(cfg, out_dir, callbacks, precision)
+
+    # Checked: now the run folder.
+    manifest_path = prepare_run_dir(cfg, out_dir, resume, manifest, skipped)
+    if rank0:
+        init = record_init(out_dir, None if init is None else Path(init), resume)
+        report_data(dm, skipped, out_dir)
     fit = fit_and_load_best(cfg, trainer, module, dm, ckpt_best, out_dir, resume)
     if fit.best is None:
         return RunResult(out_dir, classes, {}, fit.wall_s, trainer.current_epoch)
@@ -583,13 +859,16 @@ def train(
     _write_json(
         out_dir / "run.json",
         {
-            **provenance(fit, trainer, None if cifar else manifest, on_gpu, precision, resume),
+            **provenance(fit, trainer, None if cifar else manifest_path, on_gpu, precision, resume),
             "upstream": stages,
             "budget_wall_s": None if (up := stages_wall_s(stages)) is None else round(fit.wall_s + up, 2),
             "classes": classes,
             "data_stats": getattr(dm, "stats", None) if cifar else None,
         },
     )
+    from popevit.serve.card import write_model_card
+
+    write_model_card(out_dir)
     return RunResult(out_dir, classes, val, fit.wall_s, trainer.current_epoch)
 
 
@@ -599,9 +878,9 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _load_init(model: torch.nn.Module, path: Path) -> None:
-    from safetensors.torch import load_file
+    from popevit.artifact import load_weights
 
-    state = load_file(str(path))
+    state = load_weights(path)
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:
@@ -624,7 +903,10 @@ def train_from_files(
     resume: bool = False,
     init: str | Path | None = None,
 ) -> RunResult:
-    """Load config + overrides, then :func:`train`. The default run folder is ``runs/<config name>``."""
+    """Load config + overrides, then :func:`train`. The default run folder is ``runs/<config name>``; ``--resume``
+    without a config continues with the run's own ``config.yaml``."""
+    if config is None and resume and out is not None and (Path(out) / "config.yaml").is_file():
+        config = Path(out) / "config.yaml"
     cfg = load_config(config, overrides)
     out_dir = Path(out) if out is not None else Path("runs") / cfg.name
     return train(cfg, out_dir, resume=resume, init=init)

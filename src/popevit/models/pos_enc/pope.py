@@ -9,16 +9,16 @@ in the paper and in lucidrains' PoPE-pytorch. ``torch.clamp`` has zero gradient 
 ``delta`` initialised at 0 (as happens in PoPE-pytorch 0.2.1), so our clamp lets the gradient through wherever it
 points back into the range.
 
-We compute ``a_ts`` with real arithmetic (no complex tensors, so ONNX export works) as the dot product of the
-Cartesian vectors ``[mu cos phi, mu sin phi]`` of width 2D, and hand those to fused ``scaled_dot_product_attention``
-(q/k width 2D, v width D) with the softmax scale passed explicitly (on CPU, where torch has no fused kernel for
-q/k wider than v, ``popevit.models.attention.attend`` runs the equivalent explicit path, which is faster than
-SDPA's math fallback). The scale is ``1/sqrt(D)``: ``a_ts`` is a sum of
-D terms, one per complex channel, exactly like a standard logit, the Cartesian width 2D is an implementation detail,
-and it is PoPE-pytorch's default (``q.shape[-1] ** -0.5`` taken before the expansion). Measured at initialisation of
-``vit_seed`` on 224 px phantoms (``benchmarks/bench_models.py --pope-scale all``), neither candidate saturates the
-softmax: logit std over keys 0.63 with ``1/sqrt(D)`` vs 0.44 with ``1/sqrt(2D)`` (none: 0.17), entropy 0.96 vs 0.98
-of ``log N``; a short training run showed no difference (RESULTS.md).
+We compute ``a_ts`` with real arithmetic (no complex tensors, so ONNX export works) as the dot product of the Cartesian
+vectors ``[mu cos phi, mu sin phi]`` of width 2D, and hand those to fused ``scaled_dot_product_attention`` (q/k width
+2D, v width D) with the softmax scale passed explicitly (on CPU, where torch has no fused kernel for q/k wider than v,
+``popevit.models.attention.attend`` runs the equivalent explicit path, which is faster than SDPA's math fallback). The
+scale is ``1/sqrt(D)``: ``a_ts`` is a sum of D terms, one per complex channel, exactly like a standard logit, the
+Cartesian width 2D is an implementation detail, and it is PoPE-pytorch's default (``q.shape[-1] ** -0.5`` taken before
+the expansion). Measured at initialisation of ``vit_p16_w512_d6`` on 224 px phantoms
+(``benchmarks/bench_models.py --pope-scale all``), neither candidate saturates the softmax: logit std over keys 0.63
+with ``1/sqrt(D)`` vs 0.44 with ``1/sqrt(2D)`` (none: 0.17), entropy 0.96 vs 0.98 of ``log N``; a short training run
+showed no difference (docs/experiments/pope_softmax_scale.md).
 
 Positions in 2-D, for a patch at ``(x, y)``:
 
