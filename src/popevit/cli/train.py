@@ -61,7 +61,11 @@ def train(
     if dataset is not None:
         overrides.append(f"data.dataset={dataset}")
     with user_errors(ConfigError, RunDirError):
-        overrides += data_overrides(load_config(config, overrides))  # --data, --manifest, else $POPEVIT_DATA
+        base = config
+        if base is None and resume and out is not None and (out / "config.yaml").is_file():
+            base = out / "config.yaml"  # what train_from_files resumes with
+        if base is not None or not resume:  # a resume without a run config fails below, naming what is missing
+            overrides += data_overrides(load_config(base, overrides))  # --data, --manifest, else $POPEVIT_DATA
         try:
             result = train_from_files(config, overrides, out, resume=resume, init=init)
         except TrainingInterrupted as err:
