@@ -100,7 +100,7 @@ figure{margin:8px 0;break-inside:avoid}figcaption{font-size:13px;color:#555}
 @page{size:A4;margin:12mm}
 @media print{
  body{max-width:none;margin:0;padding:0;font-size:10.5pt}
- table{font-size:9pt}th,td{padding:2px 6px}
+ table{font-size:8pt;max-width:100%}th,td{padding:2px 4px}td .ci{white-space:normal}
  h2{break-before:page}h2.first{break-before:avoid}
  table,figure,pre{break-inside:avoid}
  img{max-height:120mm;width:auto;object-fit:contain}
@@ -192,6 +192,11 @@ def _model_of(run: Path) -> str:
 
 def _paren(text: str, name: str = "") -> str:
     return f" ({_e(text)})" if text and text != name else ""
+
+
+def _signed(value: float) -> str:
+    """``+0.012`` / ``-0.012``, and ``+0.000`` for a difference that rounds to zero (never ``-0.000``)."""
+    return f"{(round(value, 3) or 0.0):+.3f}"
 
 
 def _under(text: str, name: str) -> str:
@@ -387,8 +392,9 @@ def _answer_section(
                 else "not a significant difference (q ≥ 0.05)"
             )
             sentence += (
-                f" Next: <b>{_e(second.name)}</b> at {second.value(metric):.3f}, a difference of {diff['diff']:+.3f} "
-                f"<span class='ci'>[{diff['lo']:+.3f}, {diff['hi']:+.3f}]</span> (paired bootstrap p = "
+                f" Next: <b>{_e(second.name)}</b> at {second.value(metric):.3f}, "
+                f"a difference of {_signed(diff['diff'])} "
+                f"<span class='ci'>[{_signed(diff['lo'])}, {_signed(diff['hi'])}]</span> (paired bootstrap p = "
                 f"{_p(diff['p_value'])}, q = {_p(q)}): {verdict}."
             )
         out.append(sentence + "</p>")
@@ -413,7 +419,7 @@ def _answer_section(
                 cells += ["n/a", "", ""]
             else:
                 cells += [
-                    f"{d['diff']:+.3f} <span class='ci'>[{d['lo']:+.3f}, {d['hi']:+.3f}]</span>",
+                    f"{_signed(d['diff'])} <span class='ci'>[{_signed(d['lo'])}, {_signed(d['hi'])}]</span>",
                     _p(d["p_value"]),
                     _p(d.get("q_value")),
                 ]
