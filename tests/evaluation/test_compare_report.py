@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from popevit.evaluation.compare import (
     compare_runs,
@@ -198,12 +199,66 @@ def test_report_is_self_contained(tmp_path):
         "shortcut probe on 120 images",
         "1/40 test images have a match",
         "Duplicate clusters",
-        "Comparisons",
+        "Paired tests",
         "McNemar",
         "DeLong",
         "[0.",
     ):
         assert text in page, text
+
+
+def _external_eval(run: Path, skill: float, seed: int) -> None:
+    """A binary external evaluation (tumour classes mapped onto 'tumor'), as a cross-dataset evaluation writes it."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 60)
+    logits = rng.normal(size=(60, 2)) + skill * np.eye(2)[y]
+    proba = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    preds = Predictions([f"/ext/{i}.jpg" for i in range(60)], y, proba, ["notumor", "tumor"])
+    ev = run / "eval" / "data-br35h"
+    ev.mkdir(parents=True)
+    preds.save(ev / PREDICTIONS)
+    source = {"data": "/ext/br35h", "split": None, "external": True, "name": "Br35H"}
+    label_map = {"glioma": "tumor", "meningioma": "tumor", "pituitary": "tumor", "notumor": "notumor"}
+    result = {"classes": ["notumor", "tumor"], "source": source, "label_map": label_map, **summarize(preds, 200, 0)}
+    (ev / METRICS).write_text(json.dumps(result))
+
+
+def test_report_answers_first_then_external_validation_and_explanations(tmp_path):
+    runs = [_fake_run(tmp_path, "rope-s0", 1.0, seed=1), _fake_run(tmp_path, "pope-s0", 2.5, seed=0)]
+    for run, skill in zip(runs, (1.0, 2.5), strict=True):
+        info = {"wall_s": 30.0, "epochs": 8, "upstream": [], "data_stats": None, "cpu": {"model": "AMD EPYC"}}
+        (run / "run.json").write_text(json.dumps(info))
+        _external_eval(run, skill, seed=7)
+    explain = runs[1] / "explain" / "rollout"
+    explain.mkdir(parents=True)
+    Image.new("RGB", (40, 30), "white").save(explain / "gallery_confident.png")
+    faith = {
+        "images": 12,
+        "methods": {"rollout": {"deletion_auc": 0.21, "insertion_auc": 0.64}},
+        "random": {"deletion_auc": 0.35, "insertion_auc": 0.41},
+        "mask": {
+            "images": 9,
+            "area_fraction": 0.04,
+            "methods": {"rollout": {"mass_share": 0.3, "pointing_hit_rate": 0.78}},
+        },
+    }
+    (explain / "faithfulness.json").write_text(json.dumps(faith))
+    page = build_report(runs, tmp_path / "report.html", n_boot=100).read_text()
+    answer = page.index("Answer")
+    assert answer < page.index("External validation: Br35H") < page.index("Run rope-s0")
+    assert "Best by accuracy: <b>pope</b>" in page[answer : answer + 400]
+    first = page[answer : page.index("Run rope-s0")]
+    assert "n = 120 images" in first and "q (BH)" in first and "Δ accuracy vs best" in first
+    assert "<tr class='best'><td><b>pope</b>" in first  # the best model heads the table
+    assert "significant difference" in first and "test split of manifest.csv" in first
+    ext = first[first.index("External validation: Br35H") :]
+    assert "tumour sensitivity: internal → Br35H" in ext and "glioma, meningioma, pituitary → tumor" in ext
+    assert ext.count("</span> → ") == 6  # internal → external, per run (2) and tumour-level metric (3)
+    assert "pointing game" in first and "0.78" in first and "chance 0.04" in first
+    assert "<h2 id='explanations'>Explanations</h2>" in page and "gallery confident" in page
+    assert "AMD EPYC" in page  # run facts in words: no raw records ({'model': ...}), no empty fields
+    for raw in ("upstream", "data_stats", "{&#x27;", "&gt;None<", ">[]<"):
+        assert raw not in page, raw
 
 
 def test_format_metrics_side_by_side(tmp_path):

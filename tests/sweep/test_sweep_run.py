@@ -125,7 +125,8 @@ def test_cli_tpe_trains_each_proposal_once_per_seed(phantom_root, tmp_path):
         (["--grid", "optim.lr=1e-4"], "postgresql+psycopg2"),
     ],
 )
-def test_cli_errors_name_the_fix(tmp_path, args, message):
+def test_cli_errors_name_the_fix(tmp_path, monkeypatch, args, message):
+    monkeypatch.setenv("POPEVIT_DATA", str(tmp_path))  # a data folder is named, so the option error is the first
     extra = ["--storage", "postgresql+psycopg2://u:pw@localhost:1/db"] if message.startswith("postgresql") else []
-    res = _cli(*args, *extra, "--out", str(tmp_path / "s"), "--set", "data.data=null")
+    res = _cli(*args, *extra, "--out", str(tmp_path / "s"))
     assert res.exit_code == 2 and message in res.output, res.output

@@ -244,7 +244,7 @@ def test_missing_data_is_a_clear_error(tmp_path):
     cfg = load_config(None, [*TINY, f"data.data={tmp_path / 'nowhere'}"])
     with pytest.raises(FileNotFoundError, match=r"data folder .* not found"):
         train(cfg, tmp_path / "run")
-    with pytest.raises(ValueError, match="--data DIR"):
+    with pytest.raises(ValueError, match="--data /path/to/Training"):
         train(load_config(None, TINY), tmp_path / "run2")
 
 

@@ -32,7 +32,7 @@ def compare(
         None, "--source", help="With a manifest of several sources (data split --add): compare on this source's rows."
     ),
     no_group: bool = typer.Option(False, "--no-group", help="Treat every run as its own group."),
-    out: Path = typer.Option(Path("compare"), "--out", help="Folder for compare.json and compare.md."),
+    out: Path = typer.Option(Path("runs/compare"), "--out", help="Folder for compare.json and compare.md."),
     n_boot: int = typer.Option(1000, "--n-boot", min=1, help="Paired bootstrap resamples."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     batch_size: int = typer.Option(64, "--batch-size", min=1),

@@ -67,6 +67,9 @@ def main(
 ):
     """popevit command line. Errors print one line and exit 2 (bad usage or input) or 1 (runtime failure)."""
     errors.set_debug(debug)
+    from popevit.progress import quiet_third_party
+
+    quiet_third_party()
 
 
 if __name__ == "__main__":

@@ -27,11 +27,13 @@ def pretrain(
     using the same manifest so that validation and test images stay unseen.
     """
     from popevit.config import ConfigError, load_config
+    from popevit.data.location import data_overrides
     from popevit.pretrain.run import pretrain as run_pretrain
     from popevit.training import RunDirError
 
     with user_errors(ConfigError, RunDirError, TypeError):
-        cfg = load_config(config, source_overrides(set_, data, manifest))
+        overrides = source_overrides(set_, data, manifest)
+        cfg = load_config(config, overrides + data_overrides(load_config(config, overrides)))
         result = run_pretrain(cfg, Path(out) if out is not None else Path("runs") / cfg.name, resume=resume)
     typer.echo(
         f"done in {result.wall_s:.0f} s, {result.epochs} epochs; best validation reconstruction loss "

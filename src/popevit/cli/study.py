@@ -17,7 +17,9 @@ def study(
     manifest: Path | None = typer.Option(None, "--manifest", help="Manifest CSV to evaluate on (with --split)."),
     split: str = typer.Option("test", "--split", help="Manifest split. Default source: each run's manifest.csv."),
     out: Path = typer.Option(
-        Path("study"), "--out", help="Folder for study.md/csv/json, extrapolation.png, compare/, compare-<size>px/."
+        Path("runs/study"),
+        "--out",
+        help="Folder for study.md/csv/json, extrapolation.png, compare/, compare-<size>px/.",
     ),
     n_boot: int = typer.Option(1000, "--n-boot", min=1, help="Bootstrap resamples for every CI."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),

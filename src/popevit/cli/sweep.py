@@ -35,7 +35,7 @@ def sweep(
     study_name: Annotated[
         str | None, typer.Option(help="study name (default: config name + search-space hash)")
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="sweep folder (default sweeps/<config name>)")] = None,
+    out: Annotated[Path | None, typer.Option(help="sweep folder (default runs/sweeps/<config name>)")] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="override for every trial, e.g. --set train.max_epochs=10")
     ] = None,
@@ -58,6 +58,7 @@ def sweep(
     """
     from popevit.cli.train import source_overrides
     from popevit.config import ConfigError, load_config
+    from popevit.data.location import data_overrides
     from popevit.sweep import SearchSpace, SweepSpec, run_sweep
     from popevit.training import RunDirError
 
@@ -68,8 +69,17 @@ def sweep(
         base = load_config(config, overrides)
         seed_list = [int(s) for s in seeds.split(",")] if seeds else [base.train.seed]
         space = SearchSpace.from_specs(list(grid or []), list(range_ or []), seed_list)
+        if not {"data.data", "data.manifest"} & set(space.params):  # else every trial names its data
+            overrides += data_overrides(base)  # --data, --manifest, else $POPEVIT_DATA
         spec = SweepSpec(
-            config, overrides, space, out or Path("sweeps") / base.name, storage, study_name, n_trials, sampler_seed
+            config,
+            overrides,
+            space,
+            out or Path("runs") / "sweeps" / base.name,
+            storage,
+            study_name,
+            n_trials,
+            sampler_seed,
         )
         result = run_sweep(spec)
     typer.echo(

@@ -46,7 +46,8 @@ def train(
     dataset: Annotated[str | None, typer.Option(help="folder (default), cifar10 or cifar100 (data.dataset)")] = None,
 ) -> None:
     """Train a model from a config file; the run folder gets config, manifest, checkpoints, logs and the model."""
-    from popevit.config import ConfigError
+    from popevit.config import ConfigError, load_config
+    from popevit.data.location import data_overrides
     from popevit.training import RunDirError, train_from_files
     from popevit.training.fit import TrainingInterrupted
 
@@ -60,6 +61,11 @@ def train(
     if dataset is not None:
         overrides.append(f"data.dataset={dataset}")
     with user_errors(ConfigError, RunDirError):
+        base = config
+        if base is None and resume and out is not None and (out / "config.yaml").is_file():
+            base = out / "config.yaml"  # what train_from_files resumes with
+        if base is not None or not resume:  # a resume without a run config fails below, naming what is missing
+            overrides += data_overrides(load_config(base, overrides))  # --data, --manifest, else $POPEVIT_DATA
         try:
             result = train_from_files(config, overrides, out, resume=resume, init=init)
         except TrainingInterrupted as err:

@@ -15,6 +15,7 @@ from popevit.config import PreprocessConfig
 from popevit.data.cache import ArrayCache, CacheWriteError, default_cache_dir
 from popevit.data.decode import DecodeError
 from popevit.data.transforms import build_eval_transform
+from popevit.progress import track
 
 
 def _warm(args: tuple[str, str | None, Path, PreprocessConfig]) -> tuple[str, str | None, str | None]:
@@ -114,14 +115,16 @@ class ImageDataset(Dataset):
         todo = [i for i, a in enumerate(self._arrays) if a is None]
         if workers is None:
             workers = (os.cpu_count() or 1) if len(todo) > 64 else 1
+        what = f"decoding {len(todo)} images"
         if workers > 1 and todo:
             jobs = [(str(self.paths[i]), self.expected[i], self.cache_root, self.cfg) for i in todo]
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                results = list(pool.map(_warm, jobs, chunksize=16))
+                results = list(track(pool.map(_warm, jobs, chunksize=16), what, total=len(jobs)))
             failed = {p: err for p, _, err in results if err is not None}
+            what = f"loading {len(todo)} decoded images"
         else:
             failed = {}
-        for i in todo:
+        for i in track(todo, what):
             reason = failed.get(str(self.paths[i]))
             if reason is None:
                 try:

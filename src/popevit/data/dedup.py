@@ -44,6 +44,7 @@ from PIL import Image
 
 from popevit.data.decode import DecodeError, decode_bytes, extension_format, read_bytes, sniff_format, to_gray
 from popevit.data.preprocess import PREPROCESS_VERSION, crop_pad_square, rescale_uint8, resize
+from popevit.progress import track
 
 NEAR_THRESHOLD = 28  # Hamming distance on the 256-bit canonical pHash; see the module docstring
 HASH_SIZE = 16  # pHash side: 16x16 = 256 bits
@@ -202,12 +203,13 @@ def fingerprint_files(
         One :class:`Fingerprint` per path, in order. Failures have ``error`` set; nothing is dropped.
     """
     jobs = [(Path(p), None if cache_dir is None else Path(cache_dir)) for p in paths]
+    what = f"fingerprinting {len(jobs)} images"
     if workers is None:
         workers = (os.cpu_count() or 1) if len(jobs) > 256 else 1
     if workers <= 1 or len(jobs) < 2:
-        return [_one(j) for j in jobs]
+        return [_one(j) for j in track(jobs, what)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(_one, jobs, chunksize=32))
+        return list(track(pool.map(_one, jobs, chunksize=32), what, total=len(jobs)))
 
 
 def _bits(fps: Sequence[Fingerprint]) -> np.ndarray:

@@ -49,6 +49,7 @@ from popevit.evaluation.render import compare_markdown as to_markdown
 from popevit.evaluation.source import EvalSource
 from popevit.evaluation.stats import delong_test, mcnemar_exact, paired_bootstrap
 from popevit.io import atomic_write_text
+from popevit.progress import track
 
 __all__ = [  # the grouping and the Markdown are re-exported for the command line and the report
     "add_q_values",
@@ -251,7 +252,8 @@ def compare_runs(
     flat = [r for g in groups for r in g]
     check_archived_runs(flat, source, img_sizes=[source.img_size])
     eval_kwargs = {"n_boot": n_boot, "seed": seed, "batch_size": batch_size, "device": device}
-    preds = align([run_predictions(r, source, **eval_kwargs) for r in flat], [str(r) for r in flat])
+    runs = track(flat, f"predictions of {len(flat)} runs")
+    preds = align([run_predictions(r, source, **eval_kwargs) for r in runs], [str(r) for r in flat])
     grouped, k = [], 0
     for g in groups:
         grouped.append(preds[k : k + len(g)])

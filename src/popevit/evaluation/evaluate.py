@@ -29,9 +29,10 @@ from popevit.data.checks import Skip, write_skipped
 from popevit.data.dataset import ImageDataset
 from popevit.data.dedup import NEAR_THRESHOLD, fingerprint_files, near_pairs
 from popevit.evaluation.calibration import apply_temperature, fit_temperature, nll, temperature_at_bound
+from popevit.evaluation.describe import model_label, source_label
 from popevit.evaluation.labelmap import LabelMap, LabelMapError
 from popevit.evaluation.metrics import metrics_with_ci, point_metrics
-from popevit.evaluation.plots import plot_all
+from popevit.evaluation.plots import figure_title, plot_all
 from popevit.evaluation.predictions import PREDICTIONS, Predictions, predict_proba, resolve_device
 from popevit.evaluation.source import EVAL_DIR, RUN_MANIFEST, EvalSource, load_eval_samples, load_mapped_samples
 from popevit.io import atomic_write_json
@@ -185,17 +186,33 @@ def _scored(
     return lmap.collapse(proba, classes)  # (n, T): the sum of each target's model classes
 
 
-def _dedup_record(
-    preds: Predictions, against: str | Path, out_dir: Path, *, plots: bool, n_boot: int, seed: int, cache_dir: Any
+def _figures_and_dedup(
+    preds: Predictions,
+    against: str | Path | None,
+    out_dir: Path,
+    *,
+    what: tuple[str, str],
+    plots: bool,
+    n_boot: int,
+    seed: int,
+    cache_dir: Any,
 ) -> dict[str, Any]:
-    """Every metric again on the images with no duplicate in ``against`` (with its own figures when some went)."""
+    """The evaluation's figures (``plots``, titled with ``what``: the model and the data) and, with ``against``,
+    every metric again on the images with no duplicate in it (``dedup``, with its own figures when some went)."""
+    out: dict[str, Any] = {}
+    if plots:
+        figures = plot_all(preds.y, preds.proba, preds.classes, out_dir, title=figure_title(*what, len(preds.y)))
+        out["plots"] = {k: p.name for k, p in figures.items()}
+    if against is None:
+        return out
     mask, info = novel_mask(preds.paths, against, cache_dir=cache_dir)
     sub = preds.subset(mask)
-    record = {**info, **(summarize(sub, n_boot, seed) if mask.any() else {"n": 0, "metrics": {}})}
+    out["dedup"] = record = {**info, **(summarize(sub, n_boot, seed) if mask.any() else {"n": 0, "metrics": {}})}
     if plots and 0 < len(sub.paths) < len(preds.paths):  # identical figures when nothing was removed
-        figures = plot_all(sub.y, sub.proba, preds.classes, out_dir, prefix="dedup_")
+        title = figure_title(what[0], f"{what[1]}, no duplicate in {Path(against).name}", len(sub.y))
+        figures = plot_all(sub.y, sub.proba, preds.classes, out_dir, prefix="dedup_", title=title)
         record["plots"] = {k: p.name for k, p in figures.items()}
-    return record
+    return out
 
 
 def _write_records(run_dir: Path, out_dir: Path, result: dict[str, Any], skipped: list[list[str]]) -> None:
@@ -282,11 +299,9 @@ def evaluate_run(
         result["label_map"] = lmap.to_json()
     if calibration is not None:
         result["calibration"] = calibration
-    if plots:
-        result["plots"] = {k: p.name for k, p in plot_all(y, preds.proba, lmap.targets, out_dir).items()}
-    if dedup_against is not None:
-        opts = {"plots": plots, "n_boot": n_boot, "seed": seed, "cache_dir": cache_dir}
-        result["dedup"] = _dedup_record(preds, dedup_against, out_dir, **opts)
+    what = model_label(meta.name, meta.kwargs), source_label(info)  # named in every figure's title
+    opts = {"plots": plots, "n_boot": n_boot, "seed": seed, "cache_dir": cache_dir, "what": what}
+    result.update(_figures_and_dedup(preds, dedup_against, out_dir, **opts))
     _write_records(run_dir, out_dir, result, info["skipped"])
     return {**jsonable(result), "out": str(out_dir)}
 

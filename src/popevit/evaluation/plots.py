@@ -2,7 +2,9 @@
 training curves.
 
 Figures are built with matplotlib's object API (``matplotlib.figure.Figure``), never ``pyplot``, so no GUI backend
-or global figure state is involved and plotting is safe in tests and worker processes.
+or global figure state is involved and plotting is safe in tests and worker processes. Every evaluation figure takes
+a ``title`` naming what it shows (model, data, n; see :func:`figure_title`), drawn above the panels, so that a figure
+copied out of a report still says what it is.
 """
 
 from __future__ import annotations
@@ -21,36 +23,50 @@ from popevit.io import atomic_savefig
 DPI = 110
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def figure_title(model: str | None, data: str | None, n: int | None) -> str:
+    """An evaluation figure's title: ``"vit_p8_w64_d4_conv + pope · test split of manifest.csv · n = 200"``."""
+    return " · ".join(s for s in (model, data, None if n is None else f"n = {n}") if s)
+
+
+def _save(fig: Figure, path: Path, title: str | None = None) -> Path:
     path = Path(path)
+    if title:
+        fig.suptitle(title, fontsize=11, fontweight="bold")
+        fig.tight_layout()
     return atomic_savefig(fig, path, dpi=DPI, bbox_inches="tight")
 
 
-def plot_confusion(y: np.ndarray, pred: np.ndarray, classes: Sequence[str], path: Path) -> Path:
+def plot_confusion(
+    y: np.ndarray, pred: np.ndarray, classes: Sequence[str], path: Path, title: str | None = None
+) -> Path:
     """Confusion matrix as counts (left) and row-normalised, i.e. per-true-class recall (right).
+
+    Cell numbers are set at 15 pt so that they stay legible when the figure is shown at half its width.
 
     Args:
         y: (n,) true class indices.
         pred: (n,) predicted class indices.
         classes: K class names.
         path: output PNG.
+        title: figure title (model, data, n).
     """
     K = len(classes)
     cm = np.zeros((K, K), dtype=np.int64)
     np.add.at(cm, (np.asarray(y), np.asarray(pred)), 1)
     rows = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros((K, K)), where=rows > 0)
-    fig = Figure(figsize=(5.2 * 2, 4.4))
-    for ax, mat, title, fmt in (
+    fig = Figure(figsize=(5.2 * 2, 4.6))
+    cell_font = 15 if K <= 6 else 10
+    for ax, mat, panel, fmt in (
         (fig.add_subplot(1, 2, 1), cm, "counts", "{:d}"),
         (fig.add_subplot(1, 2, 2), norm, "row-normalised (recall)", "{:.2f}"),
     ):
         im = ax.imshow(mat, cmap="Blues", vmin=0, vmax=mat.max() if mat.max() > 0 else 1)
-        ax.set_title(f"Confusion matrix, {title}")
-        ax.set_xticks(range(K), classes, rotation=30, ha="right")
-        ax.set_yticks(range(K), classes)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
+        ax.set_title(f"Confusion matrix, {panel}", fontsize=12)
+        ax.set_xticks(range(K), classes, rotation=30, ha="right", fontsize=11)
+        ax.set_yticks(range(K), classes, fontsize=11)
+        ax.set_xlabel("predicted", fontsize=11)
+        ax.set_ylabel("true", fontsize=11)
         thresh = (mat.max() if mat.max() > 0 else 1) / 2
         for i in range(K):
             for j in range(K):
@@ -62,14 +78,14 @@ def plot_confusion(y: np.ndarray, pred: np.ndarray, classes: Sequence[str], path
                     ha="center",
                     va="center",
                     color="white" if mat[i, j] > thresh else "black",
-                    fontsize=9,
+                    fontsize=cell_font,
                 )
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, title)
 
 
-def plot_roc(y: np.ndarray, proba: np.ndarray, classes: Sequence[str], path: Path) -> Path:
+def plot_roc(y: np.ndarray, proba: np.ndarray, classes: Sequence[str], path: Path, title: str | None = None) -> Path:
     """One-vs-rest ROC curve of every class, AUROC in the legend.
 
     Args:
@@ -77,6 +93,7 @@ def plot_roc(y: np.ndarray, proba: np.ndarray, classes: Sequence[str], path: Pat
         proba: (n, K) probabilities.
         classes: K class names.
         path: output PNG.
+        title: figure title (model, data, n).
     """
     from sklearn.metrics import roc_auc_score, roc_curve
 
@@ -98,12 +115,14 @@ def plot_roc(y: np.ndarray, proba: np.ndarray, classes: Sequence[str], path: Pat
     ax.set_ylabel("true positive rate (sensitivity)")
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower right", fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, title)
 
 
-def plot_reliability(y: np.ndarray, proba: np.ndarray, path: Path, n_bins: int = DEFAULT_N_BINS) -> Path:
+def plot_reliability(
+    y: np.ndarray, proba: np.ndarray, path: Path, n_bins: int = DEFAULT_N_BINS, title: str | None = None
+) -> Path:
     """Top-label reliability diagram (accuracy vs mean confidence per equal-width bin) with the bin counts below.
 
     Args:
@@ -111,6 +130,7 @@ def plot_reliability(y: np.ndarray, proba: np.ndarray, path: Path, n_bins: int =
         proba: (n, K) probabilities.
         path: output PNG.
         n_bins: bins, as in the ECE of :mod:`popevit.evaluation.metrics`.
+        title: figure title (model, data, n).
     """
     conf = proba.max(axis=1)
     correct = proba.argmax(axis=1) == np.asarray(y)
@@ -127,7 +147,7 @@ def plot_reliability(y: np.ndarray, proba: np.ndarray, path: Path, n_bins: int =
     ax.scatter(mean_conf[has], acc[has], color="#dd8452", zorder=3, s=14, label="(mean confidence, accuracy)")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", label="perfect calibration")
     ece = expected_calibration_error(np.asarray(y), proba, n_bins)
-    ax.set_title(f"Reliability diagram (top label), ECE {ece:.3f}, {n_bins} bins")
+    ax.set_title(f"Reliability (top label), ECE {ece:.3f}, {n_bins} bins")
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
@@ -138,10 +158,14 @@ def plot_reliability(y: np.ndarray, proba: np.ndarray, path: Path, n_bins: int =
     ax2.set_xlim(0, 1)
     ax2.set_xlabel("confidence (max probability)")
     ax2.set_ylabel("images")
+    if title:  # fixed axes (no tight_layout): the title goes in the top margin
+        fig.suptitle(title, fontsize=11, fontweight="bold", y=1.0)
     return _save(fig, path)
 
 
-def plot_prob_histograms(y: np.ndarray, proba: np.ndarray, classes: Sequence[str], path: Path) -> Path:
+def plot_prob_histograms(
+    y: np.ndarray, proba: np.ndarray, classes: Sequence[str], path: Path, title: str | None = None
+) -> Path:
     """For each class c, histograms of ``p_c`` on images of class c and on all other images (each as fractions).
 
     Args:
@@ -149,6 +173,7 @@ def plot_prob_histograms(y: np.ndarray, proba: np.ndarray, classes: Sequence[str
         proba: (n, K) probabilities.
         classes: K class names.
         path: output PNG.
+        title: figure title (model, data, n).
     """
     K = len(classes)
     cols = min(K, 2)
@@ -167,7 +192,7 @@ def plot_prob_histograms(y: np.ndarray, proba: np.ndarray, classes: Sequence[str
         ax.set_ylabel("fraction of the group")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, title)
 
 
 def read_metrics_csv(path: Path) -> dict[str, list[tuple[float, float]]]:
@@ -203,7 +228,7 @@ def read_metrics_csv(path: Path) -> dict[str, list[tuple[float, float]]]:
     return series
 
 
-def plot_training_curves(metrics_csv: Path, path: Path) -> Path | None:
+def plot_training_curves(metrics_csv: Path, path: Path, title: str | None = None) -> Path | None:
     """Per-epoch loss (train vs val), headline metrics and learning rate from a Lightning ``metrics.csv``.
 
     Step-level columns (``*_step``) and per-class AUROCs are left out; ``*_epoch`` suffixes are dropped from labels.
@@ -211,6 +236,7 @@ def plot_training_curves(metrics_csv: Path, path: Path) -> Path | None:
     Args:
         metrics_csv: ``runs/NAME/logs/csv/metrics.csv``.
         path: output PNG.
+        title: figure title (the run and its model).
 
     Returns:
         ``path``, or None when the file holds no epoch-level series.
@@ -248,11 +274,16 @@ def plot_training_curves(metrics_csv: Path, path: Path) -> Path | None:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, title)
 
 
 def plot_all(
-    y: np.ndarray, proba: np.ndarray, classes: Sequence[str], out_dir: Path, prefix: str = ""
+    y: np.ndarray,
+    proba: np.ndarray,
+    classes: Sequence[str],
+    out_dir: Path,
+    prefix: str = "",
+    title: str | None = None,
 ) -> dict[str, Path]:
     """Write every evaluation figure into ``out_dir``; returns figure name -> PNG path.
 
@@ -262,12 +293,13 @@ def plot_all(
         classes: K class names.
         out_dir: destination folder.
         prefix: file-name prefix (e.g. ``"dedup_"`` for the de-duplicated subset).
+        title: title of every figure (model, data, n; see :func:`figure_title`).
     """
     out_dir = Path(out_dir)
     pred = proba.argmax(axis=1)
     return {
-        "confusion_matrix": plot_confusion(y, pred, classes, out_dir / f"{prefix}confusion_matrix.png"),
-        "roc": plot_roc(y, proba, classes, out_dir / f"{prefix}roc.png"),
-        "reliability": plot_reliability(y, proba, out_dir / f"{prefix}reliability.png"),
-        "prob_histograms": plot_prob_histograms(y, proba, classes, out_dir / f"{prefix}prob_histograms.png"),
+        "confusion_matrix": plot_confusion(y, pred, classes, out_dir / f"{prefix}confusion_matrix.png", title),
+        "roc": plot_roc(y, proba, classes, out_dir / f"{prefix}roc.png", title),
+        "reliability": plot_reliability(y, proba, out_dir / f"{prefix}reliability.png", title=title),
+        "prob_histograms": plot_prob_histograms(y, proba, classes, out_dir / f"{prefix}prob_histograms.png", title),
     }

@@ -145,12 +145,14 @@ def predict_proba(
     import torch
     from torch.utils.data import DataLoader
 
+    from popevit.progress import track
+
     dev = resolve_device(device)
     model = model.to(dev).eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     out = []
     with torch.inference_mode():
-        for batch in loader:
+        for batch in track(loader, f"predicting {len(dataset)} images" + (" (+ flipped)" if tta else "")):
             x = batch[0].to(dev, dtype=torch.float32)  # (B, C, S, S)
             p = model(x).float().softmax(-1)  # (B, K)
             if tta:

@@ -42,6 +42,7 @@ from popevit.evaluation.render import plot_extrapolation, study_markdown
 from popevit.evaluation.source import EvalSource
 from popevit.evaluation.stats import bootstrap_seed_means
 from popevit.io import atomic_write_csv, atomic_write_text, read_json
+from popevit.progress import track
 from popevit.training.budget import stages_wall_s
 
 
@@ -186,11 +187,13 @@ def _predictions_by_size(
 ) -> dict[int, list[Predictions]]:
     """Every run's predictions at every size, aligned on the training size's images and order (one ``y`` for all)."""
     names = [str(r) for r in runs]
-    per_size = {train_size: align([run_predictions(r, source, **eval_kwargs) for r in runs], names)}
+    at_train = track(runs, f"{len(runs)} runs at {train_size} px")
+    per_size = {train_size: align([run_predictions(r, source, **eval_kwargs) for r in at_train], names)}
     ref = per_size[train_size][0]
     for size in sizes:
         if size != train_size:
-            preds = [run_predictions(r, source.at_size(size), **eval_kwargs) for r in runs]
+            at_size = track(runs, f"{len(runs)} runs at {size} px")
+            preds = [run_predictions(r, source.at_size(size), **eval_kwargs) for r in at_size]
             per_size[size] = align([ref, *preds], [f"{names[0]} at {train_size} px", *names])[1:]
     return per_size
 

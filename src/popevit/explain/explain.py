@@ -38,6 +38,7 @@ from popevit.explain.faithfulness import area_fraction, deletion_insertion, mask
 from popevit.explain.inputs import Item, image_labels, load_item
 from popevit.explain.methods import METHODS, explain_batch, methods_for, native_grid
 from popevit.io import atomic_write, atomic_write_csv, atomic_write_json
+from popevit.progress import track
 from popevit.registry import did_you_mean
 
 EXPLAIN_DIR = "explain"
@@ -130,7 +131,7 @@ def _batched_maps(
     t = torch.as_tensor(target, dtype=torch.long)
     out = [
         explain_batch(model, x[i : i + batch_size].to(dev), t[i : i + batch_size], method, **options)
-        for i in range(0, len(x), batch_size)
+        for i in track(range(0, len(x), batch_size), f"{method} maps of {len(x)} images")
     ]
     return torch.cat(out)  # (n, S, S)
 
@@ -149,7 +150,7 @@ def _figures(
     """One overlay per explained image, then the galleries of mistakes and of confident hits (first method)."""
     methods = list(maps)
     figures: list[Path] = []
-    for i, it in enumerate(items):
+    for i, it in enumerate(track(items, f"drawing {len(items)} overlays")):
         fig_path = out_dir / "overlays" / f"{i:03d}_{Path(it.path).stem}.png"
         overlay.save_explanation(
             fig_path, it, {m: maps[m][i].numpy() for m in methods}, proba[chosen[i]], classes, int(target[i])
@@ -205,7 +206,8 @@ def _load_items(
         ``(items, y, skipped)``: the decoded images, their (n,) labels, and the files skipped with the reason.
     """
     items, kept, skipped = [], [], []
-    for i, (p, lbl) in enumerate(zip(paths, y, strict=True)):
+    pairs = enumerate(zip(paths, y, strict=True))
+    for i, (p, lbl) in track(pairs, f"loading {len(paths)} images", len(paths)):
         try:
             items.append(load_item(p, int(lbl), cfg))
             kept.append(i)

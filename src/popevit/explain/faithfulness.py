@@ -25,6 +25,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms.functional import gaussian_blur
 
+from popevit.progress import track
+
 
 @dataclass
 class Curves:
@@ -111,7 +113,7 @@ def deletion_insertion(
     blurred = blur(x, blur_sigma if blur_sigma is not None else H / 16)
     deletion = np.zeros((B, steps + 1))
     insertion = np.zeros((B, steps + 1))
-    for i in range(B):
+    for i in track(range(B), f"deletion/insertion curves of {B} images"):
         top = (rank[i][None, :] < counts[:, None]).view(-1, 1, H, W)  # (T, 1, H, W) pixels removed/inserted
         deleted = torch.where(top, torch.zeros_like(x[i]), x[i])  # (T, C, H, W)
         inserted = torch.where(top, x[i], blurred[i])  # (T, C, H, W)

@@ -32,6 +32,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from popevit import progress
 from popevit.config import ExperimentConfig, load_config
 from popevit.sweep.space import SEED_KEY, SPLIT_KEYS, SearchSpace, overrides_for, trial_key
 from popevit.sweep.storage import default_storage, open_storage, quiet_experimental, redact
@@ -253,21 +254,24 @@ def run_sweep(spec: SweepSpec, *, summarize: bool = True) -> SweepResult:
         print(f"[sweep] retrying {requeued} failed trial(s)", flush=True)
 
     objective = Objective(spec.config, base_overrides, space, spec.out, spec.settle_s)
-    budget = 10 * (space.n_grid if space.mode == "grid" else spec.n_trials or 0) * len(space.seeds) + 100
-    for _ in range(budget):
-        work = _work(study, spec, grid_sampler)
-        if work.waiting == 0 and work.to_start <= 0 and space.mode == "grid" and _enqueue_grid_gaps(study, space):
-            print("[sweep] grid ids used up with points missing: queued the missing points", flush=True)
-            continue
-        if work.waiting == 0 and work.to_start <= 0:
-            break
-        before = {t.number for t in _trials(study)}
-        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
-        for t in _trials(study):
-            if t.number not in before and t.state == TrialState.FAIL:
-                result.failed += 1
-    else:
-        result.notes.append(f"stopped after {budget} trials in this invocation (most of them duplicates?)")
+    expected = (space.n_grid if space.mode == "grid" else spec.n_trials or 0) * len(space.seeds)
+    budget = 10 * expected + 100
+    with progress.bar(f"sweep {name}: trials complete", expected) as done:
+        for _ in range(budget):
+            work = _work(study, spec, grid_sampler)
+            done(work.complete)
+            if work.waiting == 0 and work.to_start <= 0 and space.mode == "grid" and _enqueue_grid_gaps(study, space):
+                print("[sweep] grid ids used up with points missing: queued the missing points", flush=True)
+                continue
+            if work.waiting == 0 and work.to_start <= 0:
+                break
+            before = {t.number for t in _trials(study)}
+            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+            for t in _trials(study):
+                if t.number not in before and t.state == TrialState.FAIL:
+                    result.failed += 1
+        else:
+            result.notes.append(f"stopped after {budget} trials in this invocation (most of them duplicates?)")
 
     result.trained, result.reused = objective.trained, objective.reused
     final = _trials(study)

@@ -90,11 +90,13 @@ def make_trainer(cfg: ExperimentConfig, out_dir: Path, callbacks: list[Any], pre
     from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    from popevit import progress
     from popevit.training.callbacks import EarlierWallClock, ImagesSeen
     from popevit.training.checkpoint import AtomicCSVLogger
 
     callbacks = [*callbacks, latest_checkpoint(out_dir), ImagesSeen(), EarlierWallClock()]
-    if cfg.train.progress_bar:
+    # Lightning's bar only on a terminal, and not under a popevit bar (a sweep's trials): one live display at a time.
+    if cfg.train.progress_bar and progress.enabled() and not progress.active():
         callbacks = [*callbacks, TQDMProgressBar(refresh_rate=10)]
     loggers = [
         AtomicCSVLogger(out_dir / "logs", name="csv", version=""),
@@ -114,9 +116,11 @@ def make_trainer(cfg: ExperimentConfig, out_dir: Path, callbacks: list[Any], pre
 def _trainer(cfg: ExperimentConfig, out_dir: Path, callbacks: list[Any], precision: str, loggers: list[Any]) -> Any:
     """``L.Trainer`` with the run's settings (see :func:`make_trainer`)."""
     import lightning as L
+    from lightning.pytorch.callbacks import ProgressBar
 
     from popevit.training.checkpoint import AtomicCheckpointIO
 
+    show_bar = any(isinstance(c, ProgressBar) for c in callbacks)  # make_trainer adds one only on a terminal
     return L.Trainer(
         default_root_dir=out_dir,
         max_epochs=cfg.train.max_epochs,
@@ -133,7 +137,7 @@ def _trainer(cfg: ExperimentConfig, out_dir: Path, callbacks: list[Any], precisi
         log_every_n_steps=cfg.train.log_every_n_steps,
         limit_train_batches=cfg.train.limit_train_batches,
         limit_val_batches=cfg.train.limit_val_batches,
-        enable_progress_bar=cfg.train.progress_bar,
+        enable_progress_bar=show_bar,
         enable_model_summary=False,
         plugins=[AtomicCheckpointIO()],
         num_sanity_val_steps=0,

@@ -203,9 +203,9 @@ def source_manifest(cfg: ExperimentConfig) -> tuple[Manifest, list[Skip]]:
         manifest = read_manifest(d.manifest)
         source = str(d.manifest)
     elif d.data is None:
-        raise ValueError(
-            "no data given: pass --data DIR (an image folder) or --manifest FILE (from `popevit data split`)"
-        )
+        from popevit.data.location import NO_DATA
+
+        raise ValueError(NO_DATA)
     elif not Path(d.data).is_dir():
         kind = "is a file, not a folder" if Path(d.data).exists() else "not found"
         raise FileNotFoundError(f"data folder {str(d.data)!r} {kind}; pass --data with the Kaggle Training folder")

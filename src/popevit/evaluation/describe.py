@@ -1,0 +1,53 @@
+"""Short human names for what an evaluation is about: the model and the data it was evaluated on.
+
+Figures, reports and the demo name a model as ``vit_p8_w64_d4_conv + pope (res stem)`` and data as ``test split of
+runs/x/manifest.csv`` or ``Br35H (external)``, from what ``model.json`` and ``metrics.json`` record.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def model_label(name: str | None, kwargs: dict[str, Any] | None = None) -> str:
+    """``"vit_p8_w64_d4_conv + pope (res stem)"`` from a registered model name and its keyword arguments.
+
+    Args:
+        name: registered model name (``model.json``'s ``name``).
+        kwargs: its keyword arguments; ``pos_enc`` and a non-default ``stem`` are named.
+
+    Returns:
+        The label; ``"model"`` when the name is unknown.
+    """
+    kwargs = kwargs or {}
+    label = str(name or "model")
+    if kwargs.get("pos_enc"):
+        label += f" + {kwargs['pos_enc']}"
+    if kwargs.get("stem") and kwargs["stem"] != "patch":
+        label += f" ({kwargs['stem']} stem)"
+    return label
+
+
+def source_label(source: dict[str, Any] | None) -> str:
+    """``"test split of manifest.csv"``, ``"folder Testing"`` or ``"Br35H (external)"`` from ``metrics.json``'s
+    ``source`` record.
+
+    Args:
+        source: the ``source`` record (keys ``name``, ``external``, ``data``, ``manifest``, ``split``).
+
+    Returns:
+        The label; ``""`` when nothing is recorded.
+    """
+    source = source or {}
+    split = source.get("split")
+    if source.get("name"):
+        where = str(source["name"])
+    elif source.get("manifest"):
+        where = Path(str(source["manifest"])).name
+        where = f"{split} split of {where}" if split else where
+    elif source.get("data"):
+        where = f"folder {Path(str(source['data'])).name}" + (f" ({split})" if split else "")
+    else:
+        return ""
+    return where + (" (external)" if source.get("external") else "")
