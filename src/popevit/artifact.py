@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from popevit import __version__
@@ -162,8 +162,6 @@ def verify_weights(run_dir: str | Path, meta: ModelMeta) -> Path:
 
 def load_weights(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` file; a damaged or foreign file is a ``ValueError`` naming it."""
-    from safetensors import SafetensorError
-
     try:
         return load_file(str(path), device=device)
     except (SafetensorError, OSError) as err:
@@ -183,7 +181,7 @@ def load_artifact(run_dir: str | Path, map_location: str | torch.device = "cpu")
     Returns:
         ``(model, meta)``.
     """
-    from popevit.models import create_model
+    from popevit.models import create_model  # timm: heavy, and reading model.json alone needs none of it
 
     run_dir = Path(run_dir)
     meta = load_meta(run_dir)

@@ -1,4 +1,8 @@
-"""``popevit archive RUNS... --out DIR``: a run's records and predictions without its weights, to commit."""
+"""``popevit archive RUNS... --out DIR``: a run's records and predictions without its weights, to commit.
+
+Commands import what they run inside their functions (torch, Lightning, timm and popevit's modules built on them): a
+heavy import each, kept out of ``popevit --help``.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""``popevit bench``: training/inference speed per positional encoding against timm and the machine's peak."""
+"""``popevit bench``: training/inference speed per positional encoding against timm and the machine's peak.
+
+Commands import what they run inside their functions (torch, Lightning, timm and popevit's modules built on them): a
+heavy import each, kept out of ``popevit --help``.
+"""
 
 from __future__ import annotations
 

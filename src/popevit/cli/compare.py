@@ -1,4 +1,8 @@
-"""``popevit compare RUN_A RUN_B ...``: paired tests between runs or seed groups on the same images."""
+"""``popevit compare RUN_A RUN_B ...``: paired tests between runs or seed groups on the same images.
+
+Commands import what they run inside their functions (torch, Lightning, timm and popevit's modules built on them): a
+heavy import each, kept out of ``popevit --help``.
+"""
 
 from __future__ import annotations
 

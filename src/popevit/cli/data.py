@@ -1,4 +1,8 @@
-"""``popevit data ...``: synthesise phantoms, inspect, split, audit, download."""
+"""``popevit data ...``: synthesise phantoms, inspect, split, audit, download.
+
+Commands import what they run inside their functions (torch, Lightning, timm and popevit's modules built on them): a
+heavy import each, kept out of ``popevit --help``.
+"""
 
 from __future__ import annotations
 

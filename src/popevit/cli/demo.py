@@ -1,4 +1,8 @@
-"""``popevit demo``: the main job end to end on built-in synthetic phantoms."""
+"""``popevit demo``: the main job end to end on built-in synthetic phantoms.
+
+Commands import what they run inside their functions (torch, Lightning, timm and popevit's modules built on them): a
+heavy import each, kept out of ``popevit --help``.
+"""
 
 from __future__ import annotations
 

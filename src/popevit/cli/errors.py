@@ -12,6 +12,9 @@ command raises into that line and an exit code:
 ``--debug`` (``popevit --debug COMMAND ...``) or ``POPEVIT_DEBUG=1`` shows the traceback instead.
 :func:`user_errors` does the same for a block of one command, so a command also fails well when it is mounted in
 another Typer app.
+
+The error classes of yaml, safetensors, the data layer and training are imported where an error is translated: the
+data and training layers pull in torch, a heavy import kept out of ``popevit --help``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""``popevit evaluate RUN``: metrics with bootstrap CIs, predictions and plots for a trained run."""
+"""``popevit evaluate RUN``: metrics with bootstrap CIs, predictions and plots for a trained run.
+
+Commands import what they run inside their functions (torch, Lightning, timm and popevit's modules built on them): a
+heavy import each, kept out of ``popevit --help``.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""``popevit explain``: heatmaps, galleries and faithfulness numbers for a trained run."""
+"""``popevit explain``: heatmaps, galleries and faithfulness numbers for a trained run.
+
+Commands import what they run inside their functions (torch, Lightning, timm and popevit's modules built on them): a
+heavy import each, kept out of ``popevit --help``.
+"""
 
 from __future__ import annotations
 

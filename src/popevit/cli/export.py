@@ -1,4 +1,8 @@
-"""``popevit export RUN``: one ONNX or torch.export file with the model's classes, preprocessing and card."""
+"""``popevit export RUN``: one ONNX or torch.export file with the model's classes, preprocessing and card.
+
+Commands import what they run inside their functions (torch, Lightning, timm and popevit's modules built on them): a
+heavy import each, kept out of ``popevit --help``.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""``popevit models``: every registered model and positional encoding with total and PE parameter counts."""
+"""``popevit models``: every registered model and positional encoding with total and PE parameter counts.
+
+Commands import what they run inside their functions (torch, Lightning, timm and popevit's modules built on them): a
+heavy import each, kept out of ``popevit --help``.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""``popevit predict RUN INPUT...``: classify images, DICOM and NIfTI with a run or an exported model."""
+"""``popevit predict RUN INPUT...``: classify images, DICOM and NIfTI with a run or an exported model.
+
+Commands import what they run inside their functions (torch, Lightning, timm and popevit's modules built on them): a
+heavy import each, kept out of ``popevit --help``.
+"""
 
 from __future__ import annotations
 

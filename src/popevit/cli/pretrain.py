@@ -1,4 +1,8 @@
-"""``popevit pretrain``: self-supervised (SimMIM) pretraining on the training images of a split."""
+"""``popevit pretrain``: self-supervised (SimMIM) pretraining on the training images of a split.
+
+Commands import what they run inside their functions (torch, Lightning, timm and popevit's modules built on them): a
+heavy import each, kept out of ``popevit --help``.
+"""
 
 from __future__ import annotations
 

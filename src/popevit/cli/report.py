@@ -1,4 +1,8 @@
-"""``popevit report RUN [RUN ...] --out report.html``: one self-contained HTML report."""
+"""``popevit report RUN [RUN ...] --out report.html``: one self-contained HTML report.
+
+Commands import what they run inside their functions (torch, Lightning, timm and popevit's modules built on them): a
+heavy import each, kept out of ``popevit --help``.
+"""
 
 from __future__ import annotations
 

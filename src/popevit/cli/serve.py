@@ -1,4 +1,8 @@
-"""``popevit serve RUN``: a local web app to try a run on one image, DICOM or NIfTI file."""
+"""``popevit serve RUN``: a local web app to try a run on one image, DICOM or NIfTI file.
+
+Commands import what they run inside their functions (torch, Lightning, timm and popevit's modules built on them): a
+heavy import each, kept out of ``popevit --help``.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""``popevit study RUNS...``: multi-seed table with CIs, resolution extrapolation and paired tests in one step."""
+"""``popevit study RUNS...``: multi-seed table with CIs, resolution extrapolation and paired tests in one step.
+
+Commands import what they run inside their functions (torch, Lightning, timm and popevit's modules built on them): a
+heavy import each, kept out of ``popevit --help``.
+"""
 
 from __future__ import annotations
 

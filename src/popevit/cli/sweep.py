@@ -1,4 +1,8 @@
-"""``popevit sweep``: an Optuna study over config keys; each trial is a normal run folder."""
+"""``popevit sweep``: an Optuna study over config keys; each trial is a normal run folder.
+
+Commands import what they run inside their functions (torch, Lightning, timm and popevit's modules built on them): a
+heavy import each, kept out of ``popevit --help``.
+"""
 
 from __future__ import annotations
 

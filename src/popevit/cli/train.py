@@ -1,4 +1,8 @@
-"""``popevit train``: run one experiment config."""
+"""``popevit train``: run one experiment config.
+
+Commands import what they run inside their functions (torch, Lightning, timm and popevit's modules built on them): a
+heavy import each, kept out of ``popevit --help``.
+"""
 
 from __future__ import annotations
 

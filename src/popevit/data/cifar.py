@@ -12,6 +12,7 @@ ratios[1])``). Images are normalised per channel with the training split's own m
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pickle
@@ -27,7 +28,9 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from popevit.config import AugmentConfig, DataConfig, PreprocessConfig
+from popevit.data.cache import default_cache_dir
 from popevit.data.datamodule import SplitDataModule
+from popevit.registry import did_you_mean
 
 log = logging.getLogger(__name__)
 CifarName = Literal["cifar10", "cifar100"]
@@ -148,8 +151,6 @@ def _read_split(cls: type[datasets.CIFAR10], root: Path, train: bool) -> dataset
 
 def default_root(cfg: DataConfig) -> Path:
     """``data.data`` if set, else ``<cache dir>/torchvision`` (``$POPEVIT_CACHE`` or ``~/.cache/popevit``)."""
-    from popevit.data.cache import default_cache_dir
-
     return Path(cfg.data) if cfg.data is not None else default_cache_dir(cfg.cache_dir) / "torchvision"
 
 
@@ -178,8 +179,6 @@ def load_cifar(name: CifarName, root: Path, train: bool, download: bool = True) 
         The torchvision dataset: ``.data`` uint8 (N, 32, 32, 3), ``.targets``, ``.classes``.
     """
     if name not in READERS:
-        from popevit.registry import did_you_mean
-
         raise ValueError(f"unknown dataset {name!r}{did_you_mean(name, list(READERS))} (known: {', '.join(READERS)})")
     cls = READERS[name]
     probe = cls.__new__(cls)
@@ -278,7 +277,7 @@ class CIFARDataModule(SplitDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        from sklearn.model_selection import train_test_split
+        from sklearn.model_selection import train_test_split  # heavy, and only a validation split needs it
 
         full = load_cifar(self.name, self.root, train=True, download=self.download)
         test = load_cifar(self.name, self.root, train=False, download=False)
@@ -311,8 +310,6 @@ class CIFARDataModule(SplitDataModule):
 
 
 def _sha256(indices: np.ndarray) -> str:
-    import hashlib
-
     return hashlib.sha256(np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest()
 
 
@@ -324,8 +321,6 @@ def write_synthetic_cifar(
     Each class is a colour with noise, so a model can learn it. Args: ``root`` receives the CIFAR base folder;
     ``n_train``/``n_test`` images (classes cycle); returns ``root``.
     """
-    import pickle
-
     cls = READERS[name]
     k = 10 if name == "cifar10" else 100
     rng = np.random.default_rng(seed)

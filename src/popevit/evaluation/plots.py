@@ -95,7 +95,7 @@ def plot_roc(y: np.ndarray, proba: np.ndarray, classes: Sequence[str], path: Pat
         path: output PNG.
         title: figure title (model, data, n).
     """
-    from sklearn.metrics import roc_auc_score, roc_curve
+    from sklearn.metrics import roc_auc_score, roc_curve  # heavy, and only the ROC figure needs it
 
     fig = Figure(figsize=(5.5, 5.0))
     ax = fig.add_subplot(1, 1, 1)
