@@ -9,6 +9,9 @@ The recipe is the competitive one of the real-data study at demo size: the ViTs 
 convolutional stem (``model.stem=res``, :mod:`popevit.models.stem`). They need about 1,500 optimiser steps to find
 the small lesions (30 epochs of 800 images at batch 16); at 10 epochs they stay near 0.5 accuracy. Everything is
 seeded and the torch thread count is fixed, so a second run on the same machine prints the same table.
+
+The pipeline's modules (torch, Lightning, timm, the evaluation and explanation code) are a heavy import: each step
+imports what it runs, so importing this module (``popevit --help``, :class:`DemoSettings`) stays fast.
 """
 
 from __future__ import annotations
@@ -154,15 +157,9 @@ def run_demo(out: Path, settings: DemoSettings | None = None, echo: Callable[[st
     """
     import torch
 
-    from popevit.data import make_split
-    from popevit.data.phantoms import synthesize
     from popevit.evaluation.compare import compare_runs
-    from popevit.evaluation.describe import model_label
-    from popevit.evaluation.evaluate import evaluate_run
     from popevit.evaluation.report import build_report
-    from popevit.explain import explain_run
     from popevit.progress import quiet_third_party
-    from popevit.training import train
 
     s = settings or DemoSettings()
     models = [m for m in DEMO_MODELS if m.name in s.models]
@@ -178,33 +175,9 @@ def run_demo(out: Path, settings: DemoSettings | None = None, echo: Callable[[st
     data, split, cache = out / "data", out / "split.csv", out / "cache"
     timings: dict[str, tuple[float, float]] = {}  # stage -> (wall s, CPU s)
     t0 = _clock()
-    if not (data / "metadata.csv").exists():
-        echo(f"[demo] 1/6 phantoms: {4 * s.per_class} synthetic MRI slices with tumour masks -> {data}")
-        synthesize(data, per_class=s.per_class, size=s.img_size, seed=s.seed)
-    if not split.exists():
-        echo(f"[demo] 2/6 split: duplicate-grouped, stratified 80/10/10 -> {split}")
-        make_split(data, split, seed=s.seed, cache_dir=cache)
+    _prepare_data(data, split, cache, s, echo)
     timings["data"] = _since(t0)
-
-    rows: list[DemoRow] = []
-    for m in models:
-        run_dir = out / "runs" / m.name
-        cfg = demo_config(split.resolve(), m, s, cache.resolve())
-        label = model_label(cfg.model.name, {"pos_enc": cfg.model.pos_enc, "stem": cfg.model.stem})
-        t = _clock()
-        if (run_dir / "model.json").exists():
-            echo(f"[demo] 3/6 train {label}: reusing {run_dir}")
-            train_s = json.loads((run_dir / "run.json").read_text())["wall_s"]
-        else:
-            echo(f"[demo] 3/6 train {label}: {s.epochs} epochs on {int(0.8 * 4 * s.per_class)} images ...")
-            train_s = train(cfg, run_dir).wall_s
-        timings[f"train {m.name}"] = _since(t)
-        t = _clock()
-        metrics = evaluate_run(run_dir, n_boot=s.n_boot, seed=s.seed, cache_dir=cache)
-        timings[f"evaluate {m.name}"] = _since(t)
-        acc = _ci(metrics, "accuracy")
-        echo(f"[demo] 4/6 evaluate {label}: test accuracy {acc[0]:.3f} [{acc[1]:.3f}, {acc[2]:.3f}]")
-        rows.append(DemoRow(m.name, label, run_dir, metrics["n"], acc, _ci(metrics, "auroc_macro"), float(train_s)))
+    rows = [_train_and_evaluate(out, split, cache, m, s, timings, echo) for m in models]
 
     comparison = None
     if len(rows) >= 2:
@@ -214,6 +187,68 @@ def run_demo(out: Path, settings: DemoSettings | None = None, echo: Callable[[st
         timings["compare"] = _since(t)
 
     echo("[demo] 6/6 explain: heatmaps with the tumour outline, pointing game; then the report")
+    _explain_rows(rows, models, s, timings)
+    t = _clock()
+    report = build_report(
+        [r.run_dir for r in rows], out / "report.html", title="popevit demo: synthetic MRI phantoms",
+        n_boot=s.n_boot, seed=s.seed,
+    )  # fmt: skip
+    timings["report"] = _since(t)
+    return DemoResult(rows, comparison, report, split, data, timings)
+
+
+def _prepare_data(data: Path, split: Path, cache: Path, s: DemoSettings, echo: Callable[[str], None]) -> None:
+    """Make the phantoms under ``data`` and the split file ``split``, unless a previous call made them."""
+    from popevit.data import make_split
+    from popevit.data.phantoms import synthesize
+
+    if not (data / "metadata.csv").exists():
+        echo(f"[demo] 1/6 phantoms: {4 * s.per_class} synthetic MRI slices with tumour masks -> {data}")
+        synthesize(data, per_class=s.per_class, size=s.img_size, seed=s.seed)
+    if not split.exists():
+        echo(f"[demo] 2/6 split: duplicate-grouped, stratified 80/10/10 -> {split}")
+        make_split(data, split, seed=s.seed, cache_dir=cache)
+
+
+def _train_and_evaluate(
+    out: Path,
+    split: Path,
+    cache: Path,
+    m: DemoModel,
+    s: DemoSettings,
+    timings: dict[str, tuple[float, float]],
+    echo: Callable[[str], None],
+) -> DemoRow:
+    """Train ``m`` into ``out/runs/<name>`` (or reuse a finished run) and evaluate it on the test split."""
+    from popevit.evaluation.describe import model_label
+    from popevit.evaluation.evaluate import evaluate_run
+    from popevit.training import train
+
+    run_dir = out / "runs" / m.name
+    cfg = demo_config(split.resolve(), m, s, cache.resolve())
+    label = model_label(cfg.model.name, {"pos_enc": cfg.model.pos_enc, "stem": cfg.model.stem})
+    t = _clock()
+    if (run_dir / "model.json").exists():
+        echo(f"[demo] 3/6 train {label}: reusing {run_dir}")
+        train_s = json.loads((run_dir / "run.json").read_text())["wall_s"]
+    else:
+        echo(f"[demo] 3/6 train {label}: {s.epochs} epochs on {int(0.8 * 4 * s.per_class)} images ...")
+        train_s = train(cfg, run_dir).wall_s
+    timings[f"train {m.name}"] = _since(t)
+    t = _clock()
+    metrics = evaluate_run(run_dir, n_boot=s.n_boot, seed=s.seed, cache_dir=cache)
+    timings[f"evaluate {m.name}"] = _since(t)
+    acc = _ci(metrics, "accuracy")
+    echo(f"[demo] 4/6 evaluate {label}: test accuracy {acc[0]:.3f} [{acc[1]:.3f}, {acc[2]:.3f}]")
+    return DemoRow(m.name, label, run_dir, metrics["n"], acc, _ci(metrics, "auroc_macro"), float(train_s))
+
+
+def _explain_rows(
+    rows: list[DemoRow], models: list[DemoModel], s: DemoSettings, timings: dict[str, tuple[float, float]]
+) -> None:
+    """Explain each model's test images and set its row's pointing-game hit rate (None where not measured)."""
+    from popevit.explain import explain_run
+
     for row, m in zip(rows, models, strict=True):
         t = _clock()
         result = explain_run(
@@ -223,13 +258,6 @@ def run_demo(out: Path, settings: DemoSettings | None = None, echo: Callable[[st
         mask = (result.faithfulness or {}).get("mask") or {}
         row.pointing = ((mask.get("methods") or {}).get(m.explain) or {}).get("pointing_hit_rate")
         timings[f"explain {m.name}"] = _since(t)
-    t = _clock()
-    report = build_report(
-        [r.run_dir for r in rows], out / "report.html", title="popevit demo: synthetic MRI phantoms",
-        n_boot=s.n_boot, seed=s.seed,
-    )  # fmt: skip
-    timings["report"] = _since(t)
-    return DemoResult(rows, comparison, report, split, data, timings)
 
 
 def format_table(result: DemoResult) -> str:

@@ -26,7 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from popevit.data.checks import Skip, class_warnings
-from popevit.data.decode import IMAGE_EXTENSIONS, looks_like, sniff_format
+from popevit.data.filekinds import (
+    BROKEN_LINK,
+    HIDDEN_DIR,
+    LINK_INSIDE,
+    LINK_LOOP,
+    RESERVED,
+    ROOT_IMAGE,
+    SPECIAL,
+    classify_file,
+    is_hidden,
+)
 from popevit.io import shown
 from popevit.registry import did_you_mean
 
@@ -42,24 +52,6 @@ RESERVED_DIRS = frozenset({"masks"})
 NO_TUMOR_NAMES = frozenset({"notumor", "no_tumor", "no-tumor", "no", "normal", "healthy"})
 TUMOR = "tumor"
 NO_TUMOR = "notumor"
-
-# Why a file is not used (popevit.data.checks groups equal reasons). Each says what to do about it.
-ROOT_IMAGE = "image at the data root, outside any class folder: move it into <root>/<class>/ to use it"
-NOT_IMAGE = "not an image file (by name and content)"
-HIDDEN = "hidden file"
-HIDDEN_DIR = "hidden folder"
-RESERVED = "reserved folder (phantom lesion masks), never a class"
-SPECIAL = "not a regular file (FIFO, socket or device): only regular files are read"
-BROKEN_LINK = "broken symbolic link: its target does not exist"
-LINK_LOOP = "symbolic link back to a folder that contains it (a loop): not followed"
-LINK_INSIDE = "symbolic link to another folder of the data root: not followed, its images would count twice"
-FORMATS = {
-    "DICOM": "DICOM: not read for training; convert it to PNG (e.g. pydicom), or use `popevit predict` on it",
-    "NIfTI": "NIfTI volume: not read for training; export its slices to PNG, or use `popevit predict` on it",
-    "JPEG 2000": "JPEG 2000: not read for training; convert it to PNG",
-}
-_FORMAT_EXTENSIONS = {".dcm": "DICOM", ".dicom": "DICOM", ".nii": "NIfTI", ".nii.gz": "NIfTI", ".jp2": "JPEG 2000",
-                      ".j2k": "JPEG 2000", ".jpx": "JPEG 2000", ".jpf": "JPEG 2000"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -91,43 +83,6 @@ class Discovery:
         for s in self.samples:
             out[s.label] += 1
         return out
-
-
-def _hidden(name: str) -> bool:
-    return name.startswith(".") or name.startswith("__MACOSX")
-
-
-def _special_format(path: Path, head: bytes) -> str | None:
-    """``DICOM``, ``NIfTI`` or ``JPEG 2000`` by extension or content, else None."""
-    name = path.name.lower()
-    for ext, kind in _FORMAT_EXTENSIONS.items():
-        if name.endswith(ext):
-            return kind
-    kind = looks_like(head)
-    return kind if kind in FORMATS else None
-
-
-def classify_file(path: Path) -> str | None:
-    """None when ``path`` (a regular file) is an image candidate, else why it is not used (a module reason)."""
-    if _hidden(path.name):
-        return HIDDEN
-    head = b""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(512)
-    except OSError:
-        pass  # unreadable: an image candidate by name is listed by the decoder with its reason
-    kind = _special_format(path, head)
-    if kind is not None:
-        return FORMATS[kind]
-    if path.suffix.lower() in IMAGE_EXTENSIONS or sniff_format(head[:16]) is not None:
-        return None
-    return NOT_IMAGE
-
-
-def is_image_file(path: Path) -> bool:
-    """Image candidate: an image extension or image magic bytes (hidden files such as ``._x.jpg`` never are)."""
-    return Path(path).is_file() and classify_file(Path(path)) is None
 
 
 def _subdirs(d: Path) -> list[Path]:
@@ -170,7 +125,7 @@ def _walk_files(d: Path, root: Path, unreadable: list[tuple[Path, str]], skipped
             except OSError:
                 is_dir = is_file = False
             if is_dir:
-                if _hidden(e.name):
+                if is_hidden(e.name):
                     skipped.append(Skip(p, HIDDEN_DIR))
                 else:
                     visit(p, on_the_way | {real})
@@ -224,10 +179,51 @@ def discover(
     ignored: list[Path] = []
     skipped: list[Path] = []
     skips: list[Skip] = []
+    top, split_layout = _top_folders(root, ignored, skipped, skips)
+    class_dirs = _class_dirs(root, top, split_layout, ignored, skipped, skips)
+    folders = sorted({d.name for _, d in class_dirs})
+    _check_labels(root, folders, class_dirs, class_map, binary)
+    samples = _collect_samples(root, class_dirs, class_map, binary, ignored, skips)
+
+    found = sorted({s.label for s in samples})
+    _check_empty_classes(root, class_dirs, samples, class_map, binary, classes, skips)
+    if classes is not None:
+        unknown = [c for c in classes if c not in found]
+        if unknown:
+            hint = did_you_mean(unknown[0], found)
+            raise ValueError(f"unknown class {unknown[0]!r}{hint} (classes found under {str(root)!r}: {found})")
+        samples = [s for s in samples if s.label in set(classes)]
+        found = sorted(set(classes))
+    if binary and NO_TUMOR not in found:
+        raise ValueError(
+            f"binary mode needs a no-tumour folder (one of {sorted(NO_TUMOR_NAMES)}) under {str(root)!r}; "
+            f"found folders {folders}"
+        )
+    samples.sort(key=lambda s: str(s.path))
+    skips += [Skip(p, HIDDEN_DIR if is_hidden(p.name) else RESERVED) for p in skipped]
+    disc = Discovery(
+        root=root,
+        samples=samples,
+        classes=found,
+        ignored=sorted(ignored),
+        layout="official_split" if split_layout else "class_folders",
+        skipped_dirs=sorted(skipped),
+        skipped=sorted(skips, key=lambda s: str(s.path)),
+    )
+    disc.warnings = class_warnings(disc.counts(), root)
+    return disc
+
+
+def _top_folders(root: Path, ignored: list[Path], skipped: list[Path], skips: list[Skip]) -> tuple[list[Path], bool]:
+    """The usable folders directly under ``root`` and whether they are all split folders (Training/, Testing/).
+
+    Files at the root go to ``ignored``/``skips`` and hidden or reserved folders to ``skipped``; a mix of split and
+    other folders raises ValueError.
+    """
     top = []
     for p in sorted(root.iterdir()):
         if p.is_dir():
-            if _hidden(p.name) or p.name.lower() in RESERVED_DIRS:
+            if is_hidden(p.name) or p.name.lower() in RESERVED_DIRS:
                 skipped.append(p)
             else:
                 top.append(p)
@@ -243,10 +239,16 @@ def discover(
             f"layout fits (<root>/<class>/* or <root>/Training/<class>/*); move {others} out of {str(root)!r} or "
             "into a split folder, or pass one split folder as the data folder"
         )
+    return top, split_layout
+
+
+def _class_dirs(
+    root: Path, top: list[Path], split_layout: bool, ignored: list[Path], skipped: list[Path], skips: list[Skip]
+) -> list[tuple[str | None, Path]]:
+    """Every class folder as ``(split or None, folder)``; loose files in split folders go to ``ignored``/``skips``."""
     parts: list[tuple[str | None, Path]] = (
         [(SPLIT_DIRS[p.name.lower()], p) for p in top] if split_layout else [(None, root)]
     )
-
     class_dirs: list[tuple[str | None, Path]] = []
     for split, base in parts:
         dirs = top if split is None else _subdirs(base)
@@ -255,7 +257,7 @@ def discover(
             ignored.extend(loose)
             skips.extend(Skip(p, _root_reason(p)) for p in loose)
         for d in dirs:
-            if _hidden(d.name) or d.name.lower() in RESERVED_DIRS:
+            if is_hidden(d.name) or d.name.lower() in RESERVED_DIRS:
                 skipped.append(d)
             else:
                 class_dirs.append((split, d))
@@ -263,8 +265,17 @@ def discover(
         raise ValueError(
             f"no class folders under {str(root)!r}; expected <root>/<class>/*.jpg or <root>/Training/<class>/*.jpg"
         )
+    return class_dirs
 
-    folders = sorted({d.name for _, d in class_dirs})
+
+def _check_labels(
+    root: Path,
+    folders: list[str],
+    class_dirs: list[tuple[str | None, Path]],
+    class_map: dict[str, str] | None,
+    binary: bool,
+) -> None:
+    """Refuse a class map that misses or invents folders, and class names that differ only in letter case."""
     if class_map is not None:
         unmapped = [f for f in folders if f not in class_map]
         if unmapped:
@@ -275,7 +286,6 @@ def discover(
         unused = [k for k in class_map if k not in folders]
         if unused:
             raise ValueError(f"class map keys {unused} match no folder under {str(root)!r} (folders: {folders})")
-
     by_case: dict[str, set[str]] = {}
     for _, d in class_dirs:
         label = _map_label(d.name, class_map, binary)
@@ -287,6 +297,16 @@ def discover(
             "rename the folders to one spelling (in every split folder)"
         )
 
+
+def _collect_samples(
+    root: Path,
+    class_dirs: list[tuple[str | None, Path]],
+    class_map: dict[str, str] | None,
+    binary: bool,
+    ignored: list[Path],
+    skips: list[Skip],
+) -> list[Sample]:
+    """The labelled images of every class folder; other files go to ``ignored``/``skips``, unlistable folders raise."""
     samples: list[Sample] = []
     unreadable: list[tuple[Path, str]] = []
     for split, d in class_dirs:
@@ -304,34 +324,7 @@ def discover(
             f"{len(unreadable)} folder(s) under {str(root)!r} cannot be listed ({listed}), so their images would be "
             "missed; fix their permissions or move them out of the data folder"
         )
-
-    found = sorted({s.label for s in samples})
-    _check_empty_classes(root, class_dirs, samples, class_map, binary, classes, skips)
-    if classes is not None:
-        unknown = [c for c in classes if c not in found]
-        if unknown:
-            hint = did_you_mean(unknown[0], found)
-            raise ValueError(f"unknown class {unknown[0]!r}{hint} (classes found under {str(root)!r}: {found})")
-        samples = [s for s in samples if s.label in set(classes)]
-        found = sorted(set(classes))
-    if binary and NO_TUMOR not in found:
-        raise ValueError(
-            f"binary mode needs a no-tumour folder (one of {sorted(NO_TUMOR_NAMES)}) under {str(root)!r}; "
-            f"found folders {folders}"
-        )
-    samples.sort(key=lambda s: str(s.path))
-    skips += [Skip(p, HIDDEN_DIR if _hidden(p.name) else RESERVED) for p in skipped]
-    disc = Discovery(
-        root=root,
-        samples=samples,
-        classes=found,
-        ignored=sorted(ignored),
-        layout="official_split" if split_layout else "class_folders",
-        skipped_dirs=sorted(skipped),
-        skipped=sorted(skips, key=lambda s: str(s.path)),
-    )
-    disc.warnings = class_warnings(disc.counts(), root)
-    return disc
+    return samples
 
 
 def _root_reason(path: Path) -> str:

@@ -23,140 +23,51 @@ split, and groups are stratified per (source, class). Rows then carry a ``source
 tumour / no-tumour labels (Br35H's ``yes``/``no``) next to a source with tumour types keeps the *partial* label
 ``tumor``: "one of the tumour classes" (:meth:`Manifest.label_sets`); training uses it for the tumour-vs-no-tumour
 marginal only (:class:`popevit.training.module.ClassifierModule`).
+
+The manifest's format (rows, reading, writing, the leakage check) lives in :mod:`popevit.data.manifest_file`; its
+names are re-exported here.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import ntpath
-import posixpath
-import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from popevit.data.checks import Skip, write_skipped
 from popevit.data.dedup import NEAR_THRESHOLD, Fingerprint, duplicate_clusters, fingerprint_files
-from popevit.data.discover import Discovery, discover
-from popevit.io import atomic_write_csv, shown
-from popevit.registry import did_you_mean
+from popevit.data.discover import NO_TUMOR, Discovery, Sample, discover
+from popevit.data.manifest_file import (  # re-exported: the manifest format's names are imported from here too
+    EXCLUDED,
+    SPLITS,
+    Manifest,
+    ManifestRow,
+    below_common_folder,
+    read_manifest,
+    same_images,
+    write_manifest,
+)
+from popevit.io import shown
 
-SPLITS = ("train", "val", "test")
-EXCLUDED = "excluded"
-COLUMNS = ("path", "label", "split", "group", "content_hash", "width", "height", "mode", "format", "note")
-SOURCE = "source"  # written after COLUMNS only when rows come from several sources (single-source bytes unchanged)
-
-
-def partial_labels(labels: set[str] | list[str]) -> dict[str, list[str]]:
-    """Labels that stand for a set of classes: ``tumor`` beside ``notumor`` and at least one tumour type.
-
-    A binary manifest (``notumor``, ``tumor``) has no partial label: there ``tumor`` is a class of its own.
-    """
-    from popevit.data.discover import NO_TUMOR, TUMOR
-
-    types = sorted(c for c in set(labels) if c not in (NO_TUMOR, TUMOR))
-    return {TUMOR: types} if TUMOR in labels and NO_TUMOR in labels and types else {}
-
-
-_WINDOWS_PATH = re.compile(r"^([A-Za-z]:[\\/]|\\\\)")  # C:\ or C:/, or \\server
-
-
-def below_common_folder(paths: Sequence[str]) -> list[str] | None:
-    """Each path below the deepest folder that holds them all, ``/``-separated (``glioma/Tr-gl_0013.jpg``).
-
-    Paths written on Windows (a drive letter, or a UNC share) are read as Windows paths on any system. None when the
-    paths share no folder: absolute and relative ones mixed, or two drives.
-    """
-    if not paths:
-        return []
-    windows = all(_WINDOWS_PATH.match(p) for p in paths)
-    mod = ntpath if windows else posixpath
-    paths = [mod.normpath(p) for p in paths]
-    try:
-        root = mod.commonpath([mod.dirname(p) for p in paths])
-    except ValueError:
-        return None
-    prefix = root if root.endswith(mod.sep) or not root else root + mod.sep
-    out = [p[len(prefix) :] if p.startswith(prefix) else mod.relpath(p, root) for p in paths]  # relpath: slow
-    return [k.replace("\\", "/") for k in out] if windows else out
-
-
-@dataclass(frozen=True)
-class ManifestRow:
-    path: Path
-    label: str
-    split: str
-    group: str
-    content_hash: str
-    width: int = 0
-    height: int = 0
-    mode: str = ""
-    format: str = ""
-    note: str = ""
-    source: str = ""
-
-
-@dataclass
-class Manifest:
-    """A parsed manifest. ``classes`` are the sorted labels (partial labels excepted, see :func:`partial_labels`);
-    ``sha256`` identifies the file for provenance."""
-
-    path: Path
-    rows: list[ManifestRow]
-    classes: list[str]
-    sha256: str
-
-    @property
-    def label_sets(self) -> dict[str, list[str]]:
-        """Partial label -> the classes it allows (e.g. ``tumor`` -> the tumour types); empty for most manifests."""
-        return partial_labels({r.label for r in self.rows if r.split != EXCLUDED})
-
-    @property
-    def sources(self) -> list[str]:
-        """The sources named in the ``source`` column, sorted; empty for a single-source manifest."""
-        return sorted({r.source for r in self.rows if r.source})
-
-    def select(self, split: str | None) -> list[ManifestRow]:
-        """Rows of one split (``train``/``val``/``test``/``excluded``); ``None`` = every usable row."""
-        if split is None:
-            return [r for r in self.rows if r.split != EXCLUDED]
-        known = sorted({*SPLITS, EXCLUDED, *(r.split for r in self.rows)})
-        if split not in known:
-            raise ValueError(f"unknown split {split!r}{did_you_mean(split, known)} (manifest splits: {known})")
-        return [r for r in self.rows if r.split == split]
-
-    def fingerprint(self) -> str | None:
-        """What the manifest says of its images, blind to where they are stored; None without content hashes.
-
-        The sha256 of the sorted rows' path below the folder that holds every image (:func:`below_common_folder`),
-        label, split, group and content hash. The same split made of a copy of the data in another folder (another
-        machine) has another file hash but this fingerprint. Excluded rows count with whatever hash they have (an
-        unreadable file has none); a manifest whose usable rows lack content hashes (written by hand) has no
-        fingerprint: its images are known only by their paths.
-        """
-        if not self.rows or any(not r.content_hash for r in self.rows if r.split != EXCLUDED):
-            return None
-        keys = below_common_folder([str(r.path) for r in self.rows])
-        if keys is None:
-            return None
-        lines = sorted(
-            "\t".join((k, r.label, r.split, r.group, r.content_hash)) for k, r in zip(keys, self.rows, strict=True)
-        )
-        return hashlib.sha256("\n".join(lines).encode()).hexdigest()
-
-    def counts(self) -> dict[str, dict[str, int]]:
-        """split -> class (partial labels included) -> count."""
-        labels = [*self.classes, *self.label_sets]
-        out: dict[str, dict[str, int]] = {s: dict.fromkeys(labels, 0) for s in SPLITS}
-        for r in self.rows:
-            out.setdefault(r.split, dict.fromkeys(labels, 0))
-            out[r.split][r.label] = out[r.split].get(r.label, 0) + 1
-        return out
+__all__ = [
+    "EXCLUDED",
+    "SPLITS",
+    "Manifest",
+    "ManifestRow",
+    "below_common_folder",
+    "build_rows",
+    "make_split",
+    "read_manifest",
+    "same_images",
+    "skipped_file",
+    "split_data",
+    "split_skips",
+    "write_manifest",
+]
 
 
 def _assign(groups: list[tuple[str, list[int]]], ratios: Sequence[float], rng: np.random.Generator) -> dict[str, str]:
@@ -184,6 +95,18 @@ def _group_ids(fps: list[Fingerprint], cluster_of: list[int]) -> list[str]:
     return ["g" + best[c][:12] for c in cluster_of]
 
 
+@dataclass
+class _Placement:
+    """Where :func:`build_rows` puts groups and rows before (and besides) the stratified assignment."""
+
+    split_of: dict[str, str] = field(default_factory=dict)  # group -> split
+    note_of: dict[int, str] = field(default_factory=dict)  # these rows are excluded
+    moved_note: dict[int, str] = field(default_factory=dict)  # these rows keep their group's split
+    kept: dict[int, ManifestRow] = field(default_factory=dict)  # rows of the base manifest, split and group unchanged
+    joined: dict[int, str] = field(default_factory=dict)  # new rows that duplicate base rows: the base group they join
+    to_split: dict[str, list[int]] = field(default_factory=dict)  # groups left to the stratified assignment
+
+
 def build_rows(
     disc: Discovery,
     fps: list[Fingerprint],
@@ -206,128 +129,102 @@ def build_rows(
     ok_fps = [fps[i] for i in ok]
     cluster_of, _ = duplicate_clusters(ok_fps, near_threshold)
     gids = _group_ids(ok_fps, cluster_of)
-    samples = disc.samples
     members: dict[str, list[int]] = {}
     for i, g in zip(ok, gids, strict=True):
         members.setdefault(g, []).append(i)
-    split_of: dict[str, str] = {}
-    note_of: dict[int, str] = {}  # these rows are excluded
-    moved_note: dict[int, str] = {}  # these rows keep their group's split
     rng = np.random.default_rng(seed)
+    placed = _place_fixed_groups(disc, members, base)
+    r = _assignment_ratios(disc, ratios)
+    by_class: dict[str, list[tuple[str, list[int]]]] = {}
+    for g, idx in placed.to_split.items():
+        by_class.setdefault(_group_label(idx, disc.samples, sources), []).append((g, idx))
+    for label in sorted(by_class):
+        placed.split_of.update(_assign(by_class[label], r, rng))
+    return _manifest_rows(disc, fps, dict(zip(ok, gids, strict=True)), placed, sources)
+
+
+def _group_label(idx: list[int], samples: Sequence[Sample], sources: Sequence[str] | None) -> str:
+    """A group's stratum: its majority label (``source/label`` with several sources; ties: the smallest name)."""
+    key = (lambda i: f"{sources[i]}/{samples[i].label}") if sources else (lambda i: samples[i].label)
+    c = Counter(key(i) for i in idx)
+    return sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+
+
+def _place_fixed_groups(
+    disc: Discovery, members: dict[str, list[int]], base: dict[Path, ManifestRow] | None
+) -> _Placement:
+    """Place the groups whose split is given: by the base manifest, the official test set, or the official val set.
+
+    Every other group goes to :attr:`_Placement.to_split`, in sorted group order.
+    """
+    samples = disc.samples
     official = disc.layout == "official_split"
-
-    def group_label(idx: list[int]) -> str:
-        key = (lambda i: f"{sources[i]}/{samples[i].label}") if sources else (lambda i: samples[i].label)
-        c = Counter(key(i) for i in idx)
-        return sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
-
-    kept: dict[int, ManifestRow] = {}  # rows of the base manifest, split and group unchanged
-    joined: dict[int, str] = {}  # new rows that duplicate base rows: the base group they join
-    to_split = {}
+    p = _Placement()
     for g, idx in sorted(members.items()):
         old = {i: base[samples[i].path.resolve()] for i in idx if samples[i].path.resolve() in base} if base else {}
         if old:
-            kept.update(old)
+            p.kept.update(old)
             splits = {r.split for r in old.values() if r.split != EXCLUDED}
             for i in (i for i in idx if i not in old):
                 if len(splits) == 1:
-                    joined[i] = next(r.group for r in old.values() if r.split != EXCLUDED)
-                    split_of[g] = next(iter(splits))
+                    p.joined[i] = next(r.group for r in old.values() if r.split != EXCLUDED)
+                    p.split_of[g] = next(iter(splits))
                 else:
-                    note_of[i] = f"duplicate of base-manifest images in splits {sorted(splits)}"
+                    p.note_of[i] = f"duplicate of base-manifest images in splits {sorted(splits)}"
             continue
         if official:
             given = {samples[i].split for i in idx}
             if "test" in given:
-                split_of[g] = "test"
+                p.split_of[g] = "test"
                 for i in idx:
                     if samples[i].split != "test":
-                        note_of[i] = "duplicate of an official test image"
+                        p.note_of[i] = "duplicate of an official test image"
                 continue
             if given == {"val"}:
-                split_of[g] = "val"
+                p.split_of[g] = "val"
                 continue
             for i in idx:  # a group over official train and val goes to train: say so on its val images
                 if samples[i].split == "val":
-                    moved_note[i] = "official val image moved to train: duplicate of a training image"
-        to_split[g] = idx
-    if official:
-        has_val = any(s.split == "val" for s in samples)
-        r = (
-            (1.0, 0.0)
-            if has_val
-            else (ratios[0] / max(ratios[0] + ratios[1], 1e-12), ratios[1] / max(ratios[0] + ratios[1], 1e-12))
-        )
-    else:
-        r = tuple(ratios)
-    by_class: dict[str, list[tuple[str, list[int]]]] = {}
-    for g, idx in to_split.items():
-        by_class.setdefault(group_label(idx), []).append((g, idx))
-    for label in sorted(by_class):
-        split_of.update(_assign(by_class[label], r, rng))
+                    p.moved_note[i] = "official val image moved to train: duplicate of a training image"
+        p.to_split[g] = idx
+    return p
 
+
+def _assignment_ratios(disc: Discovery, ratios: Sequence[float]) -> tuple[float, ...]:
+    """The split ratios of the groups left to assign: train/val of the official training part, else ``ratios``."""
+    if disc.layout != "official_split":
+        return tuple(ratios)
+    if any(s.split == "val" for s in disc.samples):
+        return (1.0, 0.0)
+    return (ratios[0] / max(ratios[0] + ratios[1], 1e-12), ratios[1] / max(ratios[0] + ratios[1], 1e-12))
+
+
+def _manifest_rows(
+    disc: Discovery,
+    fps: list[Fingerprint],
+    gid_of: dict[int, str],
+    p: _Placement,
+    sources: Sequence[str] | None,
+) -> list[ManifestRow]:
+    """One row per discovered file, sorted by path: unreadable files excluded with their error, the rest placed."""
     rows = []
-    gid_of = dict(zip(ok, gids, strict=True))
-    for i, (s, fp) in enumerate(zip(samples, fps, strict=True)):
+    for i, (s, fp) in enumerate(zip(disc.samples, fps, strict=True)):
         common = dict(path=s.path.resolve(), label=s.label, content_hash=fp.content_hash, width=fp.width,
                       height=fp.height, mode=fp.mode, format=fp.format or "",
                       source=sources[i] if sources else "")  # fmt: skip
         if not fp.ok:
             rows.append(ManifestRow(**common, split=EXCLUDED, group="", note=fp.error or ""))
             continue
-        if i in kept:
-            rows.append(ManifestRow(**{**common, "source": common["source"] or kept[i].source}, split=kept[i].split,
-                                    group=kept[i].group, note=kept[i].note))  # fmt: skip
+        if i in p.kept:
+            kept = p.kept[i]
+            rows.append(ManifestRow(**{**common, "source": common["source"] or kept.source}, split=kept.split,
+                                    group=kept.group, note=kept.note))  # fmt: skip
             continue
-        g = joined.get(i, gid_of[i])
-        split = EXCLUDED if i in note_of else split_of[gid_of[i]]
-        rows.append(ManifestRow(**common, split=split, group=g, note=note_of.get(i, moved_note.get(i, ""))))
+        g = p.joined.get(i, gid_of[i])
+        split = EXCLUDED if i in p.note_of else p.split_of[gid_of[i]]
+        rows.append(ManifestRow(**common, split=split, group=g, note=p.note_of.get(i, p.moved_note.get(i, ""))))
     rows.sort(key=lambda r: str(r.path))
     return rows
-
-
-def check_rows(rows: Sequence[ManifestRow], where: Path | str) -> None:
-    """Raise ``ValueError`` when a path is listed twice or a duplicate group lies in more than one split.
-
-    Either breaks the leakage invariant: the same image, or copies of it, would sit in train and test. Rows marked
-    ``excluded`` do not count towards a group's splits (that is how official-test leaks are kept out of training).
-    """
-    twice = sorted(str(p) for p, n in Counter(r.path for r in rows).items() if n > 1)
-    if twice:
-        raise ValueError(
-            f"manifest {str(where)!r} lists {len(twice)} path(s) more than once (e.g. {twice[:3]}); each image must "
-            "appear once: delete the extra rows or re-run `popevit data split`"
-        )
-    splits: dict[str, set[str]] = {}
-    for r in rows:
-        if r.group and r.split != EXCLUDED:
-            splits.setdefault(r.group, set()).add(r.split)
-    spanning = {g: sorted(s, key=SPLITS.index) for g, s in sorted(splits.items()) if len(s) > 1}
-    if spanning:
-        examples = "; ".join(f"group {g!r} in {s}" for g, s in list(spanning.items())[:3])
-        raise ValueError(
-            f"manifest {str(where)!r} has {len(spanning)} duplicate group(s) in more than one split ({examples}): "
-            "copies of one image would leak across splits; put each group in one split (or mark extra rows "
-            "'excluded'), or re-run `popevit data split`"
-        )
-
-
-def write_manifest(rows: Sequence[ManifestRow], out: Path) -> Path:
-    """Write rows as UTF-8 CSV (``\\n`` line endings, fixed column order): byte-identical for identical rows.
-
-    The file is replaced atomically. A file name that is not valid UTF-8 is written as its original bytes, and
-    :func:`read_manifest` reads it back to the same path.
-
-    Raises:
-        ValueError: the rows break the leakage invariant (see :func:`check_rows`); nothing is written.
-    """
-    out = Path(out)
-    check_rows(rows, out)
-    several = any(r.source for r in rows)
-    table = [[str(r.path), r.label, r.split, r.group, r.content_hash, r.width, r.height, r.mode, r.format, r.note,
-              *([r.source] if several else [])] for r in rows]  # fmt: skip
-    # atomic: an existing manifest stays whole until the new one is complete (a full disk, a kill, an odd name)
-    return atomic_write_csv(out, [(*COLUMNS, SOURCE) if several else COLUMNS, *table], lineterminator="\n")
 
 
 def split_data(
@@ -449,10 +346,6 @@ def split_skips(disc: Discovery, rows: Sequence[ManifestRow]) -> list[Skip]:
 
 def _with_sources(disc: Discovery, extra: dict[str, Path], name: str) -> tuple[Discovery, list[str]]:
     """``disc`` with the samples of every ``extra`` source appended, and the source name of every sample."""
-    from dataclasses import replace
-
-    from popevit.data.discover import NO_TUMOR
-
     if disc.layout == "official_split":
         raise ValueError(
             "data split --add combines <root>/<class>/* folders; pass the Training folder itself, not a root with "
@@ -474,74 +367,3 @@ def _with_sources(disc: Discovery, extra: dict[str, Path], name: str) -> tuple[D
         sources += [src] * len(other.samples)
     classes = sorted({s.label for s in samples})
     return replace(disc, samples=samples, classes=classes, ignored=sorted(disc.ignored)), sources
-
-
-def same_images(a: Path | str, b: Path | str) -> bool:
-    """Whether two manifest files list the same images in the same splits: the same bytes, or the same
-    :meth:`Manifest.fingerprint` (the same split of a copy of the data stored elsewhere)."""
-    if Path(a).read_bytes() == Path(b).read_bytes():
-        return True
-    try:
-        fingerprint = read_manifest(a).fingerprint()
-        return fingerprint is not None and fingerprint == read_manifest(b).fingerprint()
-    except ValueError:  # not a valid manifest (any more): nothing to vouch for its images
-        return False
-
-
-def _row_text(rec: dict[str, str | None]) -> str:
-    return shown(",".join(v or "" for v in rec.values() if isinstance(v, str)))[:120]
-
-
-def read_manifest(path: Path | str) -> Manifest:
-    """Parse a manifest CSV written by :func:`make_split` (or by hand: only ``path,label,split`` are required).
-
-    Raises:
-        ValueError: missing file or required columns, unknown split names, a path listed twice, or a duplicate group
-            in more than one split.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"manifest {shown(path)!r} is a folder; pass the CSV file (or use --data for an image folder)")
-    if not path.is_file():
-        raise ValueError(f"manifest {shown(path)!r} not found; create one with `popevit data split DATA --out {path}`")
-    raw = path.read_bytes()
-    # -sig: a BOM (Excel's "CSV UTF-8") is dropped; surrogateescape: file names that are not UTF-8 (write_manifest)
-    reader = csv.DictReader(io.StringIO(raw.decode("utf-8-sig", "surrogateescape")))
-    missing = {"path", "label", "split"} - set(reader.fieldnames or [])
-    if missing:
-        raise ValueError(f"manifest {str(path)!r} lacks columns {sorted(missing)} (has {reader.fieldnames})")
-    rows = []
-    base = path.resolve().parent
-    for n, rec in enumerate(reader, start=2):
-        where = f"{shown(path)}:{n}"
-        if not rec.get("path") or not rec.get("label") or rec.get("split") is None:
-            raise ValueError(
-                f"{where}: the row lacks a path, label or split ({_row_text(rec)}); fill it in or delete it"
-            )
-        p = Path(rec["path"])
-        split = rec["split"]
-        if split not in (*SPLITS, EXCLUDED):
-            raise ValueError(f"{where}: split {split!r} is not one of {[*SPLITS, EXCLUDED]}")
-        try:
-            width, height = int(rec.get("width") or 0), int(rec.get("height") or 0)
-        except ValueError:
-            raise ValueError(f"{where}: width/height must be whole numbers ({_row_text(rec)})") from None
-        rows.append(
-            ManifestRow(
-                path=p if p.is_absolute() else base / p,
-                label=rec["label"],
-                split=split,
-                group=rec.get("group") or "",
-                content_hash=rec.get("content_hash") or "",
-                width=width,
-                height=height,
-                mode=rec.get("mode") or "",
-                format=rec.get("format") or "",
-                note=rec.get("note") or "",
-                source=rec.get(SOURCE) or "",
-            )
-        )
-    check_rows(rows, path)
-    partial = partial_labels({r.label for r in rows if r.split != EXCLUDED})
-    classes = sorted({r.label for r in rows} - set(partial))
-    return Manifest(path=path, rows=rows, classes=classes, sha256=hashlib.sha256(raw).hexdigest())
