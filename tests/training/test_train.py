@@ -100,11 +100,18 @@ def test_last_checkpoint_is_the_last_epoch_even_when_validation_stopped_improvin
 def test_sigkilled_run_resumes_to_identical_weights_and_metrics(phantom_root, tmp_path):
     epochs = 5
     ref = _cli(*_train_args(phantom_root, tmp_path / "ref", epochs))
-    # Kill the second run as soon as its first end-of-epoch checkpoint exists (a hard SIGKILL, no cleanup).
+    # Kill the second run (a hard SIGKILL, no cleanup) as soon as its first epoch is on disk: last.ckpt and the epoch's
+    # training loss in metrics.csv. last.ckpt is written at the end of validation, a moment before Lightning logs the
+    # epoch's training metrics; a kill inside that moment loses that one training-loss row (weights, validation
+    # curves and the resumed run are unaffected), so the test waits for both.
     victim = _cli(*_train_args(phantom_root, tmp_path / "b", epochs))
-    last = tmp_path / "b" / "checkpoints" / "last.ckpt"
+    last, csv_log = tmp_path / "b" / "checkpoints" / "last.ckpt", tmp_path / "b" / "logs" / "csv" / "metrics.csv"
+
+    def first_epoch_written() -> bool:
+        return last.exists() and csv_log.exists() and "train/loss_epoch" in read_metrics_csv(csv_log)
+
     deadline = time.monotonic() + 300
-    while not last.exists() and victim.poll() is None and time.monotonic() < deadline:
+    while not first_epoch_written() and victim.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
