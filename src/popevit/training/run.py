@@ -61,7 +61,12 @@ def model_kwargs(cfg: ExperimentConfig, num_classes: int) -> dict[str, Any]:
 
 
 def train(
-    cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, init: str | Path | None = None
+    cfg: ExperimentConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    init: str | Path | None = None,
+    callbacks: list[Any] | None = None,
 ) -> RunResult:
     """Train one experiment into ``out_dir``.
 
@@ -70,6 +75,7 @@ def train(
         out_dir: run directory; must not hold a run unless ``resume``.
         resume: continue from ``out_dir/checkpoints/last.ckpt`` (optimizer, scheduler, early stopping, epoch).
         init: optional ``model.safetensors`` to initialise the weights from (fine-tuning).
+        callbacks: more Lightning callbacks, e.g. one that reports progress to another process.
 
     Returns:
         The run's directory, classes, best validation metrics, wall time and epochs run.
@@ -91,7 +97,7 @@ def train(
         _load_init(module.model, Path(init))
     on_gpu, precision = device_precision(cfg)
     ckpt_best = best_checkpoint(out_dir, cfg.train.monitor, "min" if cfg.train.monitor == "val/loss" else "max")
-    trainer = make_trainer(cfg, out_dir, _callbacks(cfg, out_dir, ckpt_best), precision)
+    trainer = make_trainer(cfg, out_dir, [*_callbacks(cfg, out_dir, ckpt_best), *(callbacks or [])], precision)
 
     # Checked: now the run folder.
     manifest_path = prepare_run_dir(cfg, out_dir, resume, manifest, skipped)
