@@ -12,6 +12,7 @@ import torch
 
 from popevit.artifact import ModelMeta, save_artifact
 from popevit.config import PreprocessConfig
+from popevit.evaluation.describe import source_label
 from popevit.evaluation.evaluate import ClassMismatchError, evaluate_run
 from popevit.evaluation.metrics import metric_names, point_metrics
 from popevit.evaluation.predictions import Predictions
@@ -84,6 +85,8 @@ def test_evaluate_cli_default_test_split(run, manifest, cache, monkeypatch):
         "unit": "image",
     }
     assert list(saved["metrics"]) == metric_names(CLASSES) and "tumor_sensitivity" in saved["metrics"]
+    # named by the folder that holds the class folders, not by the run's manifest.csv
+    assert source_label(saved["source"]) == f"test split of {Path(rows[0]['path']).parent.parent.name}"
     for name in ("accuracy", "auroc_macro", "log_loss", "ece", "tumor_specificity"):
         m = saved["metrics"][name]
         assert m["lo"] <= m["value"] <= m["hi"] or name in ("ece", "log_loss")
@@ -94,6 +97,16 @@ def test_evaluate_cli_default_test_split(run, manifest, cache, monkeypatch):
     assert saved["metrics"]["accuracy"]["value"] == pytest.approx(
         point_metrics(preds.y, preds.proba, CLASSES)["accuracy"]
     )
+
+
+def test_dataset_name_is_the_folder_of_the_class_folders():
+    from popevit.evaluation.source import dataset_name
+
+    assert dataset_name(["/d/phantoms/glioma/a.png", "/d/phantoms/notumor/b.png"]) == "phantoms"
+    kaggle, br35h = "/s/brain-tumor-mri/Training/glioma/a.jpg", "/s/br35h/yes/y1.jpg"
+    assert dataset_name([kaggle, br35h]) == "br35h + brain-tumor-mri/Training"  # a split folder keeps its parent
+    many = [f"/s/set{i}/glioma/a.png" for i in range(5)]
+    assert dataset_name(many) == "set0 + set1 + set2 + 2 more"
 
 
 def test_predictions_equal_direct_forward_and_tta(run, manifest, cache):

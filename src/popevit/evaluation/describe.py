@@ -30,7 +30,7 @@ def model_label(name: str | None, kwargs: dict[str, Any] | None = None) -> str:
 
 
 def source_label(source: dict[str, Any] | None) -> str:
-    """``"test split of manifest.csv"``, ``"folder Testing"`` or ``"Br35H (external)"`` from ``metrics.json``'s
+    """``"test split of phantoms"``, ``"folder Testing"`` or ``"Br35H (external)"`` from ``metrics.json``'s
     ``source`` record.
 
     Args:
@@ -43,6 +43,7 @@ def source_label(source: dict[str, Any] | None) -> str:
     split = source.get("split")
     if source.get("name"):
         where = str(source["name"])
+        where = f"{split} split of {where}" if split and not source.get("external") else where
     elif source.get("manifest"):
         where = Path(str(source["manifest"])).name
         where = f"{split} split of {where}" if split else where

@@ -130,6 +130,15 @@ def _run_data_options(run_dir: Path) -> dict[str, Any]:
     return {"class_map": d.class_map, "classes": d.classes, "binary": d.binary}
 
 
+def dataset_name(paths: list[Path] | list[str]) -> str:
+    """What a manifest's images are, by the folder that holds their class folders: ``phantoms``,
+    ``brain-tumor-mri/Training`` (a split folder is named with its parent), ``Training + br35h`` for several."""
+    roots = sorted({Path(p).parent.parent for p in paths}, key=str)
+    names = [f"{r.parent.name}/{r.name}" if r.name.lower() in SPLIT_DIRS and r.parent.name else r.name for r in roots]
+    names = [n for n in names if n]
+    return " + ".join(names[:3] + ([f"{len(names) - 3} more"] if len(names) > 3 else [])) or "manifest"
+
+
 def load_mapped_samples(
     run_dir: Path, model_classes: list[str], source: EvalSource
 ) -> tuple[list[str], np.ndarray, dict[str, Any], LabelMap]:
@@ -165,7 +174,8 @@ def load_mapped_samples(
     else:
         opts.pop("class_map", None)  # manifests hold class names already
         samples = load_samples(manifest=Path(manifest), split=split, source=source_name, **opts)
-        info = {"manifest": str(manifest), "split": split, "name": source_name or Path(manifest).stem}
+        name = source_name or (dataset_name(samples.paths) if manifest == own else Path(manifest).stem)
+        info = {"manifest": str(manifest), "split": split, "name": name}
         if source_name is not None:
             info["source"] = source_name
     info["resolved"] = source.location(run_dir)
