@@ -47,11 +47,6 @@ def test_unknown_demo_models_are_refused(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="the demo's PoPE-ViT reaches 0.89 test accuracy at its budget (docs/experiments/demo_phantoms.md); "
-    "when a recipe reaches 0.90 this test passes, and strict xfail then asks for this mark to go",
-)
 def test_the_demo_learns_every_model_to_90_percent_and_is_deterministic(tmp_path):
     result = run_demo(tmp_path / "a", echo=lambda _: None)
     assert [r.name for r in result.rows] == ["pope", "rope_axial"]

@@ -19,7 +19,7 @@ _DEFAULT = None  # the defaults live in popevit.demo.DemoSettings
 def demo(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/demo"),
     per_class: Annotated[int | None, typer.Option(help="phantom images per class (default 250)", min=5)] = _DEFAULT,
-    epochs: Annotated[int | None, typer.Option(help="training epochs per model (default 30)", min=1)] = _DEFAULT,
+    epochs: Annotated[int | None, typer.Option(help="training epochs per model (default 25)", min=1)] = _DEFAULT,
     models: Annotated[
         str | None, typer.Option(help="comma list of pope, rope_axial, resnet18 (default: pope,rope_axial)")
     ] = _DEFAULT,

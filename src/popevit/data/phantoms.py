@@ -207,7 +207,7 @@ def _meningioma(
 ) -> tuple[np.ndarray, np.ndarray, _Lesion]:
     """Round extra-axial mass abutting the inner table, with a CSF cleft; returns ``(img, mask, (u, v, r))``."""
     h, w, upx = g.h, g.w, g.upx
-    r0 = rng.uniform(0.12, 0.22)
+    r0 = rng.uniform(0.18, 0.28)
     ang0 = rng.uniform(0, 2 * np.pi)
     tu, tv = (r_inner - 0.6 * r0) * np.cos(ang0), (r_inner - 0.6 * r0) * np.sin(ang0)
     # Round in pixel space: distance in pixels scaled by a.
@@ -225,7 +225,7 @@ def _pituitary(
     rng: np.random.Generator, g: _Head, img: np.ndarray, les: dict[str, float], brain: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, _Lesion]:
     """Small midline mass at the skull base; returns ``(img, mask, (u, v, r))``."""
-    r0 = rng.uniform(0.07, 0.12)
+    r0 = rng.uniform(0.10, 0.15)
     tu, tv = rng.uniform(-0.02, 0.02), rng.uniform(-0.42, -0.3)
     du, dv = g.u - tu, g.v - tv
     dist = np.hypot(du, dv * 1.15)
