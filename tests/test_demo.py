@@ -31,6 +31,7 @@ def test_demo_runs_every_step_and_a_second_run_reuses_them_and_prints_the_same_t
     assert result.report == tmp_path / "report.html"
     assert page.index("Answer") < page.index("Explanations") < page.index("Run pope")
     assert "No evaluation found" not in page and "pointing game" in page
+    assert "Internal test: test split of phantoms" in page  # the data named, not the run's manifest.csv
     table = format_table(result)
     assert "| vit_p8_w64_d4_conv + pope (res stem) |" in table and "| pope | resnet18 |" in table
     assert [line[:12] for line in lines[:2]] == ["[demo] 1/6 p", "[demo] 2/6 s"]
