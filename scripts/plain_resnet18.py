@@ -6,6 +6,10 @@ and for any external folders (one row per image: path, label, p_<class>...).
 
     python scripts/plain_resnet18.py --manifest runs/splits/kaggle_seed0.csv --out runs/plain \
         --external br35h=../shared/data/br35h --epochs 12 --threads 1
+
+``--images popevit`` (or ``popevit-full-decode``) swaps in the pixels popevit's data path makes for
+configs/experiments/plain_resnet18.yaml (JPEG draft decode, head crop, background padding, min-max rescale), and
+nothing else, to tell a difference of preprocessing from one of training.
 """
 
 import argparse, csv, json, math, time  # noqa: E401
@@ -34,9 +38,22 @@ def load(path: str, size: int = 128) -> np.ndarray:
     return np.asarray(Image.fromarray(sq).resize((size, size), Image.Resampling.BILINEAR))
 
 
-def tensors(paths: list[str]) -> torch.Tensor:
+def load_popevit(path: str, size: int = 128, draft: bool = True) -> np.ndarray:
+    """The uint8 (size, size) image popevit trains on with configs/experiments/plain_resnet18.yaml."""
+    from popevit.config import PreprocessConfig
+    from popevit.data.decode import decode_bytes
+    from popevit.data.preprocess import decode_for_model, preprocess_image
+
+    cfg, data = PreprocessConfig(img_size=size, clip_percentiles=(0, 100)), Path(path).read_bytes()
+    return preprocess_image(decode_for_model(data, path, cfg) if draft else decode_bytes(data, path), cfg)
+
+
+LOADERS = {"plain": load, "popevit": load_popevit, "popevit-full-decode": lambda p: load_popevit(p, draft=False)}
+
+
+def tensors(paths: list[str], images: str = "plain") -> torch.Tensor:
     """(N, 1, S, S) float, fixed scaling (x/255 - 0.5)/0.25: no per-image standardisation, no percentile clip."""
-    x = torch.from_numpy(np.stack([load(p) for p in paths])).float().unsqueeze(1)
+    x = torch.from_numpy(np.stack([LOADERS[images](p) for p in paths])).float().unsqueeze(1)
     return (x / 255 - 0.5) / 0.25
 
 
@@ -67,6 +84,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--images", choices=sorted(LOADERS), default="plain", help="whose preprocessing makes the pixels")
     a = ap.parse_args()
     torch.manual_seed(a.seed)
     torch.set_num_threads(a.threads)
@@ -75,7 +93,7 @@ def main() -> None:
     rows = list(csv.DictReader(open(a.manifest)))
     split = {s: [r for r in rows if r["split"] == s] for s in ("train", "test")}
     t0 = time.time()
-    x_tr = tensors([r["path"] for r in split["train"]])
+    x_tr = tensors([r["path"] for r in split["train"]], a.images)
     y_tr = torch.tensor([CLASSES.index(r["label"]) for r in split["train"]])
     counts = torch.bincount(y_tr, minlength=len(CLASSES)).float()
     weight = (1 / counts) / (1 / counts).mean()
@@ -106,12 +124,12 @@ def main() -> None:
     train_s = time.time() - t0
     test = split["test"]
     write(out / "test.csv", [r["path"] for r in test], [r["label"] for r in test],
-          proba(m, tensors([r["path"] for r in test])))  # fmt: skip
+          proba(m, tensors([r["path"] for r in test], a.images)))  # fmt: skip
     for item in a.external:
         name, folder = item.split("=", 1)
         files = sorted(p for p in Path(folder).glob("*/*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
         write(out / f"{name}.csv", [str(p) for p in files], [p.parent.name for p in files],
-              proba(m, tensors([str(p) for p in files])))  # fmt: skip
+              proba(m, tensors([str(p) for p in files], a.images)))  # fmt: skip
     info = {"args": vars(a), "train_wall_s": round(train_s, 1), "log": log, "torch": torch.__version__}
     (out / "run.json").write_text(json.dumps(info, indent=2))
 
