@@ -2,10 +2,12 @@
 
 A small model's training step is mostly per-operation overhead, which more threads hardly shrink: on 2 cores a
 step of the demo's PoPE-ViT takes 91 ms with 2 threads and 109 ms with 1 thread while a second run trains beside it,
-so two 1-thread runs side by side finish both in about the time of one (docs/experiments/demo_recipe.md). Processes are started with ``spawn`` (a forked child of a process that has started OpenMP threads
-can hang), so each one imports popevit afresh; every run stays seeded and reproducible, since its thread count is
-its config's ``train.threads``. As with any ``spawn`` multiprocessing, a script that calls
-:func:`train_side_by_side` (or :func:`popevit.demo.run_demo`) needs the ``if __name__ == "__main__":`` guard.
+so two 1-thread runs side by side finish both in about the time of one (docs/experiments/demo_recipe.md).
+
+Processes are started with ``spawn`` (a forked child of a process that has started OpenMP threads can hang), so each
+one imports popevit afresh; every run stays seeded and reproducible, since its thread count is its config's
+``train.threads``. As with any ``spawn`` multiprocessing, a script that calls :func:`train_side_by_side` (or
+:func:`popevit.demo.run_demo`) needs the ``if __name__ == "__main__":`` guard.
 """
 
 from __future__ import annotations
