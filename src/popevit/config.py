@@ -33,6 +33,22 @@ class PreprocessConfig(StrictModel):
         description="image = per-image zero mean, unit variance; fixed = (x - 0.5) / 0.25 on the 0..1 image, the same "
         "affine map for every image",
     )
+    crop: Literal["head", "max_fraction"] = Field(
+        "head",
+        description="head = find the head against the background level (largest component, margin, frames "
+        "stripped) and pad with the background level; max_fraction = the bounding box of the pixels above 10% of "
+        "the image's maximum, padded with 0, as simple recipes do",
+    )
+    jpeg_draft: bool = Field(
+        True,
+        description="decode large JPEGs in the DCT domain at >= 2x img_size (fast); false decodes every image at "
+        "full size, as simple recipes do",
+    )
+    rescale: bool = Field(
+        True,
+        description="stretch each image's grey levels (clip_percentiles) to 0..255; false keeps the 8-bit grey "
+        "levels as decoded (8-bit images only)",
+    )
     head_mask: bool = Field(
         False,
         description="crop tight to the head and set everything outside it to black, so that the background, frame "

@@ -98,6 +98,33 @@ def test_preprocess_removes_size_and_framing():
     assert np.abs(a.astype(int) - b.astype(int)).mean() < 12
 
 
+def test_simple_crop_without_rescale_reproduces_the_plain_script(phantom_root):
+    """``crop: max_fraction`` with ``rescale: false`` gives the pixels of scripts/plain_resnet18.py's loader: the box
+    of the pixels above 10% of the maximum, zero padding and raw grey levels, on images of any size and mode."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).parents[2] / "scripts" / "plain_resnet18.py"
+    spec = importlib.util.spec_from_file_location("plain_resnet18", script)
+    plain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plain)
+    cfg = PreprocessConfig(img_size=48, crop="max_fraction", rescale=False, clip_percentiles=(0, 100))
+    files = sorted(phantom_root.glob("*/*.png"))[::6]
+    for path in files:
+        img = Image.open(path)
+        ours, theirs = preprocess_image(img, cfg).astype(int), plain.load(str(path), size=48).astype(int)
+        assert np.abs(ours - theirs).max() <= 1, path  # PIL resizes their uint8 and our float: rounding only
+        assert not np.array_equal(ours, preprocess_image(img, PreprocessConfig(img_size=48)))
+    from popevit.data.preprocess import draft_size, settings_key
+
+    full = PreprocessConfig(img_size=48, jpeg_draft=False)  # the script decodes JPEGs at full size
+    assert draft_size(full) is None and draft_size(PreprocessConfig(img_size=48)) == (96, 96)
+    assert len({settings_key(c) for c in (cfg, full, PreprocessConfig(img_size=48))}) == 3  # each its own cache
+    deep = Image.fromarray(np.full((20, 20), 4000, np.uint16))  # 16-bit grey levels
+    with pytest.raises(ValueError, match=r"rescale=false keeps 8-bit grey levels, but this image reaches 4000"):
+        preprocess_image(deep, cfg)
+
+
 def test_to_tensor_standardised_and_channels():
     arr = np.random.default_rng(0).integers(0, 255, (32, 32)).astype(np.uint8)
     x1 = to_tensor(arr, CFG)

@@ -14,9 +14,13 @@ The Kaggle Brain Tumor MRI set gives its class away by image size and framing (t
 3. pad to square with the background level (centred);
 4. resize to ``img_size`` (PIL bilinear, which low-pass filters when downscaling);
 5. percentile clip (``clip_percentiles``) and rescale to 0..255 (uint8): what the decode-once cache stores;
+   ``rescale: false`` keeps the decoded 8-bit grey levels instead;
 6. :func:`to_tensor`: per-image standardisation (zero mean, unit variance; Nyúl & Udupa 1999 motivate per-scan
    normalisation for MRI, whose intensities have no absolute scale), or with ``normalize: fixed`` the same affine
    map ``(x - 0.5) / 0.25`` for every image, and replication to 3 channels if asked.
+
+``crop: max_fraction`` replaces steps 2-3 with what simple recipes do: the bounding box of the pixels above 10% of
+the maximum, padded with 0 (``scripts/plain_resnet18.py``; docs/experiments/source_confound.md compares the two).
 
 With ``head_mask`` steps 2-5 change: after the first resize the head is segmented (:func:`head_mask`: the largest
 foreground component with its holes filled, optionally shrunk by ``head_erode`` of its size to strip scalp and skull),
@@ -252,6 +256,16 @@ def square_crop(gray: np.ndarray, crop_foreground: bool = True) -> SquareCrop:
     return SquareCrop(box, side, ((side - h) // 2, (side - w) // 2), fill)
 
 
+def max_fraction_crop(gray: np.ndarray, fraction: float = 0.1) -> SquareCrop:
+    """The simple recipes' crop (``crop: max_fraction``): the bounding box of the pixels above ``fraction`` of the
+    image's maximum (the whole image when none is), centred in a square padded with 0."""
+    ys, xs = np.nonzero(gray > fraction * gray.max()) if gray.size else ((), ())
+    h, w = gray.shape
+    t, l, b, r = (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1) if len(ys) else (0, 0, h, w)
+    side = max(b - t, r - l)
+    return SquareCrop((t, l, b, r), side, ((side - (b - t)) // 2, (side - (r - l)) // 2), 0.0)
+
+
 def crop_pad_square(gray: np.ndarray, crop_foreground: bool = True) -> np.ndarray:
     """Foreground crop (optional) then centred pad to square with the background level. (H, W) -> (L, L)."""
     return square_crop(gray, crop_foreground).apply(gray)
@@ -275,26 +289,41 @@ def rescale_uint8(x: np.ndarray, percentiles: tuple[float, float], where: np.nda
     return np.round(y).astype(np.uint8)
 
 
+def raw_uint8(x: np.ndarray) -> np.ndarray:
+    """8-bit grey levels kept as they are (``rescale: false``): rounded and clipped to 0..255."""
+    return np.round(np.clip(x, 0, 255)).astype(np.uint8)
+
+
 def preprocess_framed(img: Image.Image, cfg: PreprocessConfig) -> FramedImage:
     """The deterministic, class-independent preprocessing, with where its pixels came from.
 
     Args:
         img: a decoded PIL image in any mode.
-        cfg: preprocessing settings (``img_size``, ``crop_foreground``, ``clip_percentiles``, ``head_mask``).
+        cfg: preprocessing settings (``img_size``, ``crop_foreground``, ``crop``, ``clip_percentiles``, ``rescale``,
+            ``head_mask``).
 
     Returns:
         The uint8 (S, S) image (S = ``cfg.img_size``) and its :class:`Framing` (crop boxes and resize scale).
     """
     gray = to_gray(img)  # (H, W) float32
-    first = square_crop(gray, cfg.crop_foreground)
+    if not cfg.rescale and gray.size and float(gray.max()) > 255:
+        raise ValueError(
+            f"data.preprocess.rescale=false keeps 8-bit grey levels, but this image reaches {float(gray.max()):.0f} "
+            "(more than 8 bits); set data.preprocess.rescale=true"
+        )
+    if cfg.crop_foreground and cfg.crop == "max_fraction":
+        first = max_fraction_crop(gray)
+    else:
+        first = square_crop(gray, cfg.crop_foreground)
     square = first.apply(gray)  # (L, L)
     if not cfg.head_mask:
-        image = rescale_uint8(resize(square, cfg.img_size), cfg.clip_percentiles)  # (S, S) uint8
+        small = resize(square, cfg.img_size)
+        image = rescale_uint8(small, cfg.clip_percentiles) if cfg.rescale else raw_uint8(small)  # (S, S) uint8
         return FramedImage(image, Framing((first,), cfg.img_size))
     head = _head_crop(square, cfg.img_size)  # crop tight to the head, resize, clip over the head, black outside it
     small = resize(head.apply(square), cfg.img_size)
     mask = head_mask(small, cfg.head_erode)
-    image = rescale_uint8(small, cfg.clip_percentiles, where=mask)
+    image = rescale_uint8(small, cfg.clip_percentiles, where=mask) if cfg.rescale else raw_uint8(small)
     image[~mask] = 0
     return FramedImage(image, Framing((first, head), cfg.img_size))
 
@@ -304,9 +333,10 @@ def preprocess_image(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     return preprocess_framed(img, cfg).image
 
 
-def draft_size(cfg: PreprocessConfig) -> tuple[int, int]:
-    """JPEG draft bound: decode at >= 2x the model size so the crop still has enough resolution."""
-    return 2 * cfg.img_size, 2 * cfg.img_size
+def draft_size(cfg: PreprocessConfig) -> tuple[int, int] | None:
+    """JPEG draft bound: decode at >= 2x the model size so the crop still has enough resolution (None: full size,
+    ``jpeg_draft: false``)."""
+    return (2 * cfg.img_size, 2 * cfg.img_size) if cfg.jpeg_draft else None
 
 
 def decode_for_model(data: bytes, path: Path | str, cfg: PreprocessConfig) -> Image.Image:
@@ -340,4 +370,6 @@ def settings_key(cfg: PreprocessConfig) -> str:
     }
     if cfg.head_mask:  # only when on, so that the arrays cached before the option existed stay valid
         fields.update(head_mask=True, head_erode=cfg.head_erode)
+    if cfg.crop != "head" or not cfg.rescale:  # likewise ("draft" is None without the JPEG draft)
+        fields.update(crop=cfg.crop, rescale=cfg.rescale)
     return json.dumps(fields, sort_keys=True)
