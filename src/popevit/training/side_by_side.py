@@ -30,7 +30,7 @@ def _worker(name: str, cfg: ExperimentConfig, run_dir: Path, events: Any) -> Non
     """Train one run in a child process; report each finished epoch and the end (or the error) to ``events``."""
     from lightning.pytorch.callbacks import Callback  # heavy import: Lightning
 
-    from popevit.progress import quiet_third_party
+    from popevit.progress import PROGRESS_ENV, quiet_third_party
     from popevit.training import train
 
     class _Epochs(Callback):
@@ -39,6 +39,7 @@ def _worker(name: str, cfg: ExperimentConfig, run_dir: Path, events: Any) -> Non
 
     quiet_third_party()
     logging.getLogger("popevit").setLevel(logging.WARNING)
+    os.environ[PROGRESS_ENV] = "0"  # the parent draws this run's bar; no second live display on the same terminal
     try:
         result = train(cfg, run_dir, callbacks=[_Epochs()])
     except BaseException as err:  # the parent names the run and the error in one line, and stops the others
