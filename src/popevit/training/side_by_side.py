@@ -21,7 +21,9 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from popevit import progress
 from popevit.config import ExperimentConfig
+from popevit.progress import PROGRESS_ENV, quiet_third_party
 
 _POLL_S = 0.5
 
@@ -30,8 +32,7 @@ def _worker(name: str, cfg: ExperimentConfig, run_dir: Path, events: Any) -> Non
     """Train one run in a child process; report each finished epoch and the end (or the error) to ``events``."""
     from lightning.pytorch.callbacks import Callback  # heavy import: Lightning
 
-    from popevit.progress import PROGRESS_ENV, quiet_third_party
-    from popevit.training import train
+    from popevit.training import train  # heavy import: Lightning
 
     class _Epochs(Callback):
         def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
@@ -64,8 +65,6 @@ def train_side_by_side(
     Raises:
         RuntimeError: a run failed (its error is named) or its process died; the other runs are stopped.
     """
-    from popevit import progress
-
     ctx = mp.get_context("spawn")
     events = ctx.Queue()
     pending, running, walls = list(jobs), {}, {}
