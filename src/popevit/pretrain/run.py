@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 from safetensors.torch import save_file
 
 from popevit.config import ExperimentConfig, OptimConfig
-from popevit.io import atomic_write_bytes
+from popevit.io import atomic_write_bytes, atomic_write_json
 from popevit.models import create_model
 from popevit.models.presets import FORMER_NAMES, PRESETS
 from popevit.pretrain.simmim import SimMIM, random_mask
@@ -27,7 +27,7 @@ from popevit.training.fit import best_checkpoint, device_precision, fit_and_load
 from popevit.training.module import NonFiniteLossError, configure_warmup_cosine, reseed_epoch
 from popevit.training.provenance import provenance
 from popevit.training.run import model_kwargs
-from popevit.training.rundir import check_out_dir, prepare_run_dir, report_data, run_data, write_json
+from popevit.training.rundir import check_out_dir, prepare_run_dir, report_data, run_data
 
 
 class MIMModule(L.LightningModule):
@@ -140,7 +140,7 @@ def pretrain(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False
     best_loss = float(ckpt_best.best_model_score) if ckpt_best.best_model_score is not None else float("nan")
     state = {k: v.detach().cpu().contiguous() for k, v in module.net.encoder_state_dict().items()}
     atomic_write_bytes(encoder, lambda tmp: save_file(state, str(tmp)))
-    write_json(
+    atomic_write_json(
         out_dir / "pretrain.json",
         {
             **provenance(fit, trainer, manifest, on_gpu, precision, resume),

@@ -18,12 +18,13 @@ import torch
 
 from popevit.artifact import ModelMeta, load_weights, save_artifact
 from popevit.config import ExperimentConfig, load_config
+from popevit.io import atomic_write_json
 from popevit.models import is_vit
 from popevit.serve.card import write_model_card
 from popevit.training.budget import budget
 from popevit.training.fit import best_checkpoint, device_precision, fit_and_load_best, launcher_rank, make_trainer
 from popevit.training.provenance import provenance
-from popevit.training.rundir import check_out_dir, prepare_run_dir, record_init, report_data, run_data, write_json
+from popevit.training.rundir import check_out_dir, prepare_run_dir, record_init, report_data, run_data
 
 
 @dataclass
@@ -110,9 +111,9 @@ def train(
         return RunResult(out_dir, classes, {}, fit.wall_s, trainer.current_epoch)
     save_artifact(module.model, _meta(cfg, kwargs, dm, fit.best), out_dir)
     val = _validate(module, dm, on_gpu, precision, cfg.train.accelerator)
-    write_json(out_dir / "val_metrics.json", val)
+    atomic_write_json(out_dir / "val_metrics.json", val)
     teacher = cfg.model.distill.teacher if cfg.model.distill else None
-    write_json(
+    atomic_write_json(
         out_dir / "run.json",
         {
             **provenance(fit, trainer, None if cifar else manifest_path, on_gpu, precision, resume),

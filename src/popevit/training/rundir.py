@@ -42,7 +42,7 @@ from popevit.config import ConfigError, ExperimentConfig, dump_config, load_conf
 from popevit.data.cache import default_cache_dir
 from popevit.data.checks import Skip, class_warnings, format_skipped, write_skipped
 from popevit.data.manifest import EXCLUDED, Manifest, read_manifest, split_data, write_manifest
-from popevit.io import atomic_write_bytes, read_json
+from popevit.io import atomic_write_bytes, atomic_write_text, read_json
 from popevit.training import provenance
 from popevit.training.fit import launcher_rank
 
@@ -180,7 +180,7 @@ def prepare_run_dir(
     if skipped:
         write_skipped(out_dir / SKIPPED, skipped)
     if fresh:
-        atomic_write_bytes(out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(cfg_text))
+        atomic_write_text(out_dir / "config.yaml", cfg_text)
     return dest
 
 
@@ -287,7 +287,7 @@ def record_init(out_dir: Path, init: Path | None, resume: bool) -> Path | None:
         text = json.dumps(
             {"path": None if init is None else str(init), "sha256": None if init is None else file_sha256(init)}
         )
-        atomic_write_bytes(record, lambda tmp: Path(tmp).write_text(text))
+        atomic_write_text(record, text)
         return init
     if not record.is_file():
         return init
@@ -352,9 +352,3 @@ def _rows_per_class(manifest: Manifest) -> dict[str, list[Any]]:
     for r in manifest.select(None):
         out.setdefault(r.label, []).append(r)
     return out
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """``obj`` as indented JSON, written atomically."""
-    text = json.dumps(obj, indent=2)
-    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
