@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-import popevit.demo as demo
+from popevit.demo import DemoSettings, run_demo
 
 
 def main() -> None:
@@ -21,14 +21,9 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--settings", default="{}", help="JSON of DemoSettings fields, e.g. epochs, lr, batch_size")
     ap.add_argument("--set", action="append", default=[], help="config override applied after the demo's own")
-    ap.add_argument("--threads", type=int, default=demo.THREADS, help="torch threads of evaluation and explanation")
     a = ap.parse_args()
-    demo.THREADS = a.threads
-    if a.set:  # after the demo's overrides, so they win
-        load = demo.load_config
-        demo.load_config = lambda config, overrides: load(config, [*overrides, *a.set])
-    settings = demo.DemoSettings(**json.loads(a.settings))
-    result = demo.run_demo(a.out, settings, echo=lambda _: None)
+    settings = DemoSettings(**{**json.loads(a.settings), "overrides": tuple(a.set)})
+    result = run_demo(a.out, settings, echo=lambda _: None)
     for row in result.rows:
         acc = row.accuracy
         print(f"{row.name}: accuracy {acc[0]:.3f} [{acc[1]:.3f}, {acc[2]:.3f}], trained in {row.train_s:.0f} s")

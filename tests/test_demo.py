@@ -55,3 +55,11 @@ def test_the_demo_learns_every_model_to_90_percent_and_is_deterministic(tmp_path
         assert r.accuracy[0] >= 0.90, format_table(result)
     again = run_demo(tmp_path / "b", echo=lambda _: None)  # trained again from scratch in another folder
     assert format_table(again) == format_table(result)
+
+
+def test_demo_overrides_come_after_the_demos_own(tmp_path):
+    from popevit.demo import DEMO_MODELS, demo_config
+
+    s = dataclasses.replace(TINY, overrides=("model.stem=conv", "optim.warmup_epochs=3"))
+    cfg = demo_config(tmp_path / "split.csv", DEMO_MODELS[0], s, tmp_path / "cache")
+    assert (cfg.model.stem, cfg.optim.warmup_epochs, cfg.model.pos_enc) == ("conv", 3, "pope")

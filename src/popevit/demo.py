@@ -68,6 +68,8 @@ class DemoSettings:
         n_boot: bootstrap resamples of every CI and paired test.
         explain_images: images explained per model (mistakes and confident hits first).
         models: which of :data:`DEMO_MODELS` to run, by name.
+        overrides: config overrides applied after the demo's own (``scripts/demo_variant.py``), e.g.
+            ``("model.stem=conv",)``.
     """
 
     per_class: int = 250
@@ -79,6 +81,7 @@ class DemoSettings:
     n_boot: int = 1000
     explain_images: int = 12
     models: tuple[str, ...] = ("pope", "rope_axial")
+    overrides: tuple[str, ...] = ()
 
 
 @dataclass
@@ -128,6 +131,7 @@ def demo_config(manifest: Path, model: DemoModel, s: DemoSettings, cache_dir: Pa
             f"train.threads={TRAIN_THREADS}",
             f"train.log_every_n_steps={min(10, steps_per_epoch)}",
             "train.progress_bar=true",  # drawn on a terminal only (popevit.progress)
+            *s.overrides,
         ],
     )
 
@@ -243,7 +247,7 @@ def _train_all(
     n_img = int(0.8 * 4 * s.per_class)
     echo(f"[demo] 3/6 train {labels}: {s.epochs} epochs on {n_img} images, side by side, one thread each ...")
     t = _clock()
-    done.update(train_side_by_side({n: (configs[n], runs / n) for n in todo}, s.epochs))
+    done.update(train_side_by_side({n: (configs[n], runs / n) for n in todo}))
     timings["train " + " + ".join(todo)] = _since(t)
     return done
 
@@ -269,9 +273,9 @@ def _evaluate(
     t = _clock()
     metrics = evaluate_run(run_dir, n_boot=s.n_boot, seed=s.seed, cache_dir=cache)
     timings[f"evaluate {run_dir.name}"] = _since(t)
-    acc = _ci(metrics, "accuracy")
-    echo(f"[demo] 4/6 evaluate {_label(cfg)}: test accuracy {acc[0]:.3f} [{acc[1]:.3f}, {acc[2]:.3f}]")
-    return DemoRow(run_dir.name, _label(cfg), run_dir, metrics["n"], acc, _ci(metrics, "auroc_macro"), train_s)
+    acc, label = _ci(metrics, "accuracy"), _label(cfg)
+    echo(f"[demo] 4/6 evaluate {label}: test accuracy {acc[0]:.3f} [{acc[1]:.3f}, {acc[2]:.3f}]")
+    return DemoRow(run_dir.name, label, run_dir, metrics["n"], acc, _ci(metrics, "auroc_macro"), train_s)
 
 
 def _explain_rows(

@@ -358,7 +358,7 @@ def test_runs_side_by_side_match_runs_alone_and_a_failed_run_is_named(phantom_ro
 
     cfgs = {s: load_config(None, [*TINY, f"data.data={phantom_root}", "train.max_epochs=1", f"train.seed={s}"])
             for s in (0, 1)}  # fmt: skip
-    walls = train_side_by_side({f"s{s}": (cfg, tmp_path / f"s{s}") for s, cfg in cfgs.items()}, epochs=1)
+    walls = train_side_by_side({f"s{s}": (cfg, tmp_path / f"s{s}") for s, cfg in cfgs.items()})
     assert sorted(walls) == ["s0", "s1"] and all(w > 0 for w in walls.values())
     alone = train(cfgs[1], tmp_path / "alone")  # same seed and threads in this process: the same weights
     side, solo = load_file(tmp_path / "s1" / "model.safetensors"), load_file(alone.out_dir / "model.safetensors")
@@ -366,4 +366,4 @@ def test_runs_side_by_side_match_runs_alone_and_a_failed_run_is_named(phantom_ro
 
     bad = load_config(None, [*TINY, f"data.data={tmp_path / 'nowhere'}"])
     with pytest.raises(RuntimeError, match=r"training broken failed: FileNotFoundError: data folder .* not found"):
-        train_side_by_side({"broken": (bad, tmp_path / "broken")}, epochs=1)
+        train_side_by_side({"broken": (bad, tmp_path / "broken")})

@@ -49,14 +49,12 @@ def _worker(name: str, cfg: ExperimentConfig, run_dir: Path, events: Any) -> Non
     events.put((name, "done", float(result.wall_s)))
 
 
-def train_side_by_side(
-    jobs: dict[str, tuple[ExperimentConfig, Path]], epochs: int, workers: int | None = None
-) -> dict[str, float]:
+def train_side_by_side(jobs: dict[str, tuple[ExperimentConfig, Path]], workers: int | None = None) -> dict[str, float]:
     """Train each ``name: (config, run_dir)`` of ``jobs`` in a child process, ``workers`` at a time.
 
     Args:
-        jobs: the runs to make; each config's ``train.threads`` sets its torch threads.
-        epochs: epochs per run, for the bars.
+        jobs: the runs to make; each config's ``train.threads`` sets its torch threads, ``train.max_epochs`` the
+            length of its bar.
         workers: processes at once; default the number of CPU cores (at least 1).
 
     Returns:
@@ -70,7 +68,9 @@ def train_side_by_side(
     pending, running, walls = list(jobs), {}, {}
     limit = max(1, workers or os.cpu_count() or 1)
     with ExitStack() as stack:
-        bars = {n: stack.enter_context(progress.bar(f"train {n}", epochs)) for n in jobs}
+        bars = {
+            n: stack.enter_context(progress.bar(f"train {n}", cfg.train.max_epochs)) for n, (cfg, _) in jobs.items()
+        }
         try:
             while pending or running:
                 while pending and len(running) < limit:
