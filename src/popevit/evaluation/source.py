@@ -132,7 +132,8 @@ def _run_data_options(run_dir: Path) -> dict[str, Any]:
 
 def dataset_name(paths: list[Path] | list[str]) -> str:
     """What a manifest's images are, by the folder that holds their class folders: ``phantoms``,
-    ``brain-tumor-mri/Training`` (a split folder is named with its parent), ``Training + br35h`` for several."""
+    ``brain-tumor-mri/Training`` (a split folder is named with its parent), ``br35h + brain-tumor-mri/Training``
+    for several (at most three named)."""
     roots = sorted({Path(p).parent.parent for p in paths}, key=str)
     names = [f"{r.parent.name}/{r.name}" if r.name.lower() in SPLIT_DIRS and r.parent.name else r.name for r in roots]
     names = [n for n in names if n]
