@@ -164,6 +164,40 @@ def test_two_processes_fill_cache_at_once(phantom_root, tmp_path):
     assert len(list(cache.dir.rglob("*.npy"))) == 12 and not list(cache.dir.rglob("*.tmp"))
 
 
+def test_prepare_sends_only_cache_misses_to_worker_processes(phantom_root, tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import popevit.data.dataset as dataset_mod
+    from popevit.data.decode import read_bytes
+    from popevit.data.dedup import content_hash
+
+    pooled: list[str] = []
+
+    class RecordingPool(ThreadPoolExecutor):  # the same map interface, in threads, recording what it is sent
+        def map(self, fn, jobs, chunksize=1):
+            jobs = list(jobs)
+            pooled.extend(job[0] for job in jobs)
+            return super().map(fn, jobs)
+
+    monkeypatch.setattr(dataset_mod, "ProcessPoolExecutor", RecordingPool)
+    paths = sorted((phantom_root / "meningioma").glob("*.png"))
+    hashes = [content_hash(read_bytes(p)) for p in paths]
+    ImageDataset(paths[:6], [0] * 6, CFG, cache_dir=tmp_path, content_hashes=hashes[:6]).prepare(workers=1)
+    assert pooled == []
+
+    ds = ImageDataset(paths, [0] * len(paths), CFG, cache_dir=tmp_path, content_hashes=hashes)
+    assert ds.prepare(workers=2) == []
+    assert pooled == [str(p) for p in paths[6:]]  # the warm half is read here, not sent to a worker
+    for i, p in enumerate(paths):
+        assert np.array_equal(ds.array(i), preprocess_image(load_image(p), CFG))
+
+    pooled.clear()  # a warm cache starts no workers at all
+    again = ImageDataset(paths, [0] * len(paths), CFG, cache_dir=tmp_path, content_hashes=hashes)
+    assert again.prepare(workers=2) == [] and pooled == []
+    unknown = ImageDataset(paths[:3], [0] * 3, CFG, cache_dir=tmp_path)  # no hashes: cannot tell, so decode
+    assert unknown.prepare(workers=2) == [] and pooled == [str(p) for p in paths[:3]]
+
+
 @pytest.mark.parametrize("where", ["prepare", "worker"])
 def test_cache_write_failure_is_raised_not_a_dropped_image(phantom_root, tmp_path, monkeypatch, where):
     def disk_full(self, digest, arr):

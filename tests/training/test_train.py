@@ -367,3 +367,19 @@ def test_runs_side_by_side_match_runs_alone_and_a_failed_run_is_named(phantom_ro
     bad = load_config(None, [*TINY, f"data.data={tmp_path / 'nowhere'}"])
     with pytest.raises(RuntimeError, match=r"training broken failed: FileNotFoundError: data folder .* not found"):
         train_side_by_side({"broken": (bad, tmp_path / "broken")})
+
+
+def test_runs_side_by_side_share_one_decoding_of_their_manifest(phantom_root, tmp_path):
+    from popevit.data import make_split
+    from popevit.data.cache import ArrayCache
+    from popevit.data.manifest import read_manifest
+    from popevit.training.side_by_side import decode_once
+
+    make_split(phantom_root, tmp_path / "split.csv", seed=0, cache_dir=tmp_path / "split_cache")
+    cfg = load_config(None, [*TINY, f"data.manifest={tmp_path / 'split.csv'}", f"data.cache_dir={tmp_path / 'c'}"])
+    cache = ArrayCache(tmp_path / "c", cfg.data.preprocess)
+    rows = read_manifest(tmp_path / "split.csv").select(None)
+    assert rows and not any(cache.has(r.content_hash) for r in rows)
+    missing = load_config(None, [*TINY, f"data.manifest={tmp_path / 'nowhere.csv'}"])
+    decode_once([cfg, cfg, missing])  # the missing manifest is left to its run, which names it
+    assert all(cache.has(r.content_hash) for r in rows)

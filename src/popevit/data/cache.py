@@ -76,6 +76,10 @@ class ArrayCache:
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    def has(self, digest: str | None) -> bool:
+        """Whether an array is stored for content hash ``digest`` (``None``, an unknown hash: no)."""
+        return digest is not None and self._file(digest).is_file()
+
     def get(self, digest: str) -> np.ndarray | None:
         """The cached (S, S) uint8 array, or ``None`` when absent or unreadable (it is then rebuilt)."""
         f = self._file(digest)

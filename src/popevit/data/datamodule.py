@@ -171,22 +171,24 @@ class MRIDataModule(SplitDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        index = self.targets
         pre = self.cfg.preprocess
+        rows = {split: self.manifest.select(split) for split in SPLITS}
+        every = [r for split in SPLITS for r in rows[split]]
+        # every split in one pass: at most one set of decoding processes, and none when the cache is warm
+        ds = ImageDataset([r.path for r in every], [self.targets[r.label] for r in every], pre, None,
+                          self.cfg.cache_dir, [r.content_hash for r in every])  # fmt: skip
+        bad = dict(ds.prepare(workers=None))
+        start = 0
         for split in SPLITS:
-            rows = self.manifest.select(split)
+            span = range(start, start + len(rows[split]))
+            start = span.stop
+            for i in span:
+                if ds.paths[i] in bad:  # the caller reports them (popevit.data.checks.format_skipped)
+                    log.info("skipping %s (%s): %s", ds.paths[i], split, bad[ds.paths[i]])
+                    self.skipped.append((ds.paths[i], bad[ds.paths[i]]))
             tf = build_train_transform(self.cfg.augment, pre) if split == "train" else build_eval_transform(pre)
-            ds = ImageDataset([r.path for r in rows], [index[r.label] for r in rows], pre, tf, self.cfg.cache_dir,
-                              [r.content_hash for r in rows])  # fmt: skip
-            bad = ds.prepare(workers=None)
-            if bad:
-                for p, reason in bad:  # the caller reports them (popevit.data.checks.format_skipped)
-                    log.info("skipping %s (%s): %s", p, split, reason)
-                bad_set = {p for p, _ in bad}
-                ds = ds.subset([i for i, p in enumerate(ds.paths) if p not in bad_set])
-                self.skipped.extend(bad)
-            self.datasets[split] = ds
-            source_of = {r.path: r.source for r in rows}
-            self.sources[split] = [source_of[p] for p in ds.paths]
+            self.datasets[split] = ds.subset([i for i in span if ds.paths[i] not in bad], transform=tf)
+            source_of = {r.path: r.source for r in rows[split]}
+            self.sources[split] = [source_of[p] for p in self.datasets[split].paths]
         if len(self.datasets["train"]) == 0:
             raise ValueError(f"manifest {self.manifest.path} has no usable training images (none of them decodes)")

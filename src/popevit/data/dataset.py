@@ -102,6 +102,10 @@ class ImageDataset(Dataset):
     def prepare(self, workers: int | None = None) -> list[tuple[Path, str]]:
         """Build the cache for every file (in parallel when many are missing) and load all arrays into memory.
 
+        A file counts as missing when its content hash is unknown or has no stored array. Only those go to the
+        worker processes: a warm cache is read in this process, since starting workers (each importing torch) takes
+        longer than reading a few thousand small arrays.
+
         Args:
             workers: processes for cache misses; default: all cores when > 64 misses.
 
@@ -113,11 +117,12 @@ class ImageDataset(Dataset):
         """
         bad: list[tuple[Path, str]] = []
         todo = [i for i, a in enumerate(self._arrays) if a is None]
+        misses = [i for i in todo if not self.cache.has(self.expected[i])]
         if workers is None:
-            workers = (os.cpu_count() or 1) if len(todo) > 64 else 1
-        what = f"decoding {len(todo)} images"
-        if workers > 1 and todo:
-            jobs = [(str(self.paths[i]), self.expected[i], self.cache_root, self.cfg) for i in todo]
+            workers = (os.cpu_count() or 1) if len(misses) > 64 else 1
+        what = f"decoding {len(misses)} of {len(todo)} images" if misses else f"loading {len(todo)} cached images"
+        if workers > 1 and misses:
+            jobs = [(str(self.paths[i]), self.expected[i], self.cache_root, self.cfg) for i in misses]
             with ProcessPoolExecutor(max_workers=workers) as pool:
                 results = list(track(pool.map(_warm, jobs, chunksize=16), what, total=len(jobs)))
             failed = {p: err for p, _, err in results if err is not None}
@@ -139,9 +144,11 @@ class ImageDataset(Dataset):
                 bad.append((self.paths[i], reason))
         return bad
 
-    def subset(self, keep: Sequence[int]) -> ImageDataset:
-        """A new dataset with only the items ``keep`` (arrays already loaded are shared)."""
-        out = ImageDataset([self.paths[i] for i in keep], [self.targets[i] for i in keep], self.cfg, self.transform,
+    def subset(self, keep: Sequence[int], transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> ImageDataset:
+        """A new dataset with only the items ``keep`` (arrays already loaded are shared), and ``transform`` instead
+        of this one's when given."""
+        tf = self.transform if transform is None else transform
+        out = ImageDataset([self.paths[i] for i in keep], [self.targets[i] for i in keep], self.cfg, tf,
                            self.cache_root, [self.expected[i] for i in keep])  # fmt: skip
         out._arrays = [self._arrays[i] for i in keep]
         return out

@@ -63,6 +63,7 @@ def train_side_by_side(jobs: dict[str, tuple[ExperimentConfig, Path]], workers: 
     Raises:
         RuntimeError: a run failed (its error is named) or its process died; the other runs are stopped.
     """
+    decode_once([cfg for cfg, _ in jobs.values()])
     ctx = mp.get_context("spawn")
     events = ctx.Queue()
     pending, running, walls = list(jobs), {}, {}
@@ -85,6 +86,30 @@ def train_side_by_side(jobs: dict[str, tuple[ExperimentConfig, Path]], workers: 
                     proc.terminate()
                     proc.join()
     return walls
+
+
+def decode_once(configs: list[ExperimentConfig]) -> None:
+    """Fill the decode-once cache of every manifest the runs read, once, in this process.
+
+    Left to the runs, each would decode the same images at the same time, each with its own worker processes. A
+    manifest that cannot be read is left to its runs, whose errors name them.
+    """
+    from popevit.data.dataset import ImageDataset
+    from popevit.data.manifest import SPLITS, read_manifest
+
+    seen: set[tuple[str, str, str]] = set()
+    for cfg in configs:
+        data = cfg.data
+        key = (str(data.manifest), data.preprocess.model_dump_json(), str(data.cache_dir))
+        if data.dataset != "folder" or data.manifest is None or key in seen:
+            continue
+        seen.add(key)
+        try:
+            rows = [r for split in SPLITS for r in read_manifest(data.manifest).select(split)]
+            ImageDataset([r.path for r in rows], [0] * len(rows), data.preprocess, None, data.cache_dir,
+                         [r.content_hash for r in rows]).prepare()  # fmt: skip
+        except (OSError, ValueError):
+            continue
 
 
 def _collect(events: Any, running: dict[str, Any], walls: dict[str, float], bars: dict[str, Any]) -> None:
