@@ -13,6 +13,14 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/bench_recipes.py --json recipes.json
     .venv/bin/python benchmarks/bench_recipes.py \
         --candidate "wide=configs/experiments/whole_budget_vit_resstem_noreg.yaml;model.embed_dim=256"
+
+A candidate trains in the memory layout its config gives it (``train.channels_last``); ``memory_format=contiguous`` or
+``memory_format=channels_last`` among its overrides forces one, and an empty config path means the defaults plus the
+overrides::
+
+    .venv/bin/python benchmarks/bench_recipes.py --threads 1 \
+        --candidate "resnet18=configs/experiments/whole_budget_resnet18.yaml;memory_format=contiguous" \
+        --candidate "resnet18_cl=configs/experiments/whole_budget_resnet18.yaml;memory_format=channels_last"
 """
 
 from __future__ import annotations
@@ -50,6 +58,16 @@ def parse_candidate(text: str) -> tuple[str, str, list[str]]:
     return label, path, overrides
 
 
+def memory_format(channels_last: bool, overrides: list[str]) -> tuple[str, list[str]]:
+    """The layout the candidate trains in (``memory_format=...`` among ``overrides``, else its config's
+    ``train.channels_last``), and the overrides without it."""
+    forced = [o.partition("=")[2] for o in overrides if o.startswith("memory_format=")]
+    rest = [o for o in overrides if not o.startswith("memory_format=")]
+    if forced and forced[-1] not in ("contiguous", "channels_last"):
+        raise SystemExit(f"memory_format={forced[-1]!r}: expected contiguous or channels_last")
+    return (forced[-1] if forced else "channels_last" if channels_last else "contiguous"), rest
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--candidate", action="append", help="LABEL=CONFIG.yaml[;key=value...]; the first is the baseline")
@@ -63,17 +81,20 @@ def main() -> None:
     torch.manual_seed(0)
     steps, info, threads = {}, {}, set()
     for label, path, overrides in cands:
-        cfg = load_config(path, overrides)
+        cfg = load_config(path or None, [o for o in overrides if not o.startswith("memory_format=")])
         kw = model_kwargs(cfg, num_classes=4)
         model = create_model(cfg.model.name, **kw).train()
+        layout, overrides = memory_format(cfg.train.channels_last, overrides)
+        model = model.to(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
         size, batch = cfg.data.preprocess.img_size, cfg.data.batch_size
         x = torch.randn(batch, cfg.data.preprocess.in_chans, size, size)
         y = torch.arange(batch) % 4
         steps[label] = make_train_step(model, x, y)
         threads.add(cfg.train.threads)
         arch = {k: kw[k] for k in ("stem", "embed_dim", "depth", "dropout", "drop_path") if k in kw}
-        info[label] = {"config": path, "overrides": overrides, "batch": batch, "img_size": size,
-                       "params": parameter_counts(model)[0], "model": cfg.model.name, **arch}  # fmt: skip
+        info[label] = {"config": path, "overrides": overrides, "memory_format": layout, "batch": batch,
+                       "img_size": size, "params": parameter_counts(model)[0], "model": cfg.model.name,
+                       **arch}  # fmt: skip
     n_threads = args.threads or (threads.pop() if len(threads) == 1 else os.cpu_count())
     torch.set_num_threads(n_threads)
 

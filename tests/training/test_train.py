@@ -383,3 +383,19 @@ def test_runs_side_by_side_share_one_decoding_of_their_manifest(phantom_root, tm
     missing = load_config(None, [*TINY, f"data.manifest={tmp_path / 'nowhere.csv'}"])
     decode_once([cfg, cfg, missing])  # the missing manifest is left to its run, which names it
     assert all(cache.has(r.content_hash) for r in rows)
+
+
+def test_channels_last_changes_the_memory_layout_not_the_model(phantom_root, tmp_path):
+    from popevit.artifact import load_artifact
+
+    runs = {}
+    for layout in ("false", "true"):
+        cfg = load_config(None, [*TINY, "model.stem=res", f"data.data={phantom_root}", "train.max_epochs=1",
+                                 f"train.channels_last={layout}"])  # fmt: skip
+        runs[layout] = train(cfg, tmp_path / f"cl_{layout}")
+    plain, cl = (load_file(runs[k].out_dir / "model.safetensors") for k in ("false", "true"))
+    assert plain.keys() == cl.keys()
+    assert all(torch.allclose(plain[k], cl[k], atol=1e-4) for k in plain)  # the same training, rounded otherwise
+    assert any(not torch.equal(plain[k], cl[k]) for k in plain)  # ... and the layout did change the arithmetic
+    model, _ = load_artifact(runs["true"].out_dir)  # the saved weights are plain contiguous tensors
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 4)

@@ -144,7 +144,8 @@ class ImageDataset(Dataset):
                 bad.append((self.paths[i], reason))
         return bad
 
-    def subset(self, keep: Sequence[int], transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> ImageDataset:
+    def subset(self, keep: Sequence[int], transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+               ) -> ImageDataset:  # fmt: skip
         """A new dataset with only the items ``keep`` (arrays already loaded are shared), and ``transform`` instead
         of this one's when given."""
         tf = self.transform if transform is None else transform

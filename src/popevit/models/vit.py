@@ -202,7 +202,7 @@ class ViT(nn.Module):
         """
         grid = self.grid_size(tuple(x.shape[-2:]))
         # contiguous: a transposed view would keep the whole residual stream in (B, C, P) strides (~5% slower)
-        x = self.patch_embed(x).flatten(2).transpose(1, 2).contiguous()  # (B, P, C)
+        x = self.patch_embed(x).permute(0, 2, 3, 1).flatten(1, 2).contiguous()  # (B, P, C)
         if mask is not None:
             x = torch.where(mask.unsqueeze(-1), mask_token.to(x.dtype), x)
         prefix = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.dist_token) if t is not None]

@@ -155,6 +155,8 @@ def _build_module(cfg: ExperimentConfig, dm: Any) -> tuple[Any, dict[str, Any]]:
         cfg.data.augment.model_dump(mode="json") if cfg.data.augment.mixing else None,
         label_sets=getattr(dm, "label_sets", None) or None,
     )
+    if cfg.train.channels_last:  # the parameters keep their identity; only their memory layout changes
+        module.model.to(memory_format=torch.channels_last)
     return module, kwargs
 
 
