@@ -18,6 +18,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -35,7 +36,7 @@ def shown(path: str | Path) -> str:
     return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[Path], Any], keep_suffix: bool = False) -> Path:
     """Write a file through a temporary file in the same folder, fsync it, then rename it over ``path``.
 
     Args:
@@ -43,6 +44,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
         write: callable that writes the whole content to the temporary path it is given (e.g.
             ``lambda tmp: fig.savefig(tmp, format="png")``). Anything it raises propagates, and the destination is
             left as it was.
+        keep_suffix: end the temporary name with ``path``'s suffix too, for writers that check it
+            (``torch.export.save`` wants ``.pt2``).
 
     Returns:
         ``path``.
@@ -60,7 +63,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
                 raise NotADirectoryError(20, f"is a file, so it cannot hold {path.name}; pass another path", parent)
             break
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    suffix = f".tmp{path.suffix}" if keep_suffix else ".tmp"
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
@@ -104,9 +108,29 @@ def atomic_write_csv(path: str | Path, rows: Iterable[Sequence[Any]], linetermin
     return atomic_write_text(path, buf.getvalue())
 
 
+def jsonable(obj: Any) -> Any:
+    """``obj`` made strict JSON: NaN/inf floats become None, numpy scalars Python numbers, paths and keys strings."""
+    if hasattr(obj, "item") and not isinstance(obj, list | tuple | dict | str) and getattr(obj, "ndim", 0) == 0:
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
 def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2, **kwargs: Any) -> Path:
     """Write ``obj`` as JSON atomically (a trailing newline; ``kwargs`` go to :func:`json.dumps`)."""
     return atomic_write_text(path, json.dumps(obj, indent=indent, **kwargs) + "\n")
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as strict, indented JSON atomically (NaN/inf as null: :func:`jsonable`)."""
+    return atomic_write_json(path, jsonable(obj), allow_nan=False)
 
 
 def atomic_savefig(fig: Any, path: str | Path, **kwargs: Any) -> Path:

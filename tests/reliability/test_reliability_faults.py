@@ -52,8 +52,9 @@ def _no_traceback(err: str, out: str = "") -> None:
 
 @pytest.fixture(scope="module")
 def many_images(tmp_path_factory) -> Path:
-    """Enough phantoms (4 x 40 at 96 px) that a split takes a few seconds: long enough to be interrupted."""
-    return phantom_folder(tmp_path_factory.mktemp("faults") / "data", per_class=40, size=96)
+    """Enough phantoms (4 x 80 at 96 px) that a split takes a few seconds: long enough to be interrupted, with room
+    for a busy machine between the first fingerprint and the signal."""
+    return phantom_folder(tmp_path_factory.mktemp("faults") / "data", per_class=80, size=96)
 
 
 def test_a_fifo_among_the_images_does_not_hang_split(tmp_path):

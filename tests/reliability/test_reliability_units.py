@@ -4,6 +4,7 @@ checkpoint writer on a full disk, CIFAR reading, name checks, manifest copies.""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pickle
 import stat
@@ -14,7 +15,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from popevit.io import atomic_write, atomic_write_text, read_json, shown
+from popevit.io import atomic_write, atomic_write_text, read_json, shown, write_json
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -70,6 +71,16 @@ def test_a_rewritten_file_keeps_its_permissions_and_a_new_one_gets_the_umask(tmp
     os.umask(umask)
     new = atomic_write_text(tmp_path / "new.json", "{}\n")
     assert stat.S_IMODE(new.stat().st_mode) == 0o666 & ~umask
+
+
+def test_a_writer_that_checks_the_suffix_sees_it_and_json_is_strict(tmp_path):
+    import numpy as np
+
+    seen = []
+    atomic_write(tmp_path / "model.pt2", lambda tmp: (seen.append(tmp.name), tmp.write_bytes(b"x")), keep_suffix=True)
+    assert seen[0].endswith(".pt2") and (tmp_path / "model.pt2").read_bytes() == b"x"
+    write_json(tmp_path / "r.json", {"a": float("nan"), 1: np.float32(0.5), "p": tmp_path, "l": (np.int64(2),)})
+    assert json.loads((tmp_path / "r.json").read_text()) == {"a": None, "1": 0.5, "p": str(tmp_path), "l": [2]}
 
 
 def test_a_path_through_a_file_is_named(tmp_path):

@@ -14,7 +14,6 @@ Outputs, in ``out`` (default ``RUN/eval/<tag>``, e.g. ``RUN/eval/test`` or ``RUN
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +34,7 @@ from popevit.evaluation.metrics import metrics_with_ci, point_metrics
 from popevit.evaluation.plots import figure_title, plot_all
 from popevit.evaluation.predictions import PREDICTIONS, Predictions, predict_proba, resolve_device
 from popevit.evaluation.source import EVAL_DIR, RUN_MANIFEST, EvalSource, load_eval_samples, load_mapped_samples
-from popevit.io import atomic_write_json
+from popevit.io import jsonable, write_json
 from popevit.serve.card import write_model_card
 
 __all__ = [  # EVAL_DIR is re-exported: archived runs and the report name eval folders by it
@@ -120,22 +119,6 @@ def novel_mask(
         "near_threshold_bits": NEAR_THRESHOLD,
     }
     return mask, info
-
-
-def jsonable(obj: Any) -> Any:
-    """``obj`` with NaN/inf floats replaced by None, so the written JSON is strict (readable by any tool)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [jsonable(v) for v in obj]
-    return obj
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Strict JSON (NaN -> null), indented."""
-    atomic_write_json(path, jsonable(obj), allow_nan=False)
 
 
 def summarize(preds: Predictions, n_boot: int, seed: int) -> dict[str, Any]:

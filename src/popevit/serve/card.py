@@ -28,9 +28,9 @@ import yaml
 from popevit.artifact import WEIGHTS, file_sha256, load_meta, param_count
 from popevit.data import read_manifest
 from popevit.data.manifest import EXCLUDED
+from popevit.io import atomic_write_text, write_json
 from popevit.models import MODELS, list_models
 from popevit.serve.card_markdown import CARD_JSON, CARD_MD, render_markdown
-from popevit.serve.records import write_json, write_text
 
 FORMAT = "popevit-model-card/1"
 OOD_KEYS = ("thresholds", "recall_target", "val_recall", "scores", "fitted_on")
@@ -272,7 +272,7 @@ def write_model_card(run_dir: str | Path, *, strict: bool = False) -> Path | Non
     try:
         card = build_card(run_dir)
         write_json(run_dir / CARD_JSON, card)
-        return write_text(run_dir / CARD_MD, render_markdown(card))
+        return atomic_write_text(run_dir / CARD_MD, render_markdown(card))
     except Exception as err:
         if strict:
             raise

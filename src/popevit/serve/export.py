@@ -145,8 +145,8 @@ def export_onnx(module, record: dict[str, Any], out: Path, *, opset: int = DEFAU
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    from popevit.io import atomic_write_bytes, jsonable
     from popevit.serve.module import OUTPUTS
-    from popevit.serve.records import atomic_write, jsonable
 
     if opset < 17:
         raise ValueError(f"opset {opset} is too old; use 17 or newer (LayerNormalization needs 17)")
@@ -176,21 +176,21 @@ def export_onnx(module, record: dict[str, Any], out: Path, *, opset: int = DEFAU
     proto.doc_string = f"popevit {record['model']['name']} -> {', '.join(record['classes'])}"
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
-    return atomic_write(out, lambda tmp: Path(tmp).write_bytes(data))
+    return atomic_write_bytes(out, data)
 
 
 def export_pt2(module, record: dict[str, Any], out: Path) -> Path:
     """Write ``module`` with ``torch.export`` (dynamic batch) and the record as the extra file ``popevit.json``."""
     import torch
 
-    from popevit.serve.records import atomic_write, jsonable
+    from popevit.io import atomic_write, jsonable
 
     size = record["preprocess"]["img_size"]
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     with torch.no_grad():
         program = torch.export.export(module, (_example(size),), dynamic_shapes={"x": {0: batch}}, strict=False)
     extra = {META_KEY: json.dumps(jsonable(record))}
-    return atomic_write(out, lambda tmp: torch.export.save(program, tmp, extra_files=extra))
+    return atomic_write(out, lambda tmp: torch.export.save(program, tmp, extra_files=extra), keep_suffix=True)
 
 
 def run_exported(path: Path, x: np.ndarray) -> list[np.ndarray]:

@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from popevit.io import atomic_write_text, write_json
 from popevit.serve.backends import ModelInfo, TorchBackend, load_backend, softmax
 from popevit.serve.inputs import Failure, Skipped, Slice, iter_inputs, parse_slices
-from popevit.serve.records import atomic_write, write_json
 
 PREDICTIONS_CSV = "predictions.csv"
 PREDICTIONS_JSON = "predictions.json"
@@ -319,7 +319,7 @@ def write_predictions(result: PredictionSet, out: Path, *, overwrite: bool = Fal
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]} already exists; pass another --out folder, or --overwrite to replace it")
     text = csv_text(result)
-    atomic_write(paths[0], lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write_text(paths[0], text)
     write_json(paths[1], result.to_json())
     return paths
 

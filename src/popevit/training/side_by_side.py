@@ -94,8 +94,8 @@ def decode_once(configs: list[ExperimentConfig]) -> None:
     Left to the runs, each would decode the same images at the same time, each with its own worker processes. A
     manifest that cannot be read is left to its runs, whose errors name them.
     """
-    from popevit.data.dataset import ImageDataset
-    from popevit.data.manifest import SPLITS, read_manifest
+    from popevit.data.dataset import ImageDataset  # heavy import: torch
+    from popevit.data.manifest import SPLITS, read_manifest  # heavy import: imagehash, scipy
 
     seen: set[tuple[str, str, str]] = set()
     for cfg in configs:
