@@ -180,6 +180,9 @@ class ModelConfig(StrictModel):
     depth: int | None = Field(None, ge=1, description="override the ViT preset's number of blocks")
     num_heads: int | None = Field(None, ge=1, description="override the ViT preset's attention heads")
     mlp_dim: int | None = Field(None, ge=1, description="override the ViT preset's MLP hidden width")
+    fc_norm: bool = Field(
+        False, description="ViT: final LayerNorm on the pooled feature, not on each token before pooling (timm fc_norm)"
+    )
     pretrained: Path | None = Field(None, description="local .safetensors/.pth weights")
     freeze_backbone: bool = Field(False, description="train the head only")
     distill: DistillConfig | None = Field(None, description="distillation token + teacher (popevit ViTs only)")

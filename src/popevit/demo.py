@@ -43,9 +43,10 @@ class DemoModel:
     explain: str  # explanation method
 
 
+_DEMO_VIT = ("model.name=vit_p8_w64_d4_conv", "model.stem=res", "model.fc_norm=true")  # the encoding alone varies
 DEMO_MODELS: tuple[DemoModel, ...] = (
-    DemoModel("pope", ("model.name=vit_p8_w64_d4_conv", "model.stem=res", "model.pos_enc=pope"), "rollout"),
-    DemoModel("rope_axial", ("model.name=vit_p8_w64_d4_conv", "model.stem=res", "model.pos_enc=rope_axial"), "rollout"),
+    DemoModel("pope", (*_DEMO_VIT, "model.pos_enc=pope"), "rollout"),
+    DemoModel("rope_axial", (*_DEMO_VIT, "model.pos_enc=rope_axial"), "rollout"),
     DemoModel("resnet18", ("model.name=resnet18", "model.pos_enc=null"), "gradcam"),
 )
 

@@ -63,12 +63,35 @@ def test_baselines_refuse_architecture_overrides(key):
 def test_a_config_override_reaches_the_trained_and_reloaded_model(phantom_root, tmp_path):
     over = ["model.name=vit_p8_w32_d2", "data.preprocess.img_size=32", "data.batch_size=8", "train.max_epochs=1",
             "train.progress_bar=false", "train.threads=1", f"data.data={phantom_root}",
-            "model.embed_dim=48", "model.depth=3"]  # fmt: skip
+            "model.embed_dim=48", "model.depth=3", "model.fc_norm=true"]  # fmt: skip
     cfg = load_config(None, over)
-    assert {"embed_dim": 48, "depth": 3}.items() <= model_kwargs(cfg, 4).items()
+    assert {"embed_dim": 48, "depth": 3, "fc_norm": True}.items() <= model_kwargs(cfg, 4).items()
     result = train(cfg, tmp_path / "run")
     model, meta = load_artifact(result.out_dir)  # what evaluate, explain and archive rebuild from
     assert _shape(model) == (48, 3, 3, 96)
-    assert meta.kwargs["embed_dim"] == 48 and meta.kwargs["depth"] == 3
+    assert meta.kwargs["embed_dim"] == 48 and meta.kwargs["depth"] == 3 and model.cfg.fc_norm
     with pytest.raises(ValueError, match="greater than or equal to 1"):
         load_config(None, ["model.depth=0"])
+
+
+@pytest.mark.parametrize("pool", ["mean", "cls"])
+def test_fc_norm_normalises_the_pooled_feature_instead_of_every_token(pool):
+    torch.manual_seed(0)
+    plain = create_model("vit_p8_w32_d2", num_classes=4, img_size=32, pool=pool).eval()
+    fc = create_model("vit_p8_w32_d2", num_classes=4, img_size=32, pool=pool, fc_norm=True).eval()
+    fc.load_state_dict(plain.state_dict())  # the same parameters: only where the LayerNorm sits differs
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        tokens = fc.forward_features(x)  # not normalised
+        pooled = tokens[:, 0] if pool == "cls" else tokens.mean(dim=1)
+        assert torch.allclose(fc(x), fc.head(fc.norm(pooled)), atol=1e-6)
+        assert torch.allclose(plain.forward_features(x), plain.norm(tokens), atol=1e-6)
+        if pool == "cls":  # one token: normalising it before or after "pooling" is the same
+            assert torch.allclose(fc(x), plain(x), atol=1e-6)
+        else:
+            assert not torch.allclose(fc(x), plain(x), atol=1e-4)
+
+
+def test_baselines_refuse_fc_norm():
+    with pytest.raises(ValueError, match=r"model 'resnet18' does not support fc_norm=True"):
+        create_model("resnet18", num_classes=4, fc_norm=True)

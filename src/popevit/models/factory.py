@@ -66,6 +66,7 @@ def create_model(
     depth: int | None = None,
     num_heads: int | None = None,
     mlp_dim: int | None = None,
+    fc_norm: bool = False,
 ) -> nn.Module:
     """Build a registered model.
 
@@ -90,6 +91,8 @@ def create_model(
         embed_dim, depth, num_heads, mlp_dim: override the preset's token width, number of blocks, attention heads
             and MLP hidden width (popevit ViT presets only; ``None`` = the preset's). A changed ``embed_dim``
             without ``num_heads`` keeps the preset's head width when it divides the new width.
+        fc_norm: normalise the pooled feature instead of every token (popevit ViT presets only; see
+            :class:`popevit.models.vit.ViTConfig`).
 
     Returns:
         The model, mapping ``(B, in_chans, H, W)`` float images to ``(B, num_classes)`` logits, with a
@@ -99,7 +102,7 @@ def create_model(
     spec = MODELS.get(name)
     state = None if pretrained is None else read_source(name, pretrained)  # fail before the (slow) build
     arch = dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim)
-    arch = {k: v for k, v in arch.items() if v is not None}
+    arch = {k: v for k, v in arch.items() if v is not None} | ({"fc_norm": True} if fc_norm else {})
     _check_options(name, num_classes=num_classes, in_chans=in_chans, stem=stem, distill=distill, arch=arch)
     model = spec.build(
         **({"stem": stem} if stem is not None else {}),

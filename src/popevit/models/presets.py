@@ -76,6 +76,7 @@ def build_vit(
     depth: int | None = None,
     num_heads: int | None = None,
     mlp_dim: int | None = None,
+    fc_norm: bool = False,
 ) -> ViT:
     """Build preset ``name`` with the common ``create_model`` options applied on top.
 
@@ -111,6 +112,7 @@ def build_vit(
         pool=pool or base.pool,
         stem=stem or base.stem,
         distill=distill,
+        fc_norm=fc_norm,
     )
     return ViT(cfg)
 

@@ -53,6 +53,10 @@ class ViTConfig:
         stem: tokeniser, a key of ``popevit.models.stem.STEMS``: ``"patch"`` (one patchify convolution), ``"conv"``
             (convolutional stem) or ``"res"`` (residual convolutional stem).
         distill: add a distillation token and head (see the module docstring).
+        fc_norm: apply the final LayerNorm to the pooled feature instead of to every token before pooling (timm's
+            ``fc_norm``, as in BEiT and MAE). With mean pooling, normalising each token first gives a lesion covering
+            a few of the patches a share of the pooled feature no larger than its area; pooled first, a token's
+            larger activations still count.
     """
 
     img_size: int = 224
@@ -71,6 +75,7 @@ class ViTConfig:
     qkv_bias: bool = True
     stem: Literal["patch", "conv", "res"] = "patch"
     distill: bool = False
+    fc_norm: bool = False
 
     def __post_init__(self) -> None:
         if self.img_size % self.patch_size:
@@ -211,13 +216,13 @@ class ViT(nn.Module):
         x = self.pos_enc.add_to_tokens(x, grid)
         for blk in self.blocks:
             x = blk(x, self.pos_enc, grid)
-        return self.norm(x)
+        return x if self.cfg.fc_norm else self.norm(x)
 
     def forward_head(self, x: Tensor) -> Tensor:
         """``(B, N, C)`` tokens -> ``(B, num_classes)`` logits."""
         n0 = self.num_prefix_tokens
         x = x[:, 0] if self.global_pool == "cls" else x[:, n0:].mean(dim=1)  # (B, C)
-        return self.head(self.head_drop(x))
+        return self.head(self.head_drop(self.norm(x) if self.cfg.fc_norm else x))
 
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         """``(B, C_in, H, W)`` float images -> ``(B, num_classes)`` logits.
@@ -228,7 +233,8 @@ class ViT(nn.Module):
         logits = self.forward_head(feats)
         if self.head_dist is None:
             return logits
-        dist = self.head_dist(self.head_drop(feats[:, self.num_prefix_tokens - 1]))  # (B, K) from the DIST token
+        token = feats[:, self.num_prefix_tokens - 1]  # the DIST token
+        dist = self.head_dist(self.head_drop(self.norm(token) if self.cfg.fc_norm else token))  # (B, K)
         return (logits, dist) if self.training else (logits + dist) / 2
 
     def config_dict(self) -> dict:

@@ -54,6 +54,8 @@ def model_kwargs(cfg: ExperimentConfig, num_classes: int) -> dict[str, Any]:
     for key in ("dropout", "attn_dropout", "drop_path"):
         if getattr(m, key):
             kw[key] = getattr(m, key)
+    if m.fc_norm:
+        kw["fc_norm"] = True
     if m.freeze_backbone:
         kw["freeze_backbone"] = True
     if m.distill is not None:
