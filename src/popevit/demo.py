@@ -7,10 +7,12 @@ ViTs, Grad-CAM for the CNN, overlays with the tumour outline, pointing game) -> 
 
 The recipe is the competitive one of the real-data study at demo size: the ViTs tokenise with a residual
 convolutional stem (``model.stem=res``, :mod:`popevit.models.stem`); with the plain convolutional stem they stay
-near chance at the same budget. They need about 1,000 optimiser steps to find the lesions (25 epochs of 800 images
-at batch 16). Each model trains in its own process with one torch thread (:mod:`popevit.training.side_by_side`):
-for models this small a second thread hardly helps, a second process doubles the throughput. Everything is seeded
-and the thread counts are fixed, so a second run on the same machine prints the same table.
+near chance at the same budget. Their final LayerNorm acts on the pooled feature (``model.fc_norm=true``), so that
+a lesion covering a few patches still moves it; they find the lesions after 500-700 optimiser steps and train for
+1,250 (25 epochs of 800 images at batch 16). Each model trains in its own process with one torch thread
+(:mod:`popevit.training.side_by_side`): for models this small a second thread hardly helps, a second process doubles
+the throughput. Everything is seeded and the thread counts are fixed, so a second run on the same machine prints the
+same table.
 
 The pipeline's modules (torch, Lightning, timm, the evaluation and explanation code) are a heavy import: each step
 imports what it runs, so importing this module (``popevit --help``, :class:`DemoSettings`) stays fast.
@@ -53,11 +55,10 @@ DEMO_MODELS: tuple[DemoModel, ...] = (
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Size of the demo: the two ViTs train side by side in about 140 s on 2 cores (280 CPU-seconds) and reach
-    0.92 test accuracy each at these defaults (docs/experiments/demo_recipe.md). They need about 1,000 optimiser
-    steps before they find the lesions, and the recipe is at the edge: nearby settings (lr 2e-3, 20 or 30 epochs,
-    batch 8) end anywhere between 0.6 and 0.93 for one of the two. ResNet18 (``models=(..., "resnet18")``) costs
-    about 270 CPU-seconds per 10 epochs, so it is not in the default.
+    """Size of the demo: the two ViTs train side by side in about 120 s on 2 cores (225 CPU-seconds) and reach
+    0.98 (PoPE) and 0.94 (RoPE-axial) test accuracy at these defaults, 0.92 or more under another training seed or
+    another rounding (docs/experiments/demo_recipe.md); 20 epochs end at 0.88 for both. ResNet18
+    (``models=(..., "resnet18")``) costs about 270 CPU-seconds per 10 epochs, so it is not in the default.
 
     Attributes:
         per_class: phantom images per class (80/10/10 split).
