@@ -16,7 +16,7 @@ def test_demo_runs_every_step_and_a_second_run_reuses_them_and_prints_the_same_t
     lines: list[str] = []
     result = run_demo(tmp_path, TINY, echo=lines.append)
     assert [r.name for r in result.rows] == ["pope", "resnet18"]
-    assert [r.model for r in result.rows] == ["vit_p8_w64_d4_conv + pope (res stem)", "resnet18"]
+    assert [r.model for r in result.rows] == ["vit_p8_w64_d4_conv + pope (res stem, fc_norm)", "resnet18"]
     for r, method in zip(result.rows, ("rollout", "gradcam"), strict=True):
         assert (r.run_dir / "model.safetensors").is_file()
         metrics = json.loads((r.run_dir / "eval" / "test" / "metrics.json").read_text())  # where report looks
@@ -33,7 +33,7 @@ def test_demo_runs_every_step_and_a_second_run_reuses_them_and_prints_the_same_t
     assert "No evaluation found" not in page and "pointing game" in page
     assert "Internal test: test split of phantoms" in page  # the data named, not the run's manifest.csv
     table = format_table(result)
-    assert "| vit_p8_w64_d4_conv + pope (res stem) |" in table and "| pope | resnet18 |" in table
+    assert "| vit_p8_w64_d4_conv + pope (res stem, fc_norm) |" in table and "| pope | resnet18 |" in table
     assert [line[:12] for line in lines[:2]] == ["[demo] 1/6 p", "[demo] 2/6 s"]
 
     lines.clear()

@@ -257,7 +257,9 @@ def _train_all(
 def _label(cfg: ExperimentConfig) -> str:
     from popevit.evaluation.describe import model_label
 
-    return model_label(cfg.model.name, {"pos_enc": cfg.model.pos_enc, "stem": cfg.model.stem})
+    return model_label(
+        cfg.model.name, {"pos_enc": cfg.model.pos_enc, "stem": cfg.model.stem, "fc_norm": cfg.model.fc_norm}
+    )
 
 
 def _evaluate(

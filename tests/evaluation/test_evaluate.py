@@ -12,7 +12,7 @@ import torch
 
 from popevit.artifact import ModelMeta, save_artifact
 from popevit.config import PreprocessConfig
-from popevit.evaluation.describe import source_label
+from popevit.evaluation.describe import model_label, source_label
 from popevit.evaluation.evaluate import ClassMismatchError, evaluate_run
 from popevit.evaluation.metrics import metric_names, point_metrics
 from popevit.evaluation.predictions import Predictions
@@ -288,3 +288,17 @@ def test_file_sha256_reads_a_file_once_and_again_after_any_rewrite(tmp_path, mon
     os.utime(path, ns=(stamp + 1, stamp + 1))
     assert file_sha256(path) == hashlib.sha256(b"c" * 1000).hexdigest()
     assert len(reads) == 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "label"),
+    [
+        ({"pos_enc": "pope"}, "vit_p8_w64_d4_conv + pope"),
+        ({"pos_enc": "pope", "stem": "patch"}, "vit_p8_w64_d4_conv + pope"),
+        ({"pos_enc": "rope_axial", "stem": "res"}, "vit_p8_w64_d4_conv + rope_axial (res stem)"),
+        ({"pos_enc": "pope", "stem": "res", "fc_norm": True}, "vit_p8_w64_d4_conv + pope (res stem, fc_norm)"),
+        ({"pos_enc": "pope", "fc_norm": True}, "vit_p8_w64_d4_conv + pope (fc_norm)"),
+    ],
+)
+def test_a_model_label_names_what_differs_from_the_preset(kwargs, label):
+    assert model_label("vit_p8_w64_d4_conv", kwargs) == label

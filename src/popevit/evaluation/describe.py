@@ -11,11 +11,11 @@ from typing import Any
 
 
 def model_label(name: str | None, kwargs: dict[str, Any] | None = None) -> str:
-    """``"vit_p8_w64_d4_conv + pope (res stem)"`` from a registered model name and its keyword arguments.
+    """``"vit_p8_w64_d4_conv + pope (res stem, fc_norm)"`` from a registered model name and its keyword arguments.
 
     Args:
         name: registered model name (``model.json``'s ``name``).
-        kwargs: its keyword arguments; ``pos_enc`` and a non-default ``stem`` are named.
+        kwargs: its keyword arguments; ``pos_enc``, a non-default ``stem`` and ``fc_norm`` are named.
 
     Returns:
         The label; ``"model"`` when the name is unknown.
@@ -24,9 +24,9 @@ def model_label(name: str | None, kwargs: dict[str, Any] | None = None) -> str:
     label = str(name or "model")
     if kwargs.get("pos_enc"):
         label += f" + {kwargs['pos_enc']}"
-    if kwargs.get("stem") and kwargs["stem"] != "patch":
-        label += f" ({kwargs['stem']} stem)"
-    return label
+    extras = [f"{kwargs['stem']} stem"] if kwargs.get("stem") and kwargs["stem"] != "patch" else []
+    extras += ["fc_norm"] if kwargs.get("fc_norm") else []
+    return f"{label} ({', '.join(extras)})" if extras else label
 
 
 def source_label(source: dict[str, Any] | None) -> str:
