@@ -23,9 +23,13 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARN
 
 
 def _popevit(*args: object, limit_bytes: int | None = None, **kw) -> subprocess.Popen:
-    def limit() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+    def setup() -> None:
+        # A suite started in the background by a non-interactive shell inherits SIGINT ignored, and Python then
+        # never raises KeyboardInterrupt: give the command the terminal's Ctrl-C that a user has.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if limit_bytes is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
 
     return subprocess.Popen(
         [sys.executable, "-m", "popevit.cli.main", *map(str, args)],
@@ -33,7 +37,7 @@ def _popevit(*args: object, limit_bytes: int | None = None, **kw) -> subprocess.
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=limit if limit_bytes is not None else None,
+        preexec_fn=setup,
         **kw,
     )
 
@@ -52,9 +56,8 @@ def _no_traceback(err: str, out: str = "") -> None:
 
 @pytest.fixture(scope="module")
 def many_images(tmp_path_factory) -> Path:
-    """Enough phantoms (4 x 80 at 96 px) that a split takes a few seconds: long enough to be interrupted, with room
-    for a busy machine between the first fingerprint and the signal."""
-    return phantom_folder(tmp_path_factory.mktemp("faults") / "data", per_class=80, size=96)
+    """Enough phantoms (4 x 40 at 96 px) that a split takes a few seconds: long enough to be interrupted."""
+    return phantom_folder(tmp_path_factory.mktemp("faults") / "data", per_class=40, size=96)
 
 
 def test_a_fifo_among_the_images_does_not_hang_split(tmp_path):
