@@ -58,14 +58,14 @@ def parse_candidate(text: str) -> tuple[str, str, list[str]]:
     return label, path, overrides
 
 
-def memory_format(channels_last: bool, overrides: list[str]) -> tuple[str, list[str]]:
-    """The layout the candidate trains in (``memory_format=...`` among ``overrides``, else its config's
-    ``train.channels_last``), and the overrides without it."""
+def memory_format(overrides: list[str]) -> tuple[str | None, list[str]]:
+    """The layout ``memory_format=...`` among ``overrides`` forces (None: the config's ``train.channels_last``
+    decides), and the config overrides without it."""
     forced = [o.partition("=")[2] for o in overrides if o.startswith("memory_format=")]
     rest = [o for o in overrides if not o.startswith("memory_format=")]
     if forced and forced[-1] not in ("contiguous", "channels_last"):
         raise SystemExit(f"memory_format={forced[-1]!r}: expected contiguous or channels_last")
-    return (forced[-1] if forced else "channels_last" if channels_last else "contiguous"), rest
+    return (forced[-1] if forced else None), rest
 
 
 def main() -> None:
@@ -81,10 +81,11 @@ def main() -> None:
     torch.manual_seed(0)
     steps, info, threads = {}, {}, set()
     for label, path, overrides in cands:
-        cfg = load_config(path or None, [o for o in overrides if not o.startswith("memory_format=")])
+        layout, overrides = memory_format(overrides)
+        cfg = load_config(path or None, overrides)
+        layout = layout or ("channels_last" if cfg.train.channels_last else "contiguous")
         kw = model_kwargs(cfg, num_classes=4)
         model = create_model(cfg.model.name, **kw).train()
-        layout, overrides = memory_format(cfg.train.channels_last, overrides)
         model = model.to(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
         size, batch = cfg.data.preprocess.img_size, cfg.data.batch_size
         x = torch.randn(batch, cfg.data.preprocess.in_chans, size, size)

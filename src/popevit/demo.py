@@ -257,9 +257,7 @@ def _train_all(
 def _label(cfg: ExperimentConfig) -> str:
     from popevit.evaluation.describe import model_label
 
-    return model_label(
-        cfg.model.name, {"pos_enc": cfg.model.pos_enc, "stem": cfg.model.stem, "fc_norm": cfg.model.fc_norm}
-    )
+    return model_label(cfg.model.name, cfg.model.model_dump())
 
 
 def _evaluate(

@@ -12,8 +12,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from popevit.config import DataConfig
-from popevit.data.dataset import ImageDataset
-from popevit.data.manifest import EXCLUDED, SPLITS, Manifest, read_manifest
+from popevit.data.dataset import ImageDataset, split_images
+from popevit.data.manifest import EXCLUDED, Manifest, read_manifest
 from popevit.data.transforms import build_eval_transform, build_train_transform
 
 log = logging.getLogger(__name__)
@@ -172,23 +172,17 @@ class MRIDataModule(SplitDataModule):
         if self.datasets:
             return
         pre = self.cfg.preprocess
-        rows = {split: self.manifest.select(split) for split in SPLITS}
-        every = [r for split in SPLITS for r in rows[split]]
         # every split in one pass: at most one set of decoding processes, and none when the cache is warm
-        ds = ImageDataset([r.path for r in every], [self.targets[r.label] for r in every], pre, None,
-                          self.cfg.cache_dir, [r.content_hash for r in every])  # fmt: skip
+        ds, spans = split_images(self.manifest, pre, self.cfg.cache_dir, self.targets)
         bad = dict(ds.prepare(workers=None))
-        start = 0
-        for split in SPLITS:
-            span = range(start, start + len(rows[split]))
-            start = span.stop
+        source_of = {r.path: r.source for r in self.manifest.select(None)}
+        for split, span in spans.items():
             for i in span:
                 if ds.paths[i] in bad:  # the caller reports them (popevit.data.checks.format_skipped)
                     log.info("skipping %s (%s): %s", ds.paths[i], split, bad[ds.paths[i]])
                     self.skipped.append((ds.paths[i], bad[ds.paths[i]]))
             tf = build_train_transform(self.cfg.augment, pre) if split == "train" else build_eval_transform(pre)
             self.datasets[split] = ds.subset([i for i in span if ds.paths[i] not in bad], transform=tf)
-            source_of = {r.path: r.source for r in rows[split]}
             self.sources[split] = [source_of[p] for p in self.datasets[split].paths]
         if len(self.datasets["train"]) == 0:
             raise ValueError(f"manifest {self.manifest.path} has no usable training images (none of them decodes)")

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from popevit.config import PreprocessConfig
 from popevit.data.cache import ArrayCache, CacheWriteError, default_cache_dir
 from popevit.data.decode import DecodeError
+from popevit.data.manifest_file import SPLITS, Manifest
 from popevit.data.transforms import build_eval_transform
 from popevit.progress import track
 
@@ -153,3 +154,29 @@ class ImageDataset(Dataset):
                            self.cache_root, [self.expected[i] for i in keep])  # fmt: skip
         out._arrays = [self._arrays[i] for i in keep]
         return out
+
+
+def split_images(
+    manifest: Manifest,
+    preprocess: PreprocessConfig,
+    cache_dir: Path | None = None,
+    target_of: dict[str, int] | None = None,
+) -> tuple[ImageDataset, dict[str, range]]:
+    """The images of the train, val and test splits of ``manifest`` as one dataset, in that order, and each split's
+    index range in it: what a run decodes, so that its DataModule and the warm-up of runs side by side
+    (:func:`popevit.training.side_by_side.decode_once`) read the same files.
+
+    Args:
+        manifest: the run's manifest.
+        preprocess: preprocessing settings (they select the cache folder).
+        cache_dir: decode-once cache root (default :func:`~popevit.data.cache.default_cache_dir`).
+        target_of: label -> target index; without it every target is 0 (decoding only).
+    """
+    rows, spans = [], {}
+    for split in SPLITS:
+        part = manifest.select(split)
+        spans[split] = range(len(rows), len(rows) + len(part))
+        rows += part
+    targets = [target_of[r.label] for r in rows] if target_of is not None else [0] * len(rows)
+    dataset = ImageDataset([r.path for r in rows], targets, preprocess, None, cache_dir, [r.content_hash for r in rows])
+    return dataset, spans

@@ -94,8 +94,8 @@ def decode_once(configs: list[ExperimentConfig]) -> None:
     Left to the runs, each would decode the same images at the same time, each with its own worker processes. A
     manifest that cannot be read is left to its runs, whose errors name them.
     """
-    from popevit.data.dataset import ImageDataset  # heavy import: torch
-    from popevit.data.manifest import SPLITS, read_manifest  # heavy import: imagehash, scipy
+    from popevit.data.dataset import split_images  # heavy import: torch
+    from popevit.data.manifest import read_manifest  # heavy import: imagehash, scipy
 
     seen: set[tuple[str, str, str]] = set()
     for cfg in configs:
@@ -105,9 +105,7 @@ def decode_once(configs: list[ExperimentConfig]) -> None:
             continue
         seen.add(key)
         try:
-            rows = [r for split in SPLITS for r in read_manifest(data.manifest).select(split)]
-            ImageDataset([r.path for r in rows], [0] * len(rows), data.preprocess, None, data.cache_dir,
-                         [r.content_hash for r in rows]).prepare()  # fmt: skip
+            split_images(read_manifest(data.manifest), data.preprocess, data.cache_dir)[0].prepare()
         except (OSError, ValueError):
             continue
 
